@@ -1,0 +1,1 @@
+//! One block-device conformance suite, generic over any mfio PacketIo backend.

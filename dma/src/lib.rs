@@ -1,0 +1,1 @@
+//! Memory a device can reach: DMA regions, IOVA allocation, mappers, translation, pools.

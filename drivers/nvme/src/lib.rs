@@ -1,0 +1,1 @@
+//! Userspace NVMe driver over VFIO (arrives with the NVMe driver issue).

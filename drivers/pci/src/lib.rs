@@ -1,0 +1,1 @@
+//! PCI devices for userspace drivers: the PciDevice trait, VFIO, sysfs.

@@ -1,0 +1,1 @@
+//! Userspace virtio-blk driver over VFIO (arrives with the virtio-blk driver issue).
