@@ -1,0 +1,117 @@
+//! The two traits every backend implements, and the loop that drives them.
+//!
+//! [`PacketIo::send_io`] only enqueues: it never blocks and never rings a doorbell.
+//! [`IoBackend::poll_backend`] is where queued work reaches the device and completions are
+//! drained. Executors poll the user's futures first and the backend second, so every request
+//! issued in one round of polling reaches the device as one batch, behind one doorbell write.
+
+use crate::perms::PacketPerms;
+use crate::PacketView;
+use core::future::Future;
+use core::pin::{pin, Pin};
+use core::task::{Context, Poll, Waker};
+
+/// Sends packet views to an address (`Param`: a byte offset `u64` for block devices).
+pub trait PacketIo<P: PacketPerms, Param> {
+    /// Queues `view` for I/O at `param`. Never blocks; the work is handed to the device on the
+    /// backend's next poll. The backend must complete the view (or drop it, which fails it).
+    fn send_io(&self, param: Param, view: PacketView<P>);
+}
+
+/// Whether a backend has work in flight after a poll.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Activity {
+    /// Nothing queued or in flight.
+    Idle,
+    /// Segments are queued or in flight; polling again makes progress.
+    Busy,
+}
+
+/// A file descriptor that becomes readable when the backend has completions to reap, for
+/// callers that would rather sleep in `poll(2)` than spin.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct PollingHandle {
+    /// The descriptor to wait on for readability.
+    pub fd: i32,
+}
+
+/// The backend's driver: hands queued work to the device and drains completions.
+pub trait IoBackend {
+    /// Submits everything queued since the last poll (one doorbell per queue) and completes
+    /// whatever the device has finished. Never blocks. Backends woken by interrupts register
+    /// `cx`'s waker; polled backends may ignore it.
+    fn poll_backend(&self, cx: &mut Context<'_>) -> Activity;
+
+    /// A descriptor to sleep on while waiting for completions, when the backend has one.
+    fn polling_handle(&self) -> Option<PollingHandle> {
+        None
+    }
+
+    /// The backend's driving future: polls the backend forever. Join it with the user's
+    /// futures on any executor (after them, so their I/O is batched), or use [`block_on`].
+    fn driver(&self) -> Driver<'_, Self>
+    where
+        Self: Sized,
+    {
+        Driver { backend: self }
+    }
+}
+
+impl<T: IoBackend + ?Sized> IoBackend for &T {
+    fn poll_backend(&self, cx: &mut Context<'_>) -> Activity {
+        (**self).poll_backend(cx)
+    }
+    fn polling_handle(&self) -> Option<PollingHandle> {
+        (**self).polling_handle()
+    }
+}
+
+impl<T: PacketIo<P, Param> + ?Sized, P: PacketPerms, Param> PacketIo<P, Param> for &T {
+    fn send_io(&self, param: Param, view: PacketView<P>) {
+        (**self).send_io(param, view)
+    }
+}
+
+/// Geometry of a block device.
+pub trait BlockDevice {
+    /// The unit of addressing and transfer, in bytes: offsets and lengths must be multiples.
+    fn block_size(&self) -> u32;
+    /// Capacity in bytes.
+    fn capacity(&self) -> u64;
+}
+
+/// Future returned by [`IoBackend::driver`]; it never completes.
+pub struct Driver<'a, B: IoBackend> {
+    backend: &'a B,
+}
+
+impl<B: IoBackend> Future for Driver<'_, B> {
+    type Output = core::convert::Infallible;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.backend.poll_backend(cx);
+        // Polled backends make progress only when polled: ask to be polled again.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Runs `fut` to completion on this thread, polling `backend` after it each round.
+///
+/// This is the blocking ("no colour") face of every operation: no thread is spawned, and the
+/// future and the backend are polled in turn, so I/O issued by the future in one round reaches
+/// the device as one batch. It spins while I/O is in flight (polled-mode drivers answer in
+/// microseconds) and backs off to yielding when nothing progresses for a while.
+pub fn block_on<Bk: IoBackend + ?Sized, F: Future>(backend: &Bk, fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut spins = 0u32;
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        match backend.poll_backend(&mut cx) {
+            Activity::Busy => core::hint::spin_loop(),
+            Activity::Idle => crate::backoff(&mut spins),
+        }
+    }
+}
