@@ -44,7 +44,12 @@ pub struct FileOptions {
 
 impl Default for FileOptions {
     fn default() -> Self {
-        Self { writable: true, io_uring: true, depth: 128, block_size: 1 }
+        Self {
+            writable: true,
+            io_uring: true,
+            depth: 128,
+            block_size: 1,
+        }
     }
 }
 
@@ -78,7 +83,10 @@ impl FileBackend {
 
     /// Opens `path` with `opts`. The capacity is the file's size at open.
     pub fn open_with(path: impl AsRef<Path>, opts: &FileOptions) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(opts.writable).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(opts.writable)
+            .open(path)?;
         Self::from_file(file, opts)
     }
 
@@ -138,7 +146,9 @@ impl FileBackend {
                         Ok(0) => break,
                         Ok(n) => done += n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return finish_short(view, done, Error::from_io(Origin::File, &e)),
+                        Err(e) => {
+                            return finish_short(view, done, Error::from_io(Origin::File, &e))
+                        }
                     }
                 }
                 finish_short(view, done, Error::new(ErrorKind::OutOfRange, Origin::File));
@@ -151,7 +161,9 @@ impl FileBackend {
                         Ok(0) => break,
                         Ok(n) => done += n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return finish_short(view, done, Error::from_io(Origin::File, &e)),
+                        Err(e) => {
+                            return finish_short(view, done, Error::from_io(Origin::File, &e))
+                        }
                     }
                 }
                 finish_short(view, done, Error::os(Origin::File, libc::EIO));
@@ -164,14 +176,16 @@ impl FileBackend {
         let fd = types::Fd(self.file.as_raw_fd());
         let mut queue = self.queue.borrow_mut();
         while let Some(&slot) = ring.free.last() {
-            let Some(request) = queue.pop_front() else { break };
+            let Some(request) = queue.pop_front() else {
+                break;
+            };
             let entry = match &request {
-                Request::Read(pos, v) => {
-                    opcode::Read::new(fd, v.as_mut_ptr(), v.len() as u32).offset(*pos).build()
-                }
-                Request::Write(pos, v) => {
-                    opcode::Write::new(fd, v.as_ptr(), v.len() as u32).offset(*pos).build()
-                }
+                Request::Read(pos, v) => opcode::Read::new(fd, v.as_mut_ptr(), v.len() as u32)
+                    .offset(*pos)
+                    .build(),
+                Request::Write(pos, v) => opcode::Write::new(fd, v.as_ptr(), v.len() as u32)
+                    .offset(*pos)
+                    .build(),
             };
             // SAFETY: the SQE points into the view's memory, which stays valid until the view
             // is completed, and the view stays in `slots` until its CQE arrives.
@@ -188,7 +202,11 @@ impl FileBackend {
     fn reap(&self, ring: &mut Ring) {
         let mut requeue = Vec::new();
         {
-            let Ring { ring: uring, slots, free } = ring;
+            let Ring {
+                ring: uring,
+                slots,
+                free,
+            } = ring;
             for cqe in uring.completion() {
                 let slot = cqe.user_data() as usize;
                 let Some(request) = slots.get_mut(slot).and_then(Option::take) else {
@@ -289,7 +307,9 @@ impl PacketIo<ToDevice, u64> for FileBackend {
         let mut next = self.admit(pos, view);
         while let Some((piece, rest)) = next {
             let len = piece.len() as u64;
-            self.queue.borrow_mut().push_back(Request::Write(pos, piece));
+            self.queue
+                .borrow_mut()
+                .push_back(Request::Write(pos, piece));
             pos += len;
             next = rest.and_then(|r| self.admit(pos, r));
         }
@@ -300,7 +320,9 @@ impl IoBackend for FileBackend {
     fn poll_backend(&self, _cx: &mut Context<'_>) -> Activity {
         let Some(ring) = &self.ring else {
             loop {
-                let Some(request) = self.queue.borrow_mut().pop_front() else { break };
+                let Some(request) = self.queue.borrow_mut().pop_front() else {
+                    break;
+                };
                 self.run_sync(request);
             }
             return Activity::Idle;
@@ -322,9 +344,9 @@ impl IoBackend for FileBackend {
     }
 
     fn polling_handle(&self) -> Option<crate::backend::PollingHandle> {
-        self.ring
-            .as_ref()
-            .map(|r| crate::backend::PollingHandle { fd: r.borrow().ring.as_raw_fd() })
+        self.ring.as_ref().map(|r| crate::backend::PollingHandle {
+            fd: r.borrow().ring.as_raw_fd(),
+        })
     }
 }
 
