@@ -268,6 +268,7 @@ if [ "$SHELL_MODE" = 1 ]; then
   timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 "${A[@]}"
   QRC=$?
 else
+  : >"$LOG" # exists before tail looks for it
   timeout -k 5 "$TIMEOUT" qemu-system-x86_64 "${A[@]}" </dev/null >"$LOG" 2>&1 &
   TPID=$!
   # Stream the console: only CMD's output (between the markers) unless --verbose.

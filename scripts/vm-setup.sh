@@ -66,6 +66,7 @@ check bc bc
 check /usr/include/stdio.h libc6-dev
 check timeout coreutils
 check flock util-linux
+check jq jq # scripts/vm-tests.sh reads `cargo metadata`
 # Installing Debian's qemu-system-x86 replaces a newer qemu-utils on some images: put qemu-img
 # back (the benchmarks use `qemu-img bench` on nvme://).
 check qemu-img qemu-utils
