@@ -274,6 +274,7 @@ else
   # Stream the console: only CMD's output (between the markers) unless --verbose.
   tail -s 0.2 -n +1 -f --pid="$TPID" "$LOG" | awk -v all="$VERBOSE" '
     { sub(/\r$/, "") }
+    /^qemu-system-x86_64: / { print > "/dev/stderr"; next }
     /@@MFIO-BEGIN@@/ { on = 1; if (!all) next }
     /@@MFIO-END rc=/ { if (!all) { i = index($0, "@@MFIO-END"); if (i > 1) print substr($0, 1, i - 1); on = 0; fflush(); next } on = 0 }
     on || all { print; fflush() }'
@@ -304,7 +305,11 @@ else
   RC=125
 fi
 if [ "$SHELL_MODE" = 0 ] && [ "$VERBOSE" = 0 ]; then
-  msg "last console lines:"
-  tail -n 40 "$LOG" | sed 's/\r$//; s/^/  /' >&2
+  if grep -q '@@MFIO-BEGIN@@' "$LOG"; then
+    msg "it died or hung while running the command: its last console lines are above"
+  else
+    msg "last console lines:"
+    tail -n 40 "$LOG" | sed 's/\r$//; s/^/  /' >&2
+  fi
 fi
 exit "$RC"
