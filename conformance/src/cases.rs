@@ -17,8 +17,11 @@ pub const CASES: &[&str] = &[
     "partial_success_data",
 ];
 
+/// A check's entry point.
+type Run<D> = fn(&D, &Config) -> Result<(), String>;
+
 pub(crate) fn all<D: TestDevice>() -> Vec<Case<D>> {
-    let runs: [fn(&D, &Config) -> Result<(), String>; 10] = [
+    let runs: [Run<D>; 10] = [
         geometry::<D>,
         round_trip_random::<D>,
         unaligned_memory::<D>,

@@ -40,7 +40,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            seed: 0x5eed_0f_ab1e,
+            seed: 0x5eed_f00d,
             area: 32 << 20,
             rounds: 200,
             max_transfer: 512 << 10,
