@@ -241,10 +241,11 @@ if [ "$RELEASE" = 1 ]; then BINS="$TARGET/release:$TARGET/debug"; else BINS="$TA
   echo "export MFIO_NVME_PCI=$NVME_PCI MFIO_NVME_NAMESPACES=$NS MFIO_VIRTIO_PCI=$VIRTIO_PCI"
   echo "export MFIO_VM_OUT=$(q "$OUT") MFIO_WORKSPACE=$(q "$ROOT") CARGO_TARGET_DIR=$(q "$TARGET")"
   for e in ${USER_ENV[@]+"${USER_ENV[@]}"}; do echo "export ${e%%=*}=$(q "${e#*=}")"; done
+  # The host's cwd (read-only in the guest), for the command and the --shell alike.
+  echo "cd $(q "$PWD") 2>/dev/null || cd /"
 } >"$RUN/env.sh"
 if [ $# -gt 0 ]; then
   {
-    echo "cd $(q "$PWD") 2>/dev/null || cd /"
     printf 'exec'
     for w in "$@"; do printf ' %s' "$(q "$w")"; done
     echo
@@ -290,7 +291,7 @@ READY=$(sed -n 's/.*mfio-init: ready, uptime \([0-9.]*\)s.*/\1/p' "$LOG" 2>/dev/
 if [ -f "$OUT/.mfio-exit-code" ]; then
   RC=$(cat "$OUT/.mfio-exit-code")
   rm -f "$OUT/.mfio-exit-code"
-  msg "exit $RC: accel=$ACCEL mode=$MODE, guest ready at ${READY:-?}s uptime, wall ${WALL}s"
+  msg "exit $RC: accel=$ACCEL mode=$MODE,${READY:+ guest ready at ${READY}s uptime,} wall ${WALL}s"
   if [ "$RC" = 125 ] && [ "$SHELL_MODE" = 0 ]; then
     msg "guest setup failed; console:"
     grep 'mfio-init' "$LOG" | sed 's/\r$//; s/^/  /' >&2
