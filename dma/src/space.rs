@@ -413,10 +413,8 @@ mod tests {
         assert_eq!(&user[..4], b"dma!");
         // Registering the same pages twice is refused.
         // SAFETY: as above; it fails without mapping anything.
-        assert!(matches!(
-            unsafe { space.register(p, 1) },
-            Err(DmaError::Overlap { .. })
-        ));
+        let again = unsafe { space.register(p, 1) };
+        assert!(matches!(again, Err(DmaError::Overlap { .. })));
         drop(reg);
         assert!(!t.is_mapped(p, 1));
         assert!(m.mappings().is_empty());

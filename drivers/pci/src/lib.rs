@@ -1,1 +1,26 @@
-//! PCI devices for userspace drivers: the PciDevice trait, VFIO, sysfs.
+//! PCI devices for userspace drivers: the [`PciDevice`] trait, the VFIO implementation
+//! [`VfioPci`], and [`Sysfs`] (enumerate functions, IOMMU groups, bind to vfio-pci).
+//!
+//! Drivers are generic over `D: PciDevice` and need no `unsafe`: BAR registers through
+//! `read32`/`write32`/..., config space through `config_read*`, DMA memory through
+//! [`PciDevice::dma`] (an [`mfio_dma::DmaSpace`]).
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod address;
+mod device;
+mod error;
+mod ioctl;
+mod mmio;
+mod sysfs;
+mod vfio;
+
+pub use address::PciAddress;
+pub use device::{
+    check_config_access, PciDevice, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND_BUS_MASTER,
+    COMMAND_INTX_DISABLE, COMMAND_MEMORY, CONFIG_CAP_PTR, CONFIG_COMMAND, CONFIG_STATUS,
+    STATUS_CAP_LIST,
+};
+pub use error::PciError;
+pub use sysfs::{PciFunction, Sysfs, CLASS_NVME, DEVICE_VIRTIO_BLK, VENDOR_VIRTIO, VFIO_PCI};
+pub use vfio::{IommuMode, VfioPci};
