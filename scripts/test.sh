@@ -1,0 +1,73 @@
+#!/bin/bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this):
+#   formatting, clippy, the no_std build of the framework, every crate's tests, the framework's
+#   tests under valgrind, the benchmarks' quick run, and the guest tests (scripts/vm-tests.sh:
+#   QEMU's NVMe and virtio-blk through VFIO, IOMMU and no-IOMMU).
+# Installs what it needs (apt packages, the guest kernel) on a fresh Debian 12 machine.
+# Every stage runs even if an earlier one failed; the summary says which failed. Exit 1 if any.
+#
+# Usage: scripts/test.sh [--no-vm]     (--no-vm: skip the guest stage, for quick local runs)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+VM=1
+for a in "$@"; do
+  case "$a" in
+    --no-vm) VM=0 ;;
+    -h | --help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown option '$a'" >&2; exit 2 ;;
+  esac
+done
+
+# ---- host packages the stages below need ----------------------------------------------------
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v jq >/dev/null || missing+=(jq)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+passed=() failed=()
+stage() { # stage NAME CMD...: run one stage, record the outcome, keep going
+  local name=$1; shift
+  echo
+  echo "=== stage: $name"
+  local t0=$SECONDS
+  if "$@"; then
+    passed+=("$name"); echo "=== stage $name: ok ($((SECONDS - t0)) s)"
+  else
+    failed+=("$name"); echo "=== stage $name: FAILED ($((SECONDS - t0)) s)"
+  fi
+}
+
+valgrind_mfio() {
+  # The framework's own tests under valgrind: packets on the stack, drop while in flight,
+  # forgotten futures, cross-thread completion. Any invalid access fails the stage.
+  local bins
+  bins=$(cargo test -p mfio --no-run --message-format=json 2>/dev/null |
+    jq -r 'select(.reason == "compiler-artifact" and .profile.test == true) | .executable' | grep -v null)
+  [ -n "$bins" ] || { echo "no mfio test binaries found"; return 1; }
+  local b rc=0
+  for b in $bins; do
+    echo "valgrind: $(basename "$b")"
+    PROPTEST_CASES=32 valgrind -q --error-exitcode=99 --leak-check=no "$b" --test-threads=2 -q || rc=1
+  done
+  return $rc
+}
+
+stage fmt cargo fmt --all -- --check
+stage clippy cargo clippy --workspace --all-targets -- -D warnings
+stage no_std cargo build -p mfio --no-default-features
+stage cargo-test cargo test --workspace
+stage valgrind valgrind_mfio
+stage bench-smoke cargo bench -p mfio --bench roundtrip -- --quick
+if [ "$VM" = 1 ]; then
+  stage vm-tests scripts/vm-tests.sh
+fi
+
+echo
+echo "=== summary: passed: ${passed[*]:-none}; failed: ${failed[*]:-none}"
+echo "stages: ${#passed[@]} passed, ${#failed[@]} failed"
+[ ${#failed[@]} -eq 0 ]
