@@ -33,11 +33,7 @@ pub(crate) fn all<D: TestDevice>() -> Vec<Case<D>> {
         queue_wrap::<D>,
         partial_success_data::<D>,
     ];
-    CASES
-        .iter()
-        .zip(runs)
-        .map(|(&name, run)| Case { name, run })
-        .collect()
+    CASES.iter().zip(runs).map(|(&name, run)| Case { name, run }).collect()
 }
 
 macro_rules! ensure {
@@ -90,11 +86,7 @@ impl Shadow {
             let blk = p / self.bs + i;
             let at = blk * self.bs;
             if self.known[blk] && chunk != &self.data[at..at + chunk.len()] {
-                let off = chunk
-                    .iter()
-                    .zip(&self.data[at..])
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0);
+                let off = chunk.iter().zip(&self.data[at..]).position(|(a, b)| a != b).unwrap_or(0);
                 return Err(format!(
                     "data mismatch at byte {} (block {blk}): read {:#04x}, wrote {:#04x}",
                     at + off,
@@ -109,20 +101,9 @@ impl Shadow {
 
 fn geometry<D: TestDevice>(dev: &D, _cfg: &Config) -> Result<(), String> {
     let b = bs(dev);
-    ensure!(
-        b >= 1 && b.is_power_of_two(),
-        "block size {b} is not a power of two"
-    );
-    ensure!(
-        dev.capacity() >= 16 * b,
-        "capacity {} is under 16 blocks",
-        dev.capacity()
-    );
-    ensure!(
-        dev.capacity() % b == 0,
-        "capacity {} is not whole blocks of {b}",
-        dev.capacity()
-    );
+    ensure!(b >= 1 && b.is_power_of_two(), "block size {b} is not a power of two");
+    ensure!(dev.capacity() >= 16 * b, "capacity {} is under 16 blocks", dev.capacity());
+    ensure!(dev.capacity() % b == 0, "capacity {} is not whole blocks of {b}", dev.capacity());
     Ok(())
 }
 
@@ -135,15 +116,13 @@ fn round_trip_random<D: TestDevice>(dev: &D, cfg: &Config) -> Result<(), String>
         let len = (1 + rng.below(max_blocks)) * b;
         let pos = rng.below((area - len) / b + 1) * b;
         let data = rng.bytes(len as usize);
-        dev.write_all_blocking(pos, &data)
-            .map_err(|e| io_err("write", pos, data.len(), e))?;
+        dev.write_all_blocking(pos, &data).map_err(|e| io_err("write", pos, data.len(), e))?;
         shadow.write(pos, &data);
         if round % 4 == 3 {
             let len = (1 + rng.below(max_blocks)) * b;
             let pos = rng.below((area - len) / b + 1) * b;
             let mut got = vec![0u8; len as usize];
-            dev.read_all_blocking(pos, &mut got)
-                .map_err(|e| io_err("read", pos, got.len(), e))?;
+            dev.read_all_blocking(pos, &mut got).map_err(|e| io_err("read", pos, got.len(), e))?;
             shadow.check(pos, &got)?;
         }
     }
@@ -153,8 +132,7 @@ fn round_trip_random<D: TestDevice>(dev: &D, cfg: &Config) -> Result<(), String>
     while pos < area {
         let len = chunk.min(area - pos) as usize;
         let mut got = vec![0u8; len];
-        dev.read_all_blocking(pos, &mut got)
-            .map_err(|e| io_err("read", pos, len, e))?;
+        dev.read_all_blocking(pos, &mut got).map_err(|e| io_err("read", pos, len, e))?;
         shadow.check(pos, &got)?;
         pos += len as u64;
     }
@@ -190,14 +168,8 @@ fn unaligned_memory<D: TestDevice>(dev: &D, cfg: &Config) -> Result<(), String> 
 }
 
 fn zero_length<D: TestDevice>(dev: &D, _cfg: &Config) -> Result<(), String> {
-    ensure!(
-        dev.read_at_blocking(0, &mut []) == Ok(0),
-        "a 0-byte read did not return Ok(0)"
-    );
-    ensure!(
-        dev.write_at_blocking(0, &[]) == Ok(0),
-        "a 0-byte write did not return Ok(0)"
-    );
+    ensure!(dev.read_at_blocking(0, &mut []) == Ok(0), "a 0-byte read did not return Ok(0)");
+    ensure!(dev.write_at_blocking(0, &[]) == Ok(0), "a 0-byte write did not return Ok(0)");
     Ok(())
 }
 
@@ -215,30 +187,16 @@ fn boundaries<D: TestDevice>(dev: &D, cfg: &Config) -> Result<(), String> {
 
     let mut buf = vec![0u8; 4 * b as usize];
     let r = dev.read_at_blocking(last, &mut buf);
-    ensure!(
-        r == Ok(b as usize),
-        "read_at across the end returned {r:?}, expected Ok({b})"
-    );
-    ensure!(
-        buf[..b as usize] == data[..],
-        "the in-range part of a read across the end is wrong"
-    );
+    ensure!(r == Ok(b as usize), "read_at across the end returned {r:?}, expected Ok({b})");
+    ensure!(buf[..b as usize] == data[..], "the in-range part of a read across the end is wrong");
     match dev.read_all_blocking(last, &mut buf) {
         Err(e) if e.done == b as usize && e.error.kind() == ErrorKind::OutOfRange => {}
-        r => {
-            return Err(format!(
-                "read_all across the end: {r:?}, expected OutOfRange after {b}"
-            ))
-        }
+        r => return Err(format!("read_all across the end: {r:?}, expected OutOfRange after {b}")),
     }
     let data2 = rng.bytes(2 * b as usize);
     match dev.write_all_blocking(last, &data2) {
         Err(e) if e.done == b as usize && e.error.kind() == ErrorKind::OutOfRange => {}
-        r => {
-            return Err(format!(
-                "write_all across the end: {r:?}, expected OutOfRange after {b}"
-            ))
-        }
+        r => return Err(format!("write_all across the end: {r:?}, expected OutOfRange after {b}")),
     }
     dev.read_all_blocking(last, &mut got)
         .map_err(|e| io_err("read of the last block", last, got.len(), e))?;
@@ -249,19 +207,11 @@ fn boundaries<D: TestDevice>(dev: &D, cfg: &Config) -> Result<(), String> {
     for pos in [cap, cap + b, u64::MAX / b * b] {
         match dev.read_all_blocking(pos, &mut got) {
             Err(e) if e.done == 0 && e.error.kind() == ErrorKind::OutOfRange => {}
-            r => {
-                return Err(format!(
-                    "read at {pos} (past the end): {r:?}, expected OutOfRange"
-                ))
-            }
+            r => return Err(format!("read at {pos} (past the end): {r:?}, expected OutOfRange")),
         }
         match dev.write_all_blocking(pos, &got) {
             Err(e) if e.done == 0 && e.error.kind() == ErrorKind::OutOfRange => {}
-            r => {
-                return Err(format!(
-                    "write at {pos} (past the end): {r:?}, expected OutOfRange"
-                ))
-            }
+            r => return Err(format!("write at {pos} (past the end): {r:?}, expected OutOfRange")),
         }
     }
     Ok(())
@@ -273,26 +223,14 @@ fn misaligned<D: TestDevice>(dev: &D, _cfg: &Config) -> Result<(), String> {
         return Ok(()); // byte-addressable: nothing can be misaligned
     }
     let mut buf = vec![0u8; 2 * b as usize];
-    for (pos, len) in [
-        (b / 2, b as usize),
-        (b, b as usize + 1),
-        (b, (b / 2) as usize),
-    ] {
+    for (pos, len) in [(b / 2, b as usize), (b, b as usize + 1), (b, (b / 2) as usize)] {
         match dev.read_all_blocking(pos, &mut buf[..len]) {
             Err(e) if e.done == 0 && e.error.kind() == ErrorKind::Misaligned => {}
-            r => {
-                return Err(format!(
-                    "read of {len} bytes at {pos}: {r:?}, expected Misaligned"
-                ))
-            }
+            r => return Err(format!("read of {len} bytes at {pos}: {r:?}, expected Misaligned")),
         }
         match dev.write_all_blocking(pos, &buf[..len]) {
             Err(e) if e.done == 0 && e.error.kind() == ErrorKind::Misaligned => {}
-            r => {
-                return Err(format!(
-                    "write of {len} bytes at {pos}: {r:?}, expected Misaligned"
-                ))
-            }
+            r => return Err(format!("write of {len} bytes at {pos}: {r:?}, expected Misaligned")),
         }
     }
     // The device still works.
@@ -315,10 +253,7 @@ fn large_transfers<D: TestDevice>(dev: &D, cfg: &Config) -> Result<(), String> {
         r.map_err(|e| io_err("large write", pos, data.len(), e))?;
         let (r, got) = block_on(dev, dev.read_all(pos, vec![0u8; len as usize]));
         r.map_err(|e| io_err("large read", pos, len as usize, e))?;
-        ensure!(
-            got == data,
-            "a {len}-byte transfer at {pos} read back differently"
-        );
+        ensure!(got == data, "a {len}-byte transfer at {pos} read back differently");
         // And in small pieces.
         let piece = 4096u64.div_ceil(b) * b;
         let mut off = 0;
@@ -345,39 +280,20 @@ fn batched_concurrency<D: TestDevice>(dev: &D, cfg: &Config) -> Result<(), Strin
     let n = (cfg.queue_depth as u64).min(area / slot) as usize;
     ensure!(n > 0, "test area too small for concurrent I/O");
     let base = rng.below(area / slot - n as u64 + 1) * slot;
-    let datas: Vec<Vec<u8>> = (0..n)
-        .map(|i| rng.bytes((b * (1 + i as u64 % 8)).min(slot) as usize))
-        .collect();
-    let writes = datas
-        .iter()
-        .enumerate()
-        .map(|(i, d)| dev.write_all(base + i as u64 * slot, d.clone()));
-    for (i, (r, _)) in block_on(dev, futures::future::join_all(writes))
-        .into_iter()
-        .enumerate()
-    {
-        r.map_err(|e| {
-            io_err(
-                "concurrent write",
-                base + i as u64 * slot,
-                datas[i].len(),
-                e,
-            )
-        })?;
+    let datas: Vec<Vec<u8>> =
+        (0..n).map(|i| rng.bytes((b * (1 + i as u64 % 8)).min(slot) as usize)).collect();
+    let writes =
+        datas.iter().enumerate().map(|(i, d)| dev.write_all(base + i as u64 * slot, d.clone()));
+    for (i, (r, _)) in block_on(dev, futures::future::join_all(writes)).into_iter().enumerate() {
+        r.map_err(|e| io_err("concurrent write", base + i as u64 * slot, datas[i].len(), e))?;
     }
     let reads = datas
         .iter()
         .enumerate()
         .map(|(i, d)| dev.read_all(base + i as u64 * slot, vec![0u8; d.len()]));
-    for (i, (r, got)) in block_on(dev, futures::future::join_all(reads))
-        .into_iter()
-        .enumerate()
-    {
+    for (i, (r, got)) in block_on(dev, futures::future::join_all(reads)).into_iter().enumerate() {
         r.map_err(|e| io_err("concurrent read", base + i as u64 * slot, datas[i].len(), e))?;
-        ensure!(
-            got == datas[i],
-            "concurrent request {i} read back differently"
-        );
+        ensure!(got == datas[i], "concurrent request {i} read back differently");
     }
     Ok(())
 }
@@ -391,16 +307,12 @@ fn queue_wrap<D: TestDevice>(dev: &D, cfg: &Config) -> Result<(), String> {
         let pos = (i as u64 % blocks) * b;
         if i % 2 == 0 {
             let data = rng.bytes(b as usize);
-            dev.write_all_blocking(pos, &data)
-                .map_err(|e| io_err("write", pos, data.len(), e))?;
+            dev.write_all_blocking(pos, &data).map_err(|e| io_err("write", pos, data.len(), e))?;
             shadow.write(pos, &data);
         } else {
             let mut got = vec![0u8; b as usize];
-            dev.read_all_blocking(pos, &mut got)
-                .map_err(|e| io_err("read", pos, got.len(), e))?;
-            shadow
-                .check(pos, &got)
-                .map_err(|m| format!("I/O {i}: {m}"))?;
+            dev.read_all_blocking(pos, &mut got).map_err(|e| io_err("read", pos, got.len(), e))?;
+            shadow.check(pos, &got).map_err(|m| format!("I/O {i}: {m}"))?;
         }
     }
     Ok(())
@@ -411,17 +323,13 @@ fn partial_success_data<D: TestDevice>(dev: &D, cfg: &Config) -> Result<(), Stri
     let mut rng = Rng::new(cfg.seed ^ 6);
     let start = cap - 2 * b;
     let data = rng.bytes(2 * b as usize);
-    dev.write_all_blocking(start, &data)
-        .map_err(|e| io_err("write", start, data.len(), e))?;
+    dev.write_all_blocking(start, &data).map_err(|e| io_err("write", start, data.len(), e))?;
     let (r, got) = block_on(dev, dev.read_all(start, vec![0xa5u8; 5 * b as usize]));
     match r {
         Err(e) if e.done == 2 * b as usize && e.error.kind() == ErrorKind::OutOfRange => {}
         r => return Err(format!("read of 5 blocks from 2 before the end: {r:?}")),
     }
-    ensure!(
-        got[..2 * b as usize] == data[..],
-        "the good prefix of a partial read is wrong"
-    );
+    ensure!(got[..2 * b as usize] == data[..], "the good prefix of a partial read is wrong");
     ensure!(
         got[2 * b as usize..].iter().all(|&x| x == 0xa5),
         "a failed segment wrote into the buffer"

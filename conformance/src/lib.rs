@@ -90,11 +90,7 @@ pub fn run_all<D: TestDevice>(dev: &D, cfg: &Config, label: &str) -> Vec<Outcome
                 Ok(()) => println!("conformance {label} {:<28} ok ({:.2?})", c.name, elapsed),
                 Err(m) => println!("conformance {label} {:<28} FAILED: {m}", c.name),
             }
-            Outcome {
-                name: c.name,
-                result,
-                elapsed,
-            }
+            Outcome { name: c.name, result, elapsed }
         })
         .collect()
 }

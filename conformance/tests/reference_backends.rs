@@ -14,9 +14,7 @@ mod memory_bytes {
 mod stripe {
     use mfio::backends::{MemoryBackend, Stripe};
     mfio_conformance::conformance_tests!(Stripe::new(
-        (0..3)
-            .map(|_| MemoryBackend::with_block_size(3 << 20, 4096))
-            .collect(),
+        (0..3).map(|_| MemoryBackend::with_block_size(3 << 20, 4096)).collect(),
         64 << 10
     )
     .unwrap());

@@ -73,14 +73,9 @@ fn main() {
     });
 
     let mut stack = [0u8; 64];
-    measure(
-        "blocking read_at_blocking, borrowed slice",
-        1,
-        iters,
-        || {
-            black_box(dev.read_at_blocking(4096, &mut stack).unwrap());
-        },
-    );
+    measure("blocking read_at_blocking, borrowed slice", 1, iters, || {
+        black_box(dev.read_at_blocking(4096, &mut stack).unwrap());
+    });
 
     let mut pkt = pin!(Packet::<FromDevice, _>::new([0u8; 64]));
     measure("pinned stack packet, reused (io + wait)", 1, iters, || {
@@ -94,40 +89,30 @@ fn main() {
     });
 
     // 32 packets submitted in one round, one backend poll for the batch.
-    let mut batch: Vec<Pin<Box<Packet<ToDevice, [u8; 64]>>>> =
-        (0..32).map(|_| Box::pin(Packet::new([1u8; 64]))).collect();
+    type Boxed<'b> = Pin<Box<Packet<'b, ToDevice, [u8; 64]>>>;
+    let mut batch: Vec<Boxed> = (0..32).map(|_| Box::pin(Packet::new([1u8; 64]))).collect();
     let mut cx = Context::from_waker(Waker::noop());
-    measure(
-        "batch of 32 packets, one poll (per packet)",
-        32,
-        iters / 32,
-        || {
-            for (i, p) in batch.iter_mut().enumerate() {
-                p.as_mut().submit(&dev, i as u64 * 64).unwrap();
-            }
-            dev.poll_backend(&mut cx);
-            for p in &batch {
-                black_box(p.poll_done(&mut cx).is_ready());
-            }
-        },
-    );
+    measure("batch of 32 packets, one poll (per packet)", 32, iters / 32, || {
+        for (i, p) in batch.iter_mut().enumerate() {
+            p.as_mut().submit(&dev, i as u64 * 64).unwrap();
+        }
+        dev.poll_backend(&mut cx);
+        for p in &batch {
+            black_box(p.poll_done(&mut cx).is_ready());
+        }
+    });
 
     // A packet split into 8 segments that complete separately.
     let mut split = pin!(Packet::<FromDevice, _>::new([0u8; 512]));
-    measure(
-        "one packet split into 8 segments (per segment)",
-        8,
-        iters / 8,
-        || {
-            let mut v = split.as_mut().start(Some(&dev)).unwrap();
-            for i in 0..7 {
-                let (a, b) = v.split_at(64);
-                mfio::PacketIo::send_io(&dev, i * 64, a);
-                v = b;
-            }
-            mfio::PacketIo::send_io(&dev, 7 * 64, v);
-            dev.poll_backend(&mut cx);
-            black_box(split.poll_done(&mut cx).is_ready());
-        },
-    );
+    measure("one packet split into 8 segments (per segment)", 8, iters / 8, || {
+        let mut v = split.as_mut().start(Some(&dev)).unwrap();
+        for i in 0..7 {
+            let (a, b) = v.split_at(64);
+            mfio::PacketIo::send_io(&dev, i * 64, a);
+            v = b;
+        }
+        mfio::PacketIo::send_io(&dev, 7 * 64, v);
+        dev.poll_backend(&mut cx);
+        black_box(split.poll_done(&mut cx).is_ready());
+    });
 }

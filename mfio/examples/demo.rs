@@ -15,7 +15,8 @@ fn main() -> std::io::Result<()> {
     if !path.exists() {
         std::fs::File::create(&path)?.set_len(64 << 20)?;
     }
-    let dev = FileBackend::open_with(&path, &FileOptions { block_size: 512, ..Default::default() })?;
+    let dev =
+        FileBackend::open_with(&path, &FileOptions { block_size: 512, ..Default::default() })?;
     println!(
         "image {}: {} MiB, block size {}, {}",
         path.display(),
@@ -54,7 +55,10 @@ fn main() -> std::io::Result<()> {
     // 3. Partial success: a read across the end returns the good prefix and the first error.
     let end = dev.capacity();
     match dev.read_all_blocking(end - 1024, &mut buf) {
-        Err(e) => println!("read of 4 KiB at 1 KiB before the end: {} bytes done, then: {}", e.done, e.error),
+        Err(e) => println!(
+            "read of 4 KiB at 1 KiB before the end: {} bytes done, then: {}",
+            e.done, e.error
+        ),
         Ok(()) => println!("unexpected: a read past the end succeeded"),
     }
     let (r, _) = block_on(&dev, dev.read_at(end - 1024, vec![0u8; 4096]));

@@ -74,24 +74,14 @@ const _: () = assert!(core::mem::size_of::<Error>() == 8);
 impl Error {
     /// An error of `kind` raised by `origin`, with no device status.
     pub const fn new(kind: ErrorKind, origin: Origin) -> Self {
-        Self {
-            kind,
-            origin,
-            status: 0,
-            errno: 0,
-        }
+        Self { kind, origin, status: 0, errno: 0 }
     }
 
     /// A device-reported error with the device's raw status.
     ///
     /// For NVMe the status is `(SCT << 8) | SC` (see [`Error::nvme`]), for virtio-blk the status byte.
     pub const fn device(origin: Origin, status: u16) -> Self {
-        Self {
-            kind: ErrorKind::Device,
-            origin,
-            status,
-            errno: 0,
-        }
+        Self { kind: ErrorKind::Device, origin, status, errno: 0 }
     }
 
     /// An NVMe completion status: status code type and status code.
@@ -101,12 +91,7 @@ impl Error {
 
     /// An operating-system error (`errno`), raised by `origin`.
     pub const fn os(origin: Origin, errno: i32) -> Self {
-        Self {
-            kind: ErrorKind::Os,
-            origin,
-            status: 0,
-            errno,
-        }
+        Self { kind: ErrorKind::Os, origin, status: 0, errno }
     }
 
     /// Returns this error with the device status replaced by `status`.

@@ -67,13 +67,7 @@ where
 {
     /// An I/O of `buf` at `pos` on `backend`, submitted when first polled.
     pub fn new(backend: &'b Bk, pos: u64, buf: B) -> Self {
-        Self {
-            packet: Packet::new(buf),
-            backend,
-            pos,
-            submitted: false,
-            _mode: PhantomData,
-        }
+        Self { packet: Packet::new(buf), backend, pos, submitted: false, _mode: PhantomData }
     }
 }
 
@@ -95,11 +89,7 @@ where
         if !this.submitted {
             this.submitted = true;
             if let Err(error) = packet.as_mut().submit(this.backend, this.pos) {
-                let t = Transfer {
-                    len: 0,
-                    done: 0,
-                    error: Some(error),
-                };
+                let t = Transfer { len: 0, done: 0, error: Some(error) };
                 let buf = packet.take_buf().expect("a fresh packet holds its buffer");
                 return Poll::Ready((M::finish(t), buf));
             }

@@ -65,10 +65,7 @@ impl Transfer {
     pub fn into_result(self) -> Result<usize, PartialError> {
         match self.error {
             None => Ok(self.len),
-            Some(error) => Err(PartialError {
-                done: self.done,
-                error,
-            }),
+            Some(error) => Err(PartialError { done: self.done, error }),
         }
     }
 
@@ -229,17 +226,11 @@ impl<P: PacketPerms> PacketView<P> {
     /// # Panics
     /// If `mid > len()`, like `slice::split_at`.
     pub fn split_at(self, mid: usize) -> (Self, Self) {
-        assert!(
-            mid <= self.len,
-            "split_at: {mid} is past the view's {} bytes",
-            self.len
-        );
+        assert!(mid <= self.len, "split_at: {mid} is past the view's {} bytes", self.len);
         let this = ManuallyDrop::new(self);
         // SAFETY: `this` is a live view, so the header is alive and `outstanding >= 1`; adding
         // a view cannot race with the count reaching zero.
-        unsafe { this.hdr.as_ref() }
-            .outstanding
-            .fetch_add(1, Ordering::Relaxed);
+        unsafe { this.hdr.as_ref() }.outstanding.fetch_add(1, Ordering::Relaxed);
         let tail = Self {
             hdr: this.hdr,
             ptr: this.ptr.wrapping_add(mid),
@@ -312,14 +303,7 @@ impl PacketView<FromDevice> {
 impl<P: PacketPerms> Drop for PacketView<P> {
     fn drop(&mut self) {
         // SAFETY: the view is live; drop runs once.
-        unsafe {
-            Header::complete(
-                self.hdr.as_ptr(),
-                self.offset,
-                self.len,
-                Err(Error::DROPPED),
-            )
-        }
+        unsafe { Header::complete(self.hdr.as_ptr(), self.offset, self.len, Err(Error::DROPPED)) }
     }
 }
 
@@ -455,13 +439,7 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         });
         *this.hdr.outstanding.get_mut() = 1;
         *this.hdr.released.get_mut() = false;
-        Ok(PacketView {
-            hdr: NonNull::from(&this.hdr),
-            ptr,
-            offset: 0,
-            len,
-            _perms: PhantomData,
-        })
+        Ok(PacketView { hdr: NonNull::from(&this.hdr), ptr, offset: 0, len, _perms: PhantomData })
     }
 
     /// Submits the whole packet to `backend` at `pos`. The backend only queues it; the I/O
@@ -499,12 +477,7 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
     where
         Bk: PacketIo<P, u64> + IoBackend,
     {
-        PacketFuture {
-            packet: self,
-            backend,
-            pos,
-            submitted: false,
-        }
+        PacketFuture { packet: self, backend, pos, submitted: false }
     }
 
     /// The outcome; call only when idle.
@@ -512,16 +485,8 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         let len = self.len.get();
         // SAFETY: idle (`released` observed with Acquire): no completer touches `error` now.
         match unsafe { *self.hdr.error.get() } {
-            None => Transfer {
-                len,
-                done: len,
-                error: None,
-            },
-            Some((done, e)) => Transfer {
-                len,
-                done,
-                error: Some(e),
-            },
+            None => Transfer { len, done: len, error: None },
+            Some((done, e)) => Transfer { len, done, error: Some(e) },
         }
     }
 }
@@ -577,11 +542,7 @@ where
         if !this.submitted {
             this.submitted = true;
             if let Err(error) = this.packet.as_mut().submit(this.backend, this.pos) {
-                return Poll::Ready(Transfer {
-                    len: 0,
-                    done: 0,
-                    error: Some(error),
-                });
+                return Poll::Ready(Transfer { len: 0, done: 0, error: Some(error) });
             }
         }
         this.packet.poll_done(cx)

@@ -27,9 +27,7 @@ impl Drop for TempImage {
 fn exercise(dev: &FileBackend) {
     assert_eq!(dev.capacity(), 1 << 20);
     // Many concurrent writes in one batch, then read everything back.
-    let futs: Vec<_> = (0..64u64)
-        .map(|i| dev.write_all(i * 16384 + 7, pattern(i, 9000)))
-        .collect();
+    let futs: Vec<_> = (0..64u64).map(|i| dev.write_all(i * 16384 + 7, pattern(i, 9000))).collect();
     for (r, _) in block_on(dev, futures::future::join_all(futs)) {
         r.unwrap();
     }
@@ -58,10 +56,7 @@ fn file_backend_with_io_uring() {
 #[test]
 fn file_backend_with_pread() {
     let img = TempImage::new("pread", 1 << 20);
-    let opts = FileOptions {
-        io_uring: false,
-        ..FileOptions::default()
-    };
+    let opts = FileOptions { io_uring: false, ..FileOptions::default() };
     let dev = FileBackend::open_with(&img.0, &opts).unwrap();
     assert!(!dev.uses_io_uring());
     exercise(&dev);
@@ -70,24 +65,14 @@ fn file_backend_with_pread() {
 #[test]
 fn more_requests_than_ring_slots_all_complete() {
     let img = TempImage::new("deep", 1 << 20);
-    let opts = FileOptions {
-        depth: 4,
-        ..FileOptions::default()
-    };
+    let opts = FileOptions { depth: 4, ..FileOptions::default() };
     let dev = FileBackend::open_with(&img.0, &opts).unwrap();
-    let futs: Vec<_> = (0..100u64)
-        .map(|i| dev.write_all(i * 4096, pattern(i, 4096)))
-        .collect();
+    let futs: Vec<_> = (0..100u64).map(|i| dev.write_all(i * 4096, pattern(i, 4096))).collect();
     for (r, _) in block_on(&dev, futures::future::join_all(futs)) {
         r.unwrap();
     }
-    let futs: Vec<_> = (0..100u64)
-        .map(|i| dev.read_all(i * 4096, vec![0u8; 4096]))
-        .collect();
-    for (i, (r, buf)) in block_on(&dev, futures::future::join_all(futs))
-        .into_iter()
-        .enumerate()
-    {
+    let futs: Vec<_> = (0..100u64).map(|i| dev.read_all(i * 4096, vec![0u8; 4096])).collect();
+    for (i, (r, buf)) in block_on(&dev, futures::future::join_all(futs)).into_iter().enumerate() {
         r.unwrap();
         assert_eq!(buf, pattern(i as u64, 4096));
     }
@@ -96,10 +81,7 @@ fn more_requests_than_ring_slots_all_complete() {
 #[test]
 fn block_size_is_enforced() {
     let img = TempImage::new("bs", 1 << 16);
-    let opts = FileOptions {
-        block_size: 512,
-        ..FileOptions::default()
-    };
+    let opts = FileOptions { block_size: 512, ..FileOptions::default() };
     let dev = FileBackend::open_with(&img.0, &opts).unwrap();
     let e = dev.read_all_blocking(100, &mut [0u8; 512]).unwrap_err();
     assert_eq!(e.error.kind(), ErrorKind::Misaligned);

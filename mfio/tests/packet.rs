@@ -53,18 +53,10 @@ fn read_past_the_end_is_short_for_read_at_and_an_error_for_read_all() {
     let err = dev.read_all_blocking(8192, &mut buf).unwrap_err();
     assert_eq!(
         err,
-        PartialError {
-            done: 0,
-            error: Error::new(ErrorKind::OutOfRange, Origin::Memory)
-        }
+        PartialError { done: 0, error: Error::new(ErrorKind::OutOfRange, Origin::Memory) }
     );
     // Offsets that overflow u64 are out of range, not a panic.
-    assert_eq!(
-        dev.read_all_blocking(u64::MAX - 10, &mut buf)
-            .unwrap_err()
-            .done,
-        0
-    );
+    assert_eq!(dev.read_all_blocking(u64::MAX - 10, &mut buf).unwrap_err().done, 0);
 }
 
 #[test]
@@ -88,15 +80,10 @@ fn segments_complete_out_of_order_and_the_first_error_wins() {
     let (a, rest) = v.split_at(100);
     let (b, rest) = rest.split_at(100);
     let (c, d) = rest.split_at(100);
-    assert_eq!(
-        (c.offset(), c.len(), d.offset(), d.len()),
-        (200, 100, 300, 100)
-    );
+    assert_eq!((c.offset(), c.len(), d.offset(), d.len()), (200, 100, 300, 100));
     // Complete in reverse; an error late in the packet, then one earlier.
     d.fail(Error::nvme(0x2, 0x81));
-    assert!(pkt
-        .poll_done(&mut Context::from_waker(Waker::noop()))
-        .is_pending());
+    assert!(pkt.poll_done(&mut Context::from_waker(Waker::noop())).is_pending());
     c.ok();
     b.fail(Error::new(ErrorKind::Timeout, Origin::Nvme));
     assert!(!pkt.is_idle());
@@ -105,11 +92,7 @@ fn segments_complete_out_of_order_and_the_first_error_wins() {
     let t = block_on(&held, pkt.as_ref().wait());
     assert_eq!(
         t,
-        Transfer {
-            len: 400,
-            done: 100,
-            error: Some(Error::new(ErrorKind::Timeout, Origin::Nvme))
-        }
+        Transfer { len: 400, done: 100, error: Some(Error::new(ErrorKind::Timeout, Origin::Nvme)) }
     );
 }
 
@@ -134,22 +117,14 @@ fn a_packet_can_be_reused_and_refuses_a_second_submit_while_busy() {
     pkt.as_mut().submit(&held, 0).unwrap();
     let busy = pkt.as_mut().submit(&held, 0).unwrap_err();
     assert_eq!(busy.kind(), ErrorKind::Busy);
-    assert!(
-        pkt.buf().is_none(),
-        "no access to the buffer while in flight"
-    );
+    assert!(pkt.buf().is_none(), "no access to the buffer while in flight");
     let (_, mut v) = held.reads.borrow_mut().pop().unwrap();
     v.fill_from(&[9u8; 16]);
     v.ok();
     assert_eq!(pkt.buf(), Some(&[9u8; 16]));
     // Again, now failing: the old error does not leak into the new outcome and vice versa.
     pkt.as_mut().submit(&held, 0).unwrap();
-    held.reads
-        .borrow_mut()
-        .pop()
-        .unwrap()
-        .1
-        .fail(Error::new(ErrorKind::Device, Origin::Model));
+    held.reads.borrow_mut().pop().unwrap().1.fail(Error::new(ErrorKind::Device, Origin::Model));
     assert_eq!(block_on(&held, pkt.as_ref().wait()).done, 0);
     pkt.as_mut().submit(&held, 0).unwrap();
     held.reads.borrow_mut().pop().unwrap().1.ok();
@@ -182,23 +157,13 @@ fn the_sink_sees_every_segment_as_it_completes() {
     assert!(t.is_complete());
     let mut segs = seen.lock().unwrap().clone();
     segs.sort();
-    assert_eq!(
-        segs,
-        vec![
-            (0, 50, true),
-            (50, 100, true),
-            (150, 100, true),
-            (250, 100, true)
-        ]
-    );
+    assert_eq!(segs, vec![(0, 50, true), (50, 100, true), (150, 100, true), (250, 100, true)]);
 }
 
 #[test]
 fn io_issued_in_one_round_reaches_the_backend_as_one_batch() {
     let dev = MemoryBackend::new(1 << 20);
-    let futs: Vec<_> = (0..16u64)
-        .map(|i| dev.write_all(i * 4096, pattern(i, 4096)))
-        .collect();
+    let futs: Vec<_> = (0..16u64).map(|i| dev.write_all(i * 4096, pattern(i, 4096))).collect();
     let results = block_on(&dev, futures::future::join_all(futs));
     assert!(results.iter().all(|(r, _)| r.is_ok()));
     let s = dev.stats();
@@ -212,11 +177,7 @@ fn io_issued_in_one_round_reaches_the_backend_as_one_batch() {
 
 #[test]
 fn striping_fragments_a_request_across_devices() {
-    let devs = vec![
-        MemoryBackend::new(4096),
-        MemoryBackend::new(4096),
-        MemoryBackend::new(4096),
-    ];
+    let devs = vec![MemoryBackend::new(4096), MemoryBackend::new(4096), MemoryBackend::new(4096)];
     let stripe = mfio::backends::Stripe::new(devs, 512).unwrap();
     assert_eq!(mfio::BlockDevice::capacity(&stripe), 3 * 4096);
     let data = pattern(9, 5000);
@@ -229,9 +190,7 @@ fn striping_fragments_a_request_across_devices() {
     assert_eq!(stripe.devices()[1].snapshot()[0], data[212]);
     assert_eq!(stripe.devices()[0].snapshot()[512], data[1236]);
     // The tail past the end fails on its own; the rest lands.
-    let e = stripe
-        .write_all_blocking(3 * 4096 - 100, &[5u8; 300])
-        .unwrap_err();
+    let e = stripe.write_all_blocking(3 * 4096 - 100, &[5u8; 300]).unwrap_err();
     assert_eq!((e.done, e.error.kind()), (100, ErrorKind::OutOfRange));
 }
 
@@ -275,9 +234,7 @@ fn split_write_through_a_bounce_buffer_at_nonzero_offsets() {
             mfio::Activity::Idle
         }
     }
-    let dev = Bouncer {
-        store: std::cell::RefCell::new(vec![0; 4096]),
-    };
+    let dev = Bouncer { store: std::cell::RefCell::new(vec![0; 4096]) };
     let data = pattern(4, 1000);
     // Pre-split the packet too, so the views the backend sees start at non-zero offsets.
     let mut pkt = pin!(Packet::<ToDevice, _>::new(data.clone()));
@@ -300,15 +257,8 @@ fn dropping_a_future_mid_io_waits_for_the_device() {
         // Dropped here with the read in flight: the drop drives `dev` until it completes.
     }
     let mut cx = Context::from_waker(Waker::noop());
-    assert_eq!(
-        mfio::IoBackend::poll_backend(&dev, &mut cx),
-        mfio::Activity::Idle
-    );
-    assert_eq!(
-        dev.inner.stats().segments,
-        2,
-        "the dropped read was carried out, not lost"
-    );
+    assert_eq!(mfio::IoBackend::poll_backend(&dev, &mut cx), mfio::Activity::Idle);
+    assert_eq!(dev.inner.stats().segments, 2, "the dropped read was carried out, not lost");
 }
 
 #[test]
@@ -347,11 +297,7 @@ fn a_panic_mid_io_unwinds_only_after_the_device_is_done() {
         })
     }));
     assert!(r.is_err());
-    assert_eq!(
-        dev.inner.stats().segments,
-        1,
-        "the read completed before unwinding freed it"
-    );
+    assert_eq!(dev.inner.stats().segments, 1, "the read completed before unwinding freed it");
 }
 
 #[test]
@@ -399,16 +345,9 @@ fn errors_convert_to_io_errors_with_meaningful_kinds() {
     let e: io::Error = Error::os(Origin::File, libc_enospc()).into();
     assert_eq!(e.raw_os_error(), None);
     assert_eq!(e.kind(), io::ErrorKind::StorageFull);
-    let e: io::Error = PartialError {
-        done: 4096,
-        error: Error::nvme(2, 0x81),
-    }
-    .into();
+    let e: io::Error = PartialError { done: 4096, error: Error::nvme(2, 0x81) }.into();
     let msg = e.to_string();
-    assert!(
-        msg.contains("SCT 0x2") && msg.contains("SC 0x81") && msg.contains("4096"),
-        "{msg}"
-    );
+    assert!(msg.contains("SCT 0x2") && msg.contains("SC 0x81") && msg.contains("4096"), "{msg}");
     assert_eq!(std::mem::size_of::<Error>(), 8);
 }
 

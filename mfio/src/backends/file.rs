@@ -44,12 +44,7 @@ pub struct FileOptions {
 
 impl Default for FileOptions {
     fn default() -> Self {
-        Self {
-            writable: true,
-            io_uring: true,
-            depth: 128,
-            block_size: 1,
-        }
+        Self { writable: true, io_uring: true, depth: 128, block_size: 1 }
     }
 }
 
@@ -83,10 +78,7 @@ impl FileBackend {
 
     /// Opens `path` with `opts`. The capacity is the file's size at open.
     pub fn open_with(path: impl AsRef<Path>, opts: &FileOptions) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(opts.writable)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(opts.writable).open(path)?;
         Self::from_file(file, opts)
     }
 
@@ -180,12 +172,12 @@ impl FileBackend {
                 break;
             };
             let entry = match &request {
-                Request::Read(pos, v) => opcode::Read::new(fd, v.as_mut_ptr(), v.len() as u32)
-                    .offset(*pos)
-                    .build(),
-                Request::Write(pos, v) => opcode::Write::new(fd, v.as_ptr(), v.len() as u32)
-                    .offset(*pos)
-                    .build(),
+                Request::Read(pos, v) => {
+                    opcode::Read::new(fd, v.as_mut_ptr(), v.len() as u32).offset(*pos).build()
+                }
+                Request::Write(pos, v) => {
+                    opcode::Write::new(fd, v.as_ptr(), v.len() as u32).offset(*pos).build()
+                }
             };
             // SAFETY: the SQE points into the view's memory, which stays valid until the view
             // is completed, and the view stays in `slots` until its CQE arrives.
@@ -202,11 +194,7 @@ impl FileBackend {
     fn reap(&self, ring: &mut Ring) {
         let mut requeue = Vec::new();
         {
-            let Ring {
-                ring: uring,
-                slots,
-                free,
-            } = ring;
+            let Ring { ring: uring, slots, free } = ring;
             for cqe in uring.completion() {
                 let slot = cqe.user_data() as usize;
                 let Some(request) = slots.get_mut(slot).and_then(Option::take) else {
@@ -307,9 +295,7 @@ impl PacketIo<ToDevice, u64> for FileBackend {
         let mut next = self.admit(pos, view);
         while let Some((piece, rest)) = next {
             let len = piece.len() as u64;
-            self.queue
-                .borrow_mut()
-                .push_back(Request::Write(pos, piece));
+            self.queue.borrow_mut().push_back(Request::Write(pos, piece));
             pos += len;
             next = rest.and_then(|r| self.admit(pos, r));
         }
@@ -344,9 +330,9 @@ impl IoBackend for FileBackend {
     }
 
     fn polling_handle(&self) -> Option<crate::backend::PollingHandle> {
-        self.ring.as_ref().map(|r| crate::backend::PollingHandle {
-            fd: r.borrow().ring.as_raw_fd(),
-        })
+        self.ring
+            .as_ref()
+            .map(|r| crate::backend::PollingHandle { fd: r.borrow().ring.as_raw_fd() })
     }
 }
 

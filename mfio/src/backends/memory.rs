@@ -76,8 +76,7 @@ impl MemoryBackend {
                 if let Some(mut view) = clip(pos, view, cap, bs, Origin::Memory) {
                     let start = pos as usize;
                     let len = view.len();
-                    view.as_mut_slice()
-                        .copy_from_slice(&data[start..start + len]);
+                    view.as_mut_slice().copy_from_slice(&data[start..start + len]);
                     self.count_segment();
                     view.ok();
                 }

@@ -28,21 +28,12 @@ impl<B: BlockDevice> Stripe<B> {
     /// a multiple of every device's block size.
     pub fn new(devices: Vec<B>, unit: u64) -> Option<Self> {
         let block_size = devices.iter().map(|d| d.block_size()).max()?;
-        if unit == 0
-            || devices
-                .iter()
-                .any(|d| unit % u64::from(d.block_size()) != 0)
-        {
+        if unit == 0 || devices.iter().any(|d| unit % u64::from(d.block_size()) != 0) {
             return None;
         }
         let per_device = devices.iter().map(|d| d.capacity() / unit * unit).min()?;
         let capacity = per_device * devices.len() as u64;
-        Some(Self {
-            devices,
-            unit,
-            capacity,
-            block_size,
-        })
+        Some(Self { devices, unit, capacity, block_size })
     }
 
     /// The devices striped over.

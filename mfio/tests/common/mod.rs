@@ -47,28 +47,19 @@ pub struct Slow<B> {
 
 impl<B> Slow<B> {
     pub fn new(inner: B, delay: usize) -> Self {
-        Self {
-            inner,
-            delay,
-            pending_reads: Default::default(),
-            pending_writes: Default::default(),
-        }
+        Self { inner, delay, pending_reads: Default::default(), pending_writes: Default::default() }
     }
 }
 
 impl<B: PacketIo<FromDevice, u64>> PacketIo<FromDevice, u64> for Slow<B> {
     fn send_io(&self, pos: u64, view: PacketView<FromDevice>) {
-        self.pending_reads
-            .borrow_mut()
-            .push((self.delay, pos, view));
+        self.pending_reads.borrow_mut().push((self.delay, pos, view));
     }
 }
 
 impl<B: PacketIo<ToDevice, u64>> PacketIo<ToDevice, u64> for Slow<B> {
     fn send_io(&self, pos: u64, view: PacketView<ToDevice>) {
-        self.pending_writes
-            .borrow_mut()
-            .push((self.delay, pos, view));
+        self.pending_writes.borrow_mut().push((self.delay, pos, view));
     }
 }
 
