@@ -26,6 +26,7 @@
 #   --no-bind             leave the devices on the kernel's nvme/virtio_blk drivers
 #   --release             put target/release before target/debug on the guest PATH
 #   --mem SIZE, --smp N   guest memory (default 2G) and CPUs (default 2)
+#   --hugepages N         reserve N 2 MiB huge pages in the guest (default 0)
 #   --shell               interactive: a shell in the guest after CMD (Ctrl-A X quits QEMU)
 #   --no-setup            do not run scripts/vm-setup.sh first
 #   -v, --verbose         show the whole console (kernel and /init messages), not only CMD's output
@@ -40,7 +41,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 VMKIT=${VMKIT:-$HOME/.cache/mfio-vmkit}
 
-MODE=iommu ACCEL=auto TIMEOUT=600 MEM=2G SMP=2
+MODE=iommu ACCEL=auto TIMEOUT=600 MEM=2G SMP=2 HUGEPAGES=0
 NVME_SIZE=128M NVME2_SIZE=64M VBLK_SIZE=128M
 NVME_IMG="" NVME2_IMG="" VBLK_IMG=""
 KEEP=0 OUT="" BIND=1 RELEASE=0 SHELL_MODE=0 SETUP=1 VERBOSE=0
@@ -72,10 +73,11 @@ while [ $# -gt 0 ]; do
     --release) RELEASE=1 ;;
     --mem) need_arg "$@"; MEM=$2; shift ;;
     --smp) need_arg "$@"; SMP=$2; shift ;;
+    --hugepages) need_arg "$@"; HUGEPAGES=$2; shift ;;
     --shell) SHELL_MODE=1 ;;
     --no-setup) SETUP=0 ;;
     -v | --verbose) VERBOSE=1 ;;
-    -h | --help) sed -n "4,36p" "$0"; exit 0 ;;
+    -h | --help) sed -n "4,37p" "$0"; exit 0 ;;
     --) shift; break ;;
     *) die "unknown option '$1' (the command goes after --; see --help)" ;;
   esac
@@ -85,6 +87,7 @@ done
 case "$MODE" in iommu | noiommu) ;; *) die "--mode is iommu or noiommu, not '$MODE'" ;; esac
 case "$ACCEL" in auto | tcg | kvm) ;; *) die "--accel is auto, tcg or kvm, not '$ACCEL'" ;; esac
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds"
+[[ "$HUGEPAGES" =~ ^[0-9]+$ ]] || die "--hugepages wants a number of 2 MiB pages"
 
 if [ "$SETUP" = 1 ]; then
   "$HERE/vm-setup.sh" --quiet >/dev/null || die "scripts/vm-setup.sh failed"
@@ -205,6 +208,7 @@ else
   A+=(-serial stdio)
 fi
 KARGS="console=ttyS0 panic=-1 mfio.mode=$MODE mfio.bind=$BIND mfio.shell=$SHELL_MODE"
+[ "$HUGEPAGES" = 0 ] || KARGS="$KARGS hugepagesz=2M hugepages=$HUGEPAGES"
 if [ "$VERBOSE" = 1 ]; then KARGS="$KARGS loglevel=7"; else KARGS="$KARGS quiet loglevel=1"; fi
 IOMMU_PLATFORM=""
 if [ "$MODE" = iommu ]; then

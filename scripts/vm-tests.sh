@@ -12,8 +12,11 @@
 #   --timeout SECONDS   per-boot limit (default 600); --test-timeout: per program (default 300)
 #   --results DIR       keep every program's log and files here (default: temporary)
 #   --no-setup          skip scripts/vm-setup.sh; --no-build: skip cargo build
+#   --vm-opt WORD       one more argument for scripts/vm-run.sh (repeatable), for example
+#                       --vm-opt --hugepages --vm-opt 64
 #   --list              print the programs that would run and exit
-#   -v, --verbose       stream every program's output (and the guest console with -v -v)
+#   -v, --verbose       print every program's output, not only the failing ones' (-v -v: and
+#                       stream the guest's whole console)
 # Needs: root (or sudo) the first time, for apt-get; see scripts/vm-setup.sh. Honours VMKIT,
 # CARGO_TARGET_DIR and CARGO. Exit: 0 all passed, 1 a program failed, 2 the harness failed.
 set -euo pipefail
@@ -23,7 +26,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 CARGO=${CARGO:-cargo}
 PROFILE=debug MODES=iommu,noiommu TIMEOUT=600 TEST_TIMEOUT=300 RESULTS="" SETUP=1 BUILD=1
 LIST=0 VERBOSE=0
-ONLY=()
+ONLY=() VM_OPTS=()
 
 die() { echo "vm-tests: ERROR: $*" >&2; exit 2; }
 need_arg() { [ $# -ge 2 ] || die "$1 needs a value"; }
@@ -35,11 +38,12 @@ while [ $# -gt 0 ]; do
     --timeout) need_arg "$@"; TIMEOUT=$2; shift ;;
     --test-timeout) need_arg "$@"; TEST_TIMEOUT=$2; shift ;;
     --results) need_arg "$@"; RESULTS=$2; shift ;;
+    --vm-opt) need_arg "$@"; VM_OPTS+=("$2"); shift ;;
     --no-setup) SETUP=0 ;;
     --no-build) BUILD=0 ;;
     --list) LIST=1 ;;
     -v | --verbose) VERBOSE=$((VERBOSE + 1)) ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
   shift
@@ -106,6 +110,7 @@ for m in "${MODE_LIST[@]}"; do
   set +e
   # The guest runner prints one line per program; --verbose adds each program's output.
   "$HERE/vm-run.sh" --no-setup --mode "$m" --timeout "$TIMEOUT" --out "$OUT" ${RUNV[@]+"${RUNV[@]}"} \
+    ${VM_OPTS[@]+"${VM_OPTS[@]}"} \
     -- /bin/sh "$ROOT/vm-tests/guest/run-suite.sh" "$BINDIR" "$TEST_TIMEOUT" "${BINS[@]}" \
     2>"$OUT/vm-run.stderr"
   VMRC[$m]=$?
