@@ -72,15 +72,11 @@ impl CheckingMapper {
     fn resolve(&self, iova: Iova, len: usize, kind: &'static str) -> Result<usize, DmaFault> {
         let fault = DmaFault { iova, len, kind };
         let st = self.state();
-        let hit = st
-            .maps
-            .range(..=iova.0)
-            .next_back()
-            .and_then(|(&start, &(virt, mlen))| {
-                let off = iova.0 - start;
-                let end = off.checked_add(len as u64)?;
-                (end <= mlen as u64).then_some(virt + off as usize)
-            });
+        let hit = st.maps.range(..=iova.0).next_back().and_then(|(&start, &(virt, mlen))| {
+            let off = iova.0 - start;
+            let end = off.checked_add(len as u64)?;
+            (end <= mlen as u64).then_some(virt + off as usize)
+        });
         drop(st);
         hit.ok_or_else(|| {
             self.faults.fetch_add(1, Ordering::Relaxed);
@@ -100,11 +96,7 @@ impl CheckingMapper {
 
     /// The mapped ranges `(iova, len)`, in IOVA order.
     pub fn mappings(&self) -> Vec<(Iova, usize)> {
-        self.state()
-            .maps
-            .iter()
-            .map(|(&i, &(_, l))| (Iova(i), l))
-            .collect()
+        self.state().maps.iter().map(|(&i, &(_, l))| (Iova(i), l)).collect()
     }
 
     /// How many device accesses were rejected so far (a test asserts it stays 0, or not).
@@ -176,9 +168,7 @@ impl DmaMapper for CheckingMapper {
         check_page_range(virt, len)?;
         let mut st = self.state();
         // The guard page after the mapping stays allocated but unmapped.
-        let iova = st
-            .alloc
-            .alloc(len as u64 + PAGE_SIZE as u64, PAGE_SIZE as u64)?;
+        let iova = st.alloc.alloc(len as u64 + PAGE_SIZE as u64, PAGE_SIZE as u64)?;
         st.maps.insert(iova.0, (virt.0, len));
         Ok(vec![MappedChunk { virt, iova, len }])
     }
@@ -188,12 +178,7 @@ impl DmaMapper for CheckingMapper {
         for c in chunks {
             match st.maps.get(&c.iova.0) {
                 Some(&(v, l)) if v == c.virt.0 && l == c.len => {}
-                _ => {
-                    return Err(DmaError::NotMapped {
-                        iova: c.iova,
-                        len: c.len,
-                    })
-                }
+                _ => return Err(DmaError::NotMapped { iova: c.iova, len: c.len }),
             }
             st.maps.remove(&c.iova.0);
             st.alloc.free(c.iova, c.len as u64 + PAGE_SIZE as u64)?;
@@ -215,11 +200,7 @@ mod tests {
         let a = space.alloc(8192).unwrap();
         let b = space.alloc(4096).unwrap();
         let ia = a.iova();
-        assert_ne!(
-            ia.0,
-            a.virt().0 as u64,
-            "IOVA must not equal the virtual address"
-        );
+        assert_ne!(ia.0, a.virt().0 as u64, "IOVA must not equal the virtual address");
         assert!(ia.0 >= CHECKING_IOVA_BASE && ia.0 <= CHECKING_IOVA_LAST);
 
         a.mem().write_le32(100, 0xfeed);
@@ -231,17 +212,10 @@ mod tests {
         let end = Iova(ia.0 + a.len() as u64);
         assert_eq!(
             m.read_le32(Iova(end.0 - 2)),
-            Err(DmaFault {
-                iova: Iova(end.0 - 2),
-                len: 4,
-                kind: "read"
-            })
+            Err(DmaFault { iova: Iova(end.0 - 2), len: 4, kind: "read" })
         );
         assert!(m.write(end, &[1]).is_err());
-        assert!(
-            m.write(Iova(a.virt().0 as u64), &[1]).is_err(),
-            "virtual address taken as IOVA"
-        );
+        assert!(m.write(Iova(a.virt().0 as u64), &[1]).is_err(), "virtual address taken as IOVA");
         assert_eq!(m.fault_count(), 3);
         assert!(m.is_mapped(b.iova(), 4096));
         assert!(!m.is_mapped(b.iova(), 4097));
@@ -256,11 +230,7 @@ mod tests {
     #[test]
     fn unmap_of_unknown_chunk_fails() {
         let m = CheckingMapper::new();
-        let c = MappedChunk {
-            virt: VirtAddr(0x1000),
-            iova: Iova(CHECKING_IOVA_BASE),
-            len: 0x1000,
-        };
+        let c = MappedChunk { virt: VirtAddr(0x1000), iova: Iova(CHECKING_IOVA_BASE), len: 0x1000 };
         assert!(m.unmap(&[c]).is_err());
         // SAFETY: nothing ever accesses this memory through the mapping (no device, no model
         // access), so the address need not be valid.

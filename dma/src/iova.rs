@@ -25,10 +25,7 @@ impl IovaAllocator {
     /// Addresses below `min` are never handed out (IOVA 0 looks like a null pointer to many
     /// devices and drivers, so callers pass a floor such as 1 MiB).
     pub fn new(ranges: &[(u64, u64)], min: u64) -> IovaAllocator {
-        let mut a = IovaAllocator {
-            free: BTreeMap::new(),
-            used: BTreeMap::new(),
-        };
+        let mut a = IovaAllocator { free: BTreeMap::new(), used: BTreeMap::new() };
         for &(first, last) in ranges {
             let start = first.max(min);
             // The last byte of the 64-bit space is given up so that `end` fits in a u64.
@@ -80,12 +77,7 @@ impl IovaAllocator {
     pub fn free(&mut self, iova: Iova, len: u64) -> Result<(), DmaError> {
         match self.used.get(&iova.0) {
             Some(&l) if l == len => {}
-            _ => {
-                return Err(DmaError::NotMapped {
-                    iova,
-                    len: len as usize,
-                })
-            }
+            _ => return Err(DmaError::NotMapped { iova, len: len as usize }),
         }
         self.used.remove(&iova.0);
         self.insert_free(iova.0, iova.0 + len);
@@ -126,10 +118,8 @@ mod tests {
         assert_eq!(i, Iova(0x10_0000));
         // A 2 MiB-aligned 4 MiB allocation that does not fit under the MSI window's gap goes
         // past it, never across it.
-        let mut b = IovaAllocator::new(
-            &[(0xfec0_0000, 0xfedf_ffff), (0xfef0_0000, 0x1_ffff_ffff)],
-            0,
-        );
+        let mut b =
+            IovaAllocator::new(&[(0xfec0_0000, 0xfedf_ffff), (0xfef0_0000, 0x1_ffff_ffff)], 0);
         let j = b.alloc(4 << 20, 2 << 20).unwrap();
         assert!(j.0 >= 0xfef0_0000, "{j:?}");
         assert!(a.alloc(1 << 40, 4096).is_err());

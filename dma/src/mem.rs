@@ -30,10 +30,7 @@ unsafe impl Sync for DmaSlice<'_> {}
 
 impl core::fmt::Debug for DmaSlice<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("DmaSlice")
-            .field("ptr", &self.ptr)
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("DmaSlice").field("ptr", &self.ptr).field("len", &self.len).finish()
     }
 }
 
@@ -72,11 +69,7 @@ impl<'a> DmaSlice<'a> {
     /// a Rust reference to it during `'a`.
     #[inline]
     pub unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> DmaSlice<'a> {
-        DmaSlice {
-            ptr,
-            len,
-            _owner: PhantomData,
-        }
+        DmaSlice { ptr, len, _owner: PhantomData }
     }
 
     /// Length in bytes.

@@ -40,9 +40,7 @@ impl NoIommuMapper {
         let pages = len / PAGE_SIZE;
         let mut raw = vec![0u8; pages * 8];
         let off = (virt.0 / PAGE_SIZE * 8) as u64;
-        self.pagemap
-            .read_exact_at(&mut raw, off)
-            .map_err(DmaError::Pagemap)?;
+        self.pagemap.read_exact_at(&mut raw, off).map_err(DmaError::Pagemap)?;
         raw.chunks_exact(8)
             .enumerate()
             .map(|(i, b)| {
@@ -67,11 +65,7 @@ pub fn merge_pages(virt: VirtAddr, phys: &[u64]) -> Vec<MappedChunk> {
         let va = VirtAddr(virt.0 + i * PAGE_SIZE);
         match out.last_mut() {
             Some(c) if c.iova.0 + c.len as u64 == p => c.len += PAGE_SIZE,
-            _ => out.push(MappedChunk {
-                virt: va,
-                iova: Iova(p),
-                len: PAGE_SIZE,
-            }),
+            _ => out.push(MappedChunk { virt: va, iova: Iova(p), len: PAGE_SIZE }),
         }
     }
     out
@@ -89,10 +83,7 @@ impl DmaMapper for NoIommuMapper {
         // Lock (and fault in) the pages so they have, and keep, a physical address. DmaRegions
         // are locked already; this is for registered user memory.
         // SAFETY: the caller guarantees the range is mapped memory of this process.
-        unsafe { mlock(ptr, len) }.map_err(|e| DmaError::Lock {
-            len,
-            source: e.into(),
-        })?;
+        unsafe { mlock(ptr, len) }.map_err(|e| DmaError::Lock { len, source: e.into() })?;
         let phys = self.phys_pages(virt, len)?;
         Ok(merge_pages(virt, &phys))
     }
@@ -114,21 +105,9 @@ mod tests {
         assert_eq!(
             c,
             vec![
-                MappedChunk {
-                    virt: VirtAddr(0x10000),
-                    iova: Iova(0x5000),
-                    len: 0x2000
-                },
-                MappedChunk {
-                    virt: VirtAddr(0x12000),
-                    iova: Iova(0x9000),
-                    len: 0x1000
-                },
-                MappedChunk {
-                    virt: VirtAddr(0x13000),
-                    iova: Iova(0x1000),
-                    len: 0x2000
-                },
+                MappedChunk { virt: VirtAddr(0x10000), iova: Iova(0x5000), len: 0x2000 },
+                MappedChunk { virt: VirtAddr(0x12000), iova: Iova(0x9000), len: 0x1000 },
+                MappedChunk { virt: VirtAddr(0x13000), iova: Iova(0x1000), len: 0x2000 },
             ]
         );
     }
@@ -147,9 +126,7 @@ mod tests {
                 // SAFETY: `r` outlives the mapping, and no device exists in this test.
                 let chunks = unsafe { m.map(r.virt(), r.len()) }.unwrap();
                 assert_eq!(chunks.iter().map(|c| c.len).sum::<usize>(), r.len());
-                assert!(chunks
-                    .iter()
-                    .all(|c| c.iova.0 != 0 && c.iova.0 % PAGE_SIZE as u64 == 0));
+                assert!(chunks.iter().all(|c| c.iova.0 != 0 && c.iova.0 % PAGE_SIZE as u64 == 0));
                 m.unmap(&chunks).unwrap();
             }
             Err(e) => assert!(e.to_string().contains("CAP_SYS_ADMIN"), "{e}"),

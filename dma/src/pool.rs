@@ -66,25 +66,18 @@ impl DmaPool {
         align: usize,
     ) -> Result<DmaPool, DmaError> {
         if slot_size == 0 || count == 0 || count > u32::MAX as usize {
-            return Err(DmaError::InvalidPool(
-                "slot size and count must be non-zero",
-            ));
+            return Err(DmaError::InvalidPool("slot size and count must be non-zero"));
         }
         if !align.is_power_of_two() || align > crate::addr::HUGE_PAGE_SIZE {
-            return Err(DmaError::InvalidPool(
-                "alignment must be a power of two up to 2 MiB",
-            ));
+            return Err(DmaError::InvalidPool("alignment must be a power of two up to 2 MiB"));
         }
         let stride = slot_size
             .checked_next_multiple_of(align)
             .ok_or(DmaError::InvalidPool("slot size overflows"))?;
-        let total = stride
-            .checked_mul(count)
-            .ok_or(DmaError::InvalidPool("pool size overflows"))?;
+        let total =
+            stride.checked_mul(count).ok_or(DmaError::InvalidPool("pool size overflows"))?;
         let buf = space.alloc(total)?;
-        let iovas = (0..count)
-            .map(|i| buf.contiguous_iova(i * stride, slot_size))
-            .collect();
+        let iovas = (0..count).map(|i| buf.contiguous_iova(i * stride, slot_size)).collect();
         Ok(DmaPool {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             buf,
@@ -100,10 +93,7 @@ impl DmaPool {
     #[inline]
     pub fn alloc(&mut self) -> Option<PoolSlot> {
         let index = self.free.pop()?;
-        Some(PoolSlot {
-            pool: self.id,
-            index,
-        })
+        Some(PoolSlot { pool: self.id, index })
     }
 
     /// Give a slot back.
@@ -123,10 +113,7 @@ impl DmaPool {
 
     #[inline]
     fn check(&self, slot: &PoolSlot) -> usize {
-        assert_eq!(
-            slot.pool, self.id,
-            "slot used with a pool it does not belong to"
-        );
+        assert_eq!(slot.pool, self.id, "slot used with a pool it does not belong to");
         slot.index as usize
     }
 

@@ -107,11 +107,7 @@ impl DmaRegion {
             flags |= MFdFlags::MFD_HUGETLB | MFdFlags::MFD_HUGE_2MB;
         }
         let io = |step| {
-            move |e: nix::Error| DmaError::Alloc {
-                len,
-                step,
-                source: std::io::Error::from(e),
-            }
+            move |e: nix::Error| DmaError::Alloc { len, step, source: std::io::Error::from(e) }
         };
         let fd = memfd_create(c"mfio-dma", flags).map_err(io("memfd_create"))?;
         nix::unistd::ftruncate(&fd, rounded as i64).map_err(io("ftruncate"))?;
@@ -130,18 +126,11 @@ impl DmaRegion {
             )
         }
         .map_err(io("mmap"))?;
-        let region = DmaRegion {
-            ptr: ptr.cast(),
-            len: rounded,
-            kind,
-            _fd: fd,
-        };
+        let region = DmaRegion { ptr: ptr.cast(), len: rounded, kind, _fd: fd };
         if kind == PageKind::Small4K {
             // SAFETY: locks our own live mapping; no memory is accessed.
-            unsafe { mlock(region.ptr.cast(), rounded) }.map_err(|e| DmaError::Lock {
-                len: rounded,
-                source: e.into(),
-            })?;
+            unsafe { mlock(region.ptr.cast(), rounded) }
+                .map_err(|e| DmaError::Lock { len: rounded, source: e.into() })?;
         }
         tracing::debug!(len = rounded, ?kind, virt = %region.virt(), "DMA region allocated");
         Ok(region)

@@ -66,11 +66,7 @@ impl DmaSpace {
             let _ = self.mapper.unmap(&chunks);
             return Err(e);
         }
-        Ok(DmaBuffer {
-            region: ManuallyDrop::new(region),
-            chunks,
-            space: self.clone(),
-        })
+        Ok(DmaBuffer { region: ManuallyDrop::new(region), chunks, space: self.clone() })
     }
 
     /// Register memory the caller owns (an engine's buffers) so I/O on it is zero copy. The
@@ -106,22 +102,13 @@ impl DmaSpace {
             let _ = self.mapper.unmap(&chunks);
             return Err(e);
         }
-        Ok(Registration {
-            virt,
-            len: rlen,
-            chunks,
-            space: self.clone(),
-        })
+        Ok(Registration { virt, len: rlen, chunks, space: self.clone() })
     }
 
     /// A translator for one queue (or thread).
     pub fn translator(self: &Arc<Self>) -> Translator {
         let (snapshot, generation) = self.snapshot_with_generation();
-        Translator {
-            space: self.clone(),
-            snapshot,
-            generation,
-        }
+        Translator { space: self.clone(), snapshot, generation }
     }
 
     /// The current translation table.
@@ -197,8 +184,7 @@ impl Translator {
         out: &mut [IovaSegment],
     ) -> Result<usize, TranslateError> {
         self.refresh();
-        self.snapshot
-            .translate_into(VirtAddr::from_ptr(ptr), len, out)
+        self.snapshot.translate_into(VirtAddr::from_ptr(ptr), len, out)
     }
 
     /// Whether all of `len` bytes at `ptr` are DMA-mapped (zero copy possible).
@@ -265,10 +251,7 @@ impl DmaBuffer {
     /// IOVA of the byte at `offset`, or `None` past the end.
     pub fn iova_at(&self, offset: usize) -> Option<Iova> {
         let va = self.virt().0.checked_add(offset)?;
-        let c = self
-            .chunks
-            .iter()
-            .find(|c| va >= c.virt.0 && va < c.virt_end())?;
+        let c = self.chunks.iter().find(|c| va >= c.virt.0 && va < c.virt_end())?;
         Some(Iova(c.iova.0 + (va - c.virt.0) as u64))
     }
 
@@ -282,11 +265,7 @@ impl DmaBuffer {
         let (start, stop) = (self.virt().0 + offset, self.virt().0 + end);
         let mut first = None;
         let mut expect: Option<u64> = None;
-        for c in self
-            .chunks
-            .iter()
-            .filter(|c| c.virt_end() > start && c.virt.0 < stop)
-        {
+        for c in self.chunks.iter().filter(|c| c.virt_end() > start && c.virt.0 < stop) {
             let from = start.max(c.virt.0);
             let iova = c.iova.0 + (from - c.virt.0) as u64;
             if expect.is_some_and(|e| e != iova) {
@@ -431,25 +410,17 @@ mod tests {
     #[test]
     fn scattered_buffer_reports_contiguity_honestly() {
         let space = DmaSpace::new(Arc::new(ScatterMapper(Mutex::new(0x1000_0000))));
-        let b = space
-            .alloc_with(3 * PAGE_SIZE, PagePolicy::SmallOnly)
-            .unwrap();
+        let b = space.alloc_with(3 * PAGE_SIZE, PagePolicy::SmallOnly).unwrap();
         assert_eq!(b.chunks().len(), 3);
         assert_eq!(b.iova(), Iova(0x1000_0000 + 2 * PAGE_SIZE as u64));
-        assert_eq!(
-            b.iova_at(PAGE_SIZE + 5),
-            Some(Iova(0x1000_0000 + PAGE_SIZE as u64 + 5))
-        );
+        assert_eq!(b.iova_at(PAGE_SIZE + 5), Some(Iova(0x1000_0000 + PAGE_SIZE as u64 + 5)));
         assert!(b.contiguous_iova(0, PAGE_SIZE).is_some());
         assert!(b.contiguous_iova(100, PAGE_SIZE - 100).is_some());
         assert!(b.contiguous_iova(100, PAGE_SIZE).is_none());
         assert!(b.contiguous_iova(0, 4 * PAGE_SIZE).is_none());
         assert!(b.contiguous_iova(0, 0).is_none());
         let mut t = space.translator();
-        let segs: Vec<_> = t
-            .segments(b.as_ptr(), 3 * PAGE_SIZE)
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let segs: Vec<_> = t.segments(b.as_ptr(), 3 * PAGE_SIZE).collect::<Result<_, _>>().unwrap();
         assert_eq!(segs.len(), 3);
         assert!(segs.iter().all(|s| s.len == PAGE_SIZE));
         let mut small = [IovaSegment::default(); 2];
@@ -460,9 +431,6 @@ mod tests {
         // A range that starts in the buffer and runs past its end.
         // SAFETY of the pointer arithmetic is not needed: translation never dereferences.
         let tail = b.as_ptr().wrapping_add(3 * PAGE_SIZE - 8);
-        assert_eq!(
-            t.segments(tail, 16).last(),
-            Some(Err(TranslateError::NotMapped { offset: 8 }))
-        );
+        assert_eq!(t.segments(tail, 16).last(), Some(Err(TranslateError::NotMapped { offset: 8 })));
     }
 }

@@ -42,18 +42,12 @@ impl TranslationTable {
             }
             let overlaps_table = {
                 let idx = self.chunks.partition_point(|e| e.virt_end() <= c.virt.0);
-                self.chunks
-                    .get(idx)
-                    .is_some_and(|e| e.virt.0 < c.virt_end())
+                self.chunks.get(idx).is_some_and(|e| e.virt.0 < c.virt_end())
             };
-            let overlaps_new = new[..i]
-                .iter()
-                .any(|o| o.virt.0 < c.virt_end() && c.virt.0 < o.virt_end());
+            let overlaps_new =
+                new[..i].iter().any(|o| o.virt.0 < c.virt_end() && c.virt.0 < o.virt_end());
             if overlaps_table || overlaps_new {
-                return Err(DmaError::Overlap {
-                    virt: c.virt,
-                    len: c.len,
-                });
+                return Err(DmaError::Overlap { virt: c.virt, len: c.len });
             }
         }
         self.chunks.extend_from_slice(new);
@@ -81,14 +75,7 @@ impl TranslationTable {
             Some(end) => (virt.0, end, None),
             None => (virt.0, virt.0, Some(TranslateError::Overflow)),
         };
-        Segments {
-            table: self,
-            start: virt.0,
-            cur,
-            end,
-            hint: None,
-            err,
-        }
+        Segments { table: self, start: virt.0, cur, end, hint: None, err }
     }
 
     /// Translate `[virt, virt + len)` into `out`; returns how many segments were written.
@@ -103,9 +90,7 @@ impl TranslationTable {
         let max = out.len();
         for seg in self.segments(virt, len) {
             let seg = seg?;
-            let slot = out
-                .get_mut(n)
-                .ok_or(TranslateError::TooManySegments { max })?;
+            let slot = out.get_mut(n).ok_or(TranslateError::TooManySegments { max })?;
             *slot = seg;
             n += 1;
         }
@@ -176,10 +161,7 @@ impl Iterator for Segments<'_> {
         let len = seg_end - self.cur;
         self.cur = seg_end;
         self.hint = Some(j);
-        Some(Ok(IovaSegment {
-            iova: Iova(iova),
-            len,
-        }))
+        Some(Ok(IovaSegment { iova: Iova(iova), len }))
     }
 }
 
@@ -189,11 +171,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn chunk(virt: usize, iova: u64, len: usize) -> MappedChunk {
-        MappedChunk {
-            virt: VirtAddr(virt),
-            iova: Iova(iova),
-            len,
-        }
+        MappedChunk { virt: VirtAddr(virt), iova: Iova(iova), len }
     }
 
     fn table() -> TranslationTable {
@@ -214,19 +192,14 @@ mod tests {
         v: usize,
         l: usize,
     ) -> Result<Vec<(u64, usize)>, TranslateError> {
-        t.segments(VirtAddr(v), l)
-            .map(|s| s.map(|s| (s.iova.0, s.len)))
-            .collect()
+        t.segments(VirtAddr(v), l).map(|s| s.map(|s| (s.iova.0, s.len))).collect()
     }
 
     #[test]
     fn merges_contiguous_and_splits_at_iova_breaks() {
         let t = table();
         assert_eq!(collect(&t, 0x10800, 0x1000), Ok(vec![(0x900800, 0x1000)]));
-        assert_eq!(
-            collect(&t, 0x10ff0, 0x1020),
-            Ok(vec![(0x900ff0, 0x1010), (0x500000, 0x10)])
-        );
+        assert_eq!(collect(&t, 0x10ff0, 0x1020), Ok(vec![(0x900ff0, 0x1010), (0x500000, 0x10)]));
         assert_eq!(collect(&t, 0x12fff, 1), Ok(vec![(0x500fff, 1)]));
         assert_eq!(collect(&t, 0x20000, 0x2000), Ok(vec![(0x700000, 0x2000)]));
         assert_eq!(collect(&t, 0x10000, 0), Ok(vec![]));
@@ -236,28 +209,13 @@ mod tests {
     fn rejects_gaps_and_ends() {
         let t = table();
         // Crosses the end of the third chunk into the gap.
-        assert_eq!(
-            collect(&t, 0x12f00, 0x200),
-            Err(TranslateError::NotMapped { offset: 0x100 })
-        );
+        assert_eq!(collect(&t, 0x12f00, 0x200), Err(TranslateError::NotMapped { offset: 0x100 }));
         // Starts before any chunk.
-        assert_eq!(
-            collect(&t, 0xffff, 2),
-            Err(TranslateError::NotMapped { offset: 0 })
-        );
+        assert_eq!(collect(&t, 0xffff, 2), Err(TranslateError::NotMapped { offset: 0 }));
         // One past the end of the last chunk.
-        assert_eq!(
-            collect(&t, 0x22000, 1),
-            Err(TranslateError::NotMapped { offset: 0 })
-        );
-        assert_eq!(
-            collect(&t, 0x21fff, 2),
-            Err(TranslateError::NotMapped { offset: 1 })
-        );
-        assert_eq!(
-            collect(&t, usize::MAX - 1, 4),
-            Err(TranslateError::Overflow)
-        );
+        assert_eq!(collect(&t, 0x22000, 1), Err(TranslateError::NotMapped { offset: 0 }));
+        assert_eq!(collect(&t, 0x21fff, 2), Err(TranslateError::NotMapped { offset: 1 }));
+        assert_eq!(collect(&t, usize::MAX - 1, 4), Err(TranslateError::Overflow));
         assert!(!t.contains(VirtAddr(0x13000), 1));
         assert!(t.contains(VirtAddr(0x10000), 0x3000));
     }
@@ -272,13 +230,7 @@ mod tests {
         );
         let mut out = [IovaSegment::default(); 2];
         assert_eq!(t.translate_into(VirtAddr(0x11000), 0x2000, &mut out), Ok(2));
-        assert_eq!(
-            out[1],
-            IovaSegment {
-                iova: Iova(0x500000),
-                len: 0x1000
-            }
-        );
+        assert_eq!(out[1], IovaSegment { iova: Iova(0x500000), len: 0x1000 });
     }
 
     #[test]
@@ -286,20 +238,12 @@ mod tests {
         let mut t = table();
         assert!(t.insert(&[chunk(0x12fff, 0, 0x1000)]).is_err());
         assert!(t.insert(&[chunk(0xf000, 0, 0x1001)]).is_err());
-        assert!(t
-            .insert(&[chunk(0x30000, 0, 0x1000), chunk(0x30800, 0, 0x1000)])
-            .is_err());
+        assert!(t.insert(&[chunk(0x30000, 0, 0x1000), chunk(0x30800, 0, 0x1000)]).is_err());
         assert_eq!(t.chunks().len(), 4);
         t.insert(&[chunk(0xf000, 0x100, 0x1000)]).unwrap();
-        assert_eq!(
-            collect(&t, 0xf800, 0x1000),
-            Ok(vec![(0x900, 0x800), (0x900000, 0x800)])
-        );
+        assert_eq!(collect(&t, 0xf800, 0x1000), Ok(vec![(0x900, 0x800), (0x900000, 0x800)]));
         t.remove(&[chunk(0x11000, 0x901000, 0x1000)]);
-        assert_eq!(
-            collect(&t, 0x10000, 0x2000),
-            Err(TranslateError::NotMapped { offset: 0x1000 })
-        );
+        assert_eq!(collect(&t, 0x10000, 0x2000), Err(TranslateError::NotMapped { offset: 0x1000 }));
     }
 
     proptest! {

@@ -98,9 +98,7 @@ pub struct VfioType1Mapper {
 
 impl std::fmt::Debug for VfioType1Mapper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VfioType1Mapper")
-            .field("ranges", &self.ranges)
-            .finish()
+        f.debug_struct("VfioType1Mapper").field("ranges", &self.ranges).finish()
     }
 }
 
@@ -157,25 +155,18 @@ impl DmaMapper for VfioType1Mapper {
         let r = unsafe { self.container.vfio_dma_map(iova.0, len, virt.0 as *mut u8) };
         if let Err(e) = r {
             let _ = self.alloc().free(iova, len as u64);
-            return Err(DmaError::VfioMap {
-                virt,
-                iova,
-                len: len as u64,
-                detail: error_chain(&e),
-            });
+            return Err(DmaError::VfioMap { virt, iova, len: len as u64, detail: error_chain(&e) });
         }
         Ok(vec![MappedChunk { virt, iova, len }])
     }
 
     fn unmap(&self, chunks: &[MappedChunk]) -> Result<(), DmaError> {
         for c in chunks {
-            self.container
-                .vfio_dma_unmap(c.iova.0, c.len)
-                .map_err(|e| DmaError::VfioUnmap {
-                    iova: c.iova,
-                    len: c.len as u64,
-                    detail: error_chain(&e),
-                })?;
+            self.container.vfio_dma_unmap(c.iova.0, c.len).map_err(|e| DmaError::VfioUnmap {
+                iova: c.iova,
+                len: c.len as u64,
+                detail: error_chain(&e),
+            })?;
             self.alloc().free(c.iova, c.len as u64)?;
         }
         Ok(())

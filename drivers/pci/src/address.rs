@@ -20,11 +20,7 @@ pub struct PciAddress {
 
 impl fmt::Display for PciAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            self.domain, self.bus, self.device, self.function
-        )
+        write!(f, "{:04x}:{:02x}:{:02x}.{:x}", self.domain, self.bus, self.device, self.function)
     }
 }
 
@@ -68,15 +64,7 @@ mod tests {
     #[test]
     fn parse_and_print() {
         let a: PciAddress = "0000:00:04.0".parse().unwrap();
-        assert_eq!(
-            a,
-            PciAddress {
-                domain: 0,
-                bus: 0,
-                device: 4,
-                function: 0
-            }
-        );
+        assert_eq!(a, PciAddress { domain: 0, bus: 0, device: 4, function: 0 });
         assert_eq!(a.to_string(), "0000:00:04.0");
         let b: PciAddress = "3A:1f.7".parse().unwrap();
         assert_eq!(b.to_string(), "0000:3a:1f.7");

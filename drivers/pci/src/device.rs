@@ -71,10 +71,7 @@ pub trait PciDevice {
 
     /// Reset the function, where it supports a reset.
     fn reset(&self) -> Result<(), PciError> {
-        Err(PciError::Unsupported {
-            addr: self.address(),
-            what: "function reset",
-        })
+        Err(PciError::Unsupported { addr: self.address(), what: "function reset" })
     }
 
     /// Number of MSI-X vectors the function has (0 if none).
@@ -85,10 +82,7 @@ pub trait PciDevice {
     /// Route MSI-X vectors `0..count` to new eventfds. Optional: drivers poll.
     fn enable_msix(&self, count: u32) -> Result<Vec<EventFd>, PciError> {
         let _ = count;
-        Err(PciError::Unsupported {
-            addr: self.address(),
-            what: "MSI-X",
-        })
+        Err(PciError::Unsupported { addr: self.address(), what: "MSI-X" })
     }
 
     /// Stop MSI-X delivery.
@@ -130,11 +124,8 @@ pub trait PciDevice {
     /// Turn bus mastering (and memory space decoding) on or off. Nothing may DMA without it.
     fn set_bus_master(&self, on: bool) -> Result<(), PciError> {
         let cmd = self.config_read16(CONFIG_COMMAND)?;
-        let new = if on {
-            cmd | COMMAND_BUS_MASTER | COMMAND_MEMORY
-        } else {
-            cmd & !COMMAND_BUS_MASTER
-        };
+        let new =
+            if on { cmd | COMMAND_BUS_MASTER | COMMAND_MEMORY } else { cmd & !COMMAND_BUS_MASTER };
         if new != cmd {
             self.config_write16(CONFIG_COMMAND, new)?;
         }
@@ -229,10 +220,9 @@ mod tests {
             check_config_access(offset, buf.len())?;
             let o = offset as usize;
             let c = self.cfg.borrow();
-            buf.copy_from_slice(c.get(o..o + buf.len()).ok_or(PciError::ConfigRange {
-                offset,
-                len: buf.len(),
-            })?);
+            buf.copy_from_slice(
+                c.get(o..o + buf.len()).ok_or(PciError::ConfigRange { offset, len: buf.len() })?,
+            );
             Ok(())
         }
         fn config_write(&self, offset: u16, buf: &[u8]) -> Result<(), PciError> {
@@ -240,10 +230,7 @@ mod tests {
             let o = offset as usize;
             let mut c = self.cfg.borrow_mut();
             c.get_mut(o..o + buf.len())
-                .ok_or(PciError::ConfigRange {
-                    offset,
-                    len: buf.len(),
-                })?
+                .ok_or(PciError::ConfigRange { offset, len: buf.len() })?
                 .copy_from_slice(buf);
             Ok(())
         }
@@ -256,20 +243,13 @@ mod tests {
     fn default_methods_work_on_a_model() {
         let d = Fake::new();
         d.set_bus_master(true).unwrap();
-        assert_eq!(
-            d.config_read16(CONFIG_COMMAND).unwrap(),
-            COMMAND_BUS_MASTER | COMMAND_MEMORY
-        );
+        assert_eq!(d.config_read16(CONFIG_COMMAND).unwrap(), COMMAND_BUS_MASTER | COMMAND_MEMORY);
         d.set_bus_master(false).unwrap();
         assert_eq!(d.config_read16(CONFIG_COMMAND).unwrap(), COMMAND_MEMORY);
         let caps = d.capabilities().unwrap();
         assert_eq!(caps[0], (CAP_ID_VENDOR, 0x40));
         assert_eq!(caps[1], (CAP_ID_MSIX, 0x50));
-        assert_eq!(
-            caps.len(),
-            48,
-            "a looping list is cut off, not followed forever"
-        );
+        assert_eq!(caps.len(), 48, "a looping list is cut off, not followed forever");
         d.write64(0, 0, 0x1122_3344_5566_7788);
         assert_eq!(d.read64(0, 0), 0x1122_3344_5566_7788);
         assert!(d.reset().is_err());

@@ -49,10 +49,8 @@ pub(crate) fn ioctl_val(
 
 /// Group status flags (VFIO_GROUP_FLAGS_VIABLE, ...).
 pub(crate) fn group_status(group: &impl AsRawFd) -> std::io::Result<u32> {
-    let mut st = vfio_group_status {
-        argsz: std::mem::size_of::<vfio_group_status>() as u32,
-        flags: 0,
-    };
+    let mut st =
+        vfio_group_status { argsz: std::mem::size_of::<vfio_group_status>() as u32, flags: 0 };
     // SAFETY: the kernel writes at most argsz bytes into `st`.
     check(unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_STATUS as _, &mut st) })?;
     Ok(st.flags)

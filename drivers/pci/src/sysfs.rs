@@ -73,10 +73,7 @@ impl Default for Sysfs {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PciError + '_ {
-    move |source| PciError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| PciError::Io { path: path.to_path_buf(), source }
 }
 
 impl Sysfs {
@@ -107,22 +104,15 @@ impl Sysfs {
 
     /// `/dev/vfio/N` (or `/dev/vfio/noiommu-N`) under the root, for group `group`.
     pub fn group_dev(&self, group: u32, noiommu: bool) -> PathBuf {
-        let name = if noiommu {
-            format!("noiommu-{group}")
-        } else {
-            group.to_string()
-        };
+        let name = if noiommu { format!("noiommu-{group}") } else { group.to_string() };
         self.root.join("dev/vfio").join(name)
     }
 
     /// Whether VFIO's no-IOMMU mode is on.
     pub fn noiommu_enabled(&self) -> bool {
-        fs::read_to_string(
-            self.root
-                .join("sys/module/vfio/parameters/enable_unsafe_noiommu_mode"),
-        )
-        .map(|s| s.trim() == "Y" || s.trim() == "1")
-        .unwrap_or(false)
+        fs::read_to_string(self.root.join("sys/module/vfio/parameters/enable_unsafe_noiommu_mode"))
+            .map(|s| s.trim() == "Y" || s.trim() == "1")
+            .unwrap_or(false)
     }
 
     /// Whether any IOMMU is active (some IOMMU group exists that is not a no-IOMMU one).
@@ -154,11 +144,7 @@ impl Sysfs {
 
     /// NVMe and virtio-blk functions.
     pub fn storage_functions(&self) -> Result<Vec<PciFunction>, PciError> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter(|f| f.is_nvme() || f.is_virtio_blk())
-            .collect())
+        Ok(self.list()?.into_iter().filter(|f| f.is_nvme() || f.is_virtio_blk()).collect())
     }
 
     /// One function.
@@ -171,18 +157,12 @@ impl Sysfs {
             let p = dir.join(name);
             let s = fs::read_to_string(&p).map_err(io_err(&p))?;
             let t = s.trim();
-            u32::from_str_radix(t.trim_start_matches("0x"), 16).map_err(|_| PciError::Parse {
-                path: p.clone(),
-                content: t.to_string(),
-            })
+            u32::from_str_radix(t.trim_start_matches("0x"), 16)
+                .map_err(|_| PciError::Parse { path: p.clone(), content: t.to_string() })
         };
         let iommu_group = link_name(&dir.join("iommu_group")).and_then(|n| n.parse().ok());
         let group_peers = match iommu_group {
-            Some(g) => self
-                .group_members(g)?
-                .into_iter()
-                .filter(|a| *a != addr)
-                .collect(),
+            Some(g) => self.group_members(g)?.into_iter().filter(|a| *a != addr).collect(),
             None => Vec::new(),
         };
         Ok(PciFunction {
@@ -205,11 +185,7 @@ impl Sysfs {
 
     /// The functions in IOMMU group `group`.
     pub fn group_members(&self, group: u32) -> Result<Vec<PciAddress>, PciError> {
-        let dir = self
-            .root
-            .join("sys/kernel/iommu_groups")
-            .join(group.to_string())
-            .join("devices");
+        let dir = self.root.join("sys/kernel/iommu_groups").join(group.to_string()).join("devices");
         let mut v: Vec<PciAddress> = fs::read_dir(&dir)
             .map_err(io_err(&dir))?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -224,10 +200,7 @@ impl Sysfs {
     pub fn check_vfio_ready(&self, addr: PciAddress) -> Result<PciFunction, PciError> {
         let f = self.function(addr)?;
         if !f.on_vfio() {
-            return Err(PciError::NotBoundToVfio {
-                addr,
-                driver: f.driver,
-            });
+            return Err(PciError::NotBoundToVfio { addr, driver: f.driver });
         }
         let group = f.iommu_group.ok_or(PciError::NoIommu(addr))?;
         let mut others = Vec::new();
@@ -241,11 +214,7 @@ impl Sysfs {
             }
         }
         if !others.is_empty() {
-            return Err(PciError::GroupNotViable {
-                addr,
-                group,
-                others,
-            });
+            return Err(PciError::GroupNotViable { addr, group, others });
         }
         Ok(f)
     }
@@ -263,21 +232,12 @@ impl Sysfs {
         let dir = self.device_dir(addr);
         write_sysfs(&dir.join("driver_override"), VFIO_PCI)?;
         if let Some(d) = &f.driver {
-            write_sysfs(
-                &self.drivers_dir().join(d).join("unbind"),
-                &addr.to_string(),
-            )?;
+            write_sysfs(&self.drivers_dir().join(d).join("unbind"), &addr.to_string())?;
         }
-        write_sysfs(
-            &self.root.join("sys/bus/pci/drivers_probe"),
-            &addr.to_string(),
-        )?;
+        write_sysfs(&self.root.join("sys/bus/pci/drivers_probe"), &addr.to_string())?;
         let now = self.function(addr)?;
         if !now.on_vfio() {
-            return Err(PciError::BindFailed {
-                addr,
-                driver: now.driver,
-            });
+            return Err(PciError::BindFailed { addr, driver: now.driver });
         }
         Ok(f.driver)
     }
@@ -290,15 +250,9 @@ impl Sysfs {
         // A lone newline clears the override.
         write_sysfs(&dir.join("driver_override"), "\n")?;
         if f.on_vfio() {
-            write_sysfs(
-                &self.drivers_dir().join(VFIO_PCI).join("unbind"),
-                &addr.to_string(),
-            )?;
+            write_sysfs(&self.drivers_dir().join(VFIO_PCI).join("unbind"), &addr.to_string())?;
         }
-        write_sysfs(
-            &self.root.join("sys/bus/pci/drivers_probe"),
-            &addr.to_string(),
-        )?;
+        write_sysfs(&self.root.join("sys/bus/pci/drivers_probe"), &addr.to_string())?;
         Ok(self.function(addr)?.driver)
     }
 }
@@ -311,10 +265,7 @@ fn link_name(p: &Path) -> Option<String> {
 
 /// Write a sysfs attribute (no create, no truncate: sysfs files take one write).
 fn write_sysfs(path: &Path, value: &str) -> Result<(), PciError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))?;
+    let mut f = fs::OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
     f.write_all(value.as_bytes()).map_err(io_err(path))
 }
 
@@ -338,30 +289,9 @@ mod tests {
                 f.write(&format!("sys/bus/pci/drivers/{d}/unbind"), "");
             }
             f.write("sys/bus/pci/drivers_probe", "");
-            f.dev(
-                "0000:00:04.0",
-                "0x1b36",
-                "0x0010",
-                "0x010802",
-                Some("nvme"),
-                Some(3),
-            );
-            f.dev(
-                "0000:00:04.1",
-                "0x8086",
-                "0x10d3",
-                "0x020000",
-                Some("e1000e"),
-                Some(3),
-            );
-            f.dev(
-                "0000:00:05.0",
-                "0x1af4",
-                "0x1042",
-                "0x010000",
-                Some("vfio-pci"),
-                Some(4),
-            );
+            f.dev("0000:00:04.0", "0x1b36", "0x0010", "0x010802", Some("nvme"), Some(3));
+            f.dev("0000:00:04.1", "0x8086", "0x10d3", "0x020000", Some("e1000e"), Some(3));
+            f.dev("0000:00:05.0", "0x1af4", "0x1042", "0x010000", Some("vfio-pci"), Some(4));
             f.dev("0000:00:06.0", "0x8086", "0x10d3", "0x020000", None, None);
             f.mkdir("sys/class/iommu/dmar0");
             f
@@ -425,10 +355,7 @@ mod tests {
         assert_eq!(all.len(), 4);
         let nvme = &all[0];
         assert_eq!(nvme.address, a("0000:00:04.0"));
-        assert_eq!(
-            (nvme.vendor, nvme.device, nvme.class),
-            (0x1b36, 0x0010, 0x010802)
-        );
+        assert_eq!((nvme.vendor, nvme.device, nvme.class), (0x1b36, 0x0010, 0x010802));
         assert!(nvme.is_nvme() && !nvme.is_virtio_blk());
         assert_eq!(nvme.driver.as_deref(), Some("nvme"));
         assert_eq!(nvme.driver_override, None);
@@ -445,10 +372,7 @@ mod tests {
         assert!(s.iommu_present());
         assert!(!s.noiommu_enabled());
         f.mkdir("sys/module/vfio/parameters");
-        f.write(
-            "sys/module/vfio/parameters/enable_unsafe_noiommu_mode",
-            "Y\n",
-        );
+        f.write("sys/module/vfio/parameters/enable_unsafe_noiommu_mode", "Y\n");
         assert!(s.noiommu_enabled());
     }
 
@@ -458,14 +382,8 @@ mod tests {
         let s = f.sysfs();
         let e = s.check_vfio_ready(a("0000:00:09.0")).unwrap_err();
         assert!(matches!(e, PciError::NotFound(_)), "{e}");
-        let e = s
-            .check_vfio_ready(a("0000:00:04.0"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("bound to nvme, not vfio-pci") && e.contains("setup.sh config"),
-            "{e}"
-        );
+        let e = s.check_vfio_ready(a("0000:00:04.0")).unwrap_err().to_string();
+        assert!(e.contains("bound to nvme, not vfio-pci") && e.contains("setup.sh config"), "{e}");
         // Bound to vfio-pci but its group peer is on e1000e.
         fs::remove_file(f.p("sys/bus/pci/devices/0000:00:04.0/driver")).unwrap();
         symlink(
@@ -489,14 +407,8 @@ mod tests {
             f.p("sys/bus/pci/devices/0000:00:06.0/driver"),
         )
         .unwrap();
-        let e = s
-            .check_vfio_ready(a("0000:00:06.0"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("intel_iommu=on") && e.contains("enable_unsafe_noiommu_mode"),
-            "{e}"
-        );
+        let e = s.check_vfio_ready(a("0000:00:06.0")).unwrap_err().to_string();
+        assert!(e.contains("intel_iommu=on") && e.contains("enable_unsafe_noiommu_mode"), "{e}");
         // The lone virtio device is ready.
         assert!(s.check_vfio_ready(a("0000:00:05.0")).is_ok());
     }
@@ -512,10 +424,7 @@ mod tests {
             matches!(e, PciError::BindFailed { ref driver, .. } if driver.as_deref() == Some("nvme")),
             "{e}"
         );
-        assert_eq!(
-            f.read("sys/bus/pci/devices/0000:00:04.0/driver_override"),
-            "vfio-pci"
-        );
+        assert_eq!(f.read("sys/bus/pci/devices/0000:00:04.0/driver_override"), "vfio-pci");
         assert_eq!(f.read("sys/bus/pci/drivers/nvme/unbind"), "0000:00:04.0");
         assert_eq!(f.read("sys/bus/pci/drivers_probe"), "0000:00:04.0");
         // Already on vfio-pci: nothing to do, nothing written.
@@ -527,17 +436,9 @@ mod tests {
     fn bind_needs_vfio_pci_loaded() {
         let f = Fake::new();
         fs::remove_dir_all(f.p("sys/bus/pci/drivers/vfio-pci")).unwrap();
-        let e = f
-            .sysfs()
-            .bind_vfio(a("0000:00:04.0"))
-            .unwrap_err()
-            .to_string();
+        let e = f.sysfs().bind_vfio(a("0000:00:04.0")).unwrap_err().to_string();
         assert!(e.contains("modprobe vfio-pci"), "{e}");
-        assert_eq!(
-            f.read("sys/bus/pci/drivers/nvme/unbind"),
-            "",
-            "nothing unbound"
-        );
+        assert_eq!(f.read("sys/bus/pci/drivers/nvme/unbind"), "", "nothing unbound");
     }
 
     #[test]
@@ -546,13 +447,8 @@ mod tests {
         let s = f.sysfs();
         let d = s.unbind_vfio(a("0000:00:05.0")).unwrap();
         // Sysfs takes one write; the fake file keeps the old tail past it.
-        assert!(f
-            .read("sys/bus/pci/devices/0000:00:05.0/driver_override")
-            .starts_with('\n'));
-        assert_eq!(
-            f.read("sys/bus/pci/drivers/vfio-pci/unbind"),
-            "0000:00:05.0"
-        );
+        assert!(f.read("sys/bus/pci/devices/0000:00:05.0/driver_override").starts_with('\n'));
+        assert_eq!(f.read("sys/bus/pci/drivers/vfio-pci/unbind"), "0000:00:05.0");
         assert_eq!(f.read("sys/bus/pci/drivers_probe"), "0000:00:05.0");
         // The fake kernel left the link in place.
         assert_eq!(d.as_deref(), Some("vfio-pci"));

@@ -35,15 +35,8 @@ pub enum IommuMode {
 
 /// The open VFIO objects. Field order is drop order: device before group before container.
 enum Handle {
-    Type1 {
-        device: VfioDevice,
-        _container: Arc<VfioContainer>,
-    },
-    NoIommu {
-        device: File,
-        _group: File,
-        _container: File,
-    },
+    Type1 { device: VfioDevice, _container: Arc<VfioContainer> },
+    NoIommu { device: File, _group: File, _container: File },
 }
 
 /// A PCI function opened through VFIO: BARs mapped, config space, DMA through its container.
@@ -74,27 +67,16 @@ impl std::fmt::Debug for VfioPci {
 }
 
 fn vfio_err(addr: PciAddress, op: &'static str) -> impl Fn(std::io::Error) -> PciError {
-    move |e| PciError::Vfio {
-        addr,
-        op,
-        detail: e.to_string(),
-    }
+    move |e| PciError::Vfio { addr, op, detail: e.to_string() }
 }
 
 /// Open a group device node, turning the common failures into errors that name the fix.
 fn open_group(path: &Path) -> Result<File, PciError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EACCES) | Some(libc::EPERM) => PciError::NoPermission(path.to_path_buf()),
-            Some(libc::EBUSY) => PciError::GroupBusy(path.to_path_buf()),
-            _ => PciError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            },
-        })
+    OpenOptions::new().read(true).write(true).open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => PciError::NoPermission(path.to_path_buf()),
+        Some(libc::EBUSY) => PciError::GroupBusy(path.to_path_buf()),
+        _ => PciError::Io { path: path.to_path_buf(), source: e },
+    })
 }
 
 impl VfioPci {
@@ -125,19 +107,12 @@ impl VfioPci {
         // Probe the group node first: vfio-ioctls would report EACCES as a bare open failure.
         drop(open_group(&sysfs.group_dev(group, false))?);
         let verr = |op| {
-            move |e: vfio_ioctls::VfioError| PciError::Vfio {
-                addr,
-                op,
-                detail: error_chain(&e),
-            }
+            move |e: vfio_ioctls::VfioError| PciError::Vfio { addr, op, detail: error_chain(&e) }
         };
         let container = Arc::new(VfioContainer::new(None).map_err(verr("container open"))?);
-        let device = VfioDevice::new(
-            &sysfs.device_dir(addr),
-            container.clone() as Arc<dyn VfioOps>,
-            false,
-        )
-        .map_err(verr("device open"))?;
+        let device =
+            VfioDevice::new(&sysfs.device_dir(addr), container.clone() as Arc<dyn VfioOps>, false)
+                .map_err(verr("device open"))?;
         let mapper = VfioType1Mapper::new(container.clone())?;
         tracing::info!(%addr, ranges = ?mapper.iova_ranges(), "opened through VFIO type1");
         let fd = device.as_raw_fd();
@@ -146,26 +121,19 @@ impl VfioPci {
             IommuMode::Type1,
             fd,
             Arc::new(mapper),
-            Handle::Type1 {
-                device,
-                _container: container,
-            },
+            Handle::Type1 { device, _container: container },
         )
     }
 
     fn open_noiommu(sysfs: &Sysfs, addr: PciAddress, group: u32) -> Result<VfioPci, PciError> {
         let verr = |op| vfio_err(addr, op);
         let cpath = Path::new("/dev/vfio/vfio");
-        let container = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(cpath)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::EACCES) => PciError::NoPermission(cpath.to_path_buf()),
-                _ => PciError::Io {
-                    path: cpath.to_path_buf(),
-                    source: e,
-                },
+        let container =
+            OpenOptions::new().read(true).write(true).open(cpath).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(libc::EACCES) => PciError::NoPermission(cpath.to_path_buf()),
+                    _ => PciError::Io { path: cpath.to_path_buf(), source: e },
+                }
             })?;
         let v = ioctl::ioctl_val(&container, ioctl::VFIO_GET_API_VERSION, 0)
             .map_err(verr("get API version"))?;
@@ -176,12 +144,9 @@ impl VfioPci {
                 detail: format!("kernel API {v}, expected {VFIO_API_VERSION}"),
             });
         }
-        let ext = ioctl::ioctl_val(
-            &container,
-            ioctl::VFIO_CHECK_EXTENSION,
-            VFIO_NOIOMMU_IOMMU.into(),
-        )
-        .map_err(verr("check no-IOMMU extension"))?;
+        let ext =
+            ioctl::ioctl_val(&container, ioctl::VFIO_CHECK_EXTENSION, VFIO_NOIOMMU_IOMMU.into())
+                .map_err(verr("check no-IOMMU extension"))?;
         if ext != 1 {
             return Err(PciError::NoIommu(addr));
         }
@@ -190,11 +155,7 @@ impl VfioPci {
         let st = ioctl::group_status(&gfile).map_err(verr("group status"))?;
         if st & VFIO_GROUP_FLAGS_VIABLE == 0 {
             // check_vfio_ready passed, so a member changed driver meanwhile.
-            return Err(PciError::GroupNotViable {
-                addr,
-                group,
-                others: Vec::new(),
-            });
+            return Err(PciError::GroupNotViable { addr, group, others: Vec::new() });
         }
         ioctl::group_set_container(&gfile, &container).map_err(verr("group set container"))?;
         ioctl::ioctl_val(&container, ioctl::VFIO_SET_IOMMU, VFIO_NOIOMMU_IOMMU.into())
@@ -219,11 +180,7 @@ impl VfioPci {
             IommuMode::NoIommu,
             fd,
             Arc::new(mapper),
-            Handle::NoIommu {
-                device,
-                _group: gfile,
-                _container: container,
-            },
+            Handle::NoIommu { device, _group: gfile, _container: container },
         )
     }
 
@@ -268,9 +225,8 @@ impl VfioPci {
                 ));
             }
         }
-        let msix_count = ioctl::irq_info(&dev, VFIO_PCI_MSIX_IRQ_INDEX)
-            .map(|i| i.count)
-            .unwrap_or(0);
+        let msix_count =
+            ioctl::irq_info(&dev, VFIO_PCI_MSIX_IRQ_INDEX).map(|i| i.count).unwrap_or(0);
         Ok(VfioPci {
             addr,
             mode,
@@ -293,10 +249,7 @@ impl VfioPci {
 
     /// Whether BAR `bar` is mapped (fast path) rather than reached with pread/pwrite.
     pub fn bar_is_mapped(&self, bar: u8) -> bool {
-        matches!(
-            self.bars.get(bar as usize),
-            Some(Some(BarAccess::Mapped { .. }))
-        )
+        matches!(self.bars.get(bar as usize), Some(Some(BarAccess::Mapped { .. })))
     }
 
     /// Whether VFIO offers a function reset for this device.
@@ -306,10 +259,7 @@ impl VfioPci {
 
     /// BAR `bar`, or [`PciError::BarMissing`].
     pub fn require_bar(&self, bar: u8) -> Result<u64, PciError> {
-        self.bar_len(bar).ok_or(PciError::BarMissing {
-            addr: self.addr,
-            bar,
-        })
+        self.bar_len(bar).ok_or(PciError::BarMissing { addr: self.addr, bar })
     }
 
     #[inline]
@@ -367,10 +317,7 @@ impl PciDevice for VfioPci {
     fn config_read(&self, offset: u16, buf: &mut [u8]) -> Result<(), PciError> {
         check_config_access(offset, buf.len())?;
         if offset as u64 + buf.len() as u64 > self.config_size {
-            return Err(PciError::ConfigRange {
-                offset,
-                len: buf.len(),
-            });
+            return Err(PciError::ConfigRange { offset, len: buf.len() });
         }
         self.dev
             .read_exact_at(buf, self.config_offset + offset as u64)
@@ -380,10 +327,7 @@ impl PciDevice for VfioPci {
     fn config_write(&self, offset: u16, buf: &[u8]) -> Result<(), PciError> {
         check_config_access(offset, buf.len())?;
         if offset as u64 + buf.len() as u64 > self.config_size {
-            return Err(PciError::ConfigRange {
-                offset,
-                len: buf.len(),
-            });
+            return Err(PciError::ConfigRange { offset, len: buf.len() });
         }
         self.dev
             .write_all_at(buf, self.config_offset + offset as u64)
@@ -396,10 +340,7 @@ impl PciDevice for VfioPci {
 
     fn reset(&self) -> Result<(), PciError> {
         if !self.can_reset() {
-            return Err(PciError::Unsupported {
-                addr: self.addr,
-                what: "function reset",
-            });
+            return Err(PciError::Unsupported { addr: self.addr, what: "function reset" });
         }
         match &self.handle {
             // vfio-ioctls' reset checks the flag itself and reports nothing back.
@@ -419,10 +360,7 @@ impl PciDevice for VfioPci {
 
     fn enable_msix(&self, count: u32) -> Result<Vec<EventFd>, PciError> {
         if count == 0 || count > self.msix_count {
-            return Err(PciError::Unsupported {
-                addr: self.addr,
-                what: "that many MSI-X vectors",
-            });
+            return Err(PciError::Unsupported { addr: self.addr, what: "that many MSI-X vectors" });
         }
         // Our own SET_IRQS (not vfio-ioctls' enable_msix) so callers get nix EventFds and the
         // no-IOMMU path shares the code.
@@ -507,9 +445,6 @@ mod tests {
         let e = open_group(Path::new("/nonexistent/vfio/3")).unwrap_err();
         assert!(matches!(e, PciError::Io { .. }), "{e}");
         let msg = PciError::NoPermission("/dev/vfio/3".into()).to_string();
-        assert!(
-            msg.contains("TARGET_USER") && msg.contains("/dev/vfio/3"),
-            "{msg}"
-        );
+        assert!(msg.contains("TARGET_USER") && msg.contains("/dev/vfio/3"), "{msg}");
     }
 }

@@ -47,9 +47,7 @@ fn expected_mode() -> R<Option<IommuMode>> {
     match std::env::var("MFIO_IOMMU_MODE").as_deref() {
         Ok("iommu") => Ok(Some(IommuMode::Type1)),
         Ok("noiommu") => Ok(Some(IommuMode::NoIommu)),
-        Ok(other) => Err(format!(
-            "MFIO_IOMMU_MODE={other}: expected iommu or noiommu"
-        )),
+        Ok(other) => Err(format!("MFIO_IOMMU_MODE={other}: expected iommu or noiommu")),
         Err(_) => Ok(None),
     }
 }
@@ -74,17 +72,10 @@ fn open(addr: PciAddress, want: Option<IommuMode>) -> R<VfioPci> {
         (0..6).map(|b| d.bar_len(b)).collect::<Vec<_>>()
     );
     if let Some(w) = want {
-        ensure!(
-            d.mode() == w,
-            "{addr}: opened in {:?} mode, MFIO_IOMMU_MODE says {w:?}",
-            d.mode()
-        );
+        ensure!(d.mode() == w, "{addr}: opened in {:?} mode, MFIO_IOMMU_MODE says {w:?}", d.mode());
     }
-    d.set_bus_master(true)
-        .map_err(|e| format!("{addr}: bus master: {e}"))?;
-    let cmd = d
-        .config_read16(mfio_pci::CONFIG_COMMAND)
-        .map_err(|e| e.to_string())?;
+    d.set_bus_master(true).map_err(|e| format!("{addr}: bus master: {e}"))?;
+    let cmd = d.config_read16(mfio_pci::CONFIG_COMMAND).map_err(|e| e.to_string())?;
     ensure!(
         cmd & mfio_pci::COMMAND_BUS_MASTER != 0,
         "{addr}: bus master bit did not stick (command {cmd:#x})"
@@ -95,9 +86,7 @@ fn open(addr: PciAddress, want: Option<IommuMode>) -> R<VfioPci> {
 fn run() -> R<()> {
     let want = expected_mode()?;
     let nvme = device("MFIO_NVME_PCI", "NVMe controller", |f| f.is_nvme())?;
-    let vblk = device("MFIO_VIRTIO_PCI", "virtio-blk device", |f| {
-        f.is_virtio_blk()
-    })?;
+    let vblk = device("MFIO_VIRTIO_PCI", "virtio-blk device", |f| f.is_virtio_blk())?;
     nvme_identify(nvme, want)?;
     virtio_features(vblk, want)?;
     Ok(())
@@ -137,10 +126,7 @@ fn alloc_page(d: &VfioPci, what: &str) -> R<DmaBuffer> {
         .dma()
         .alloc_with(PAGE_SIZE, PagePolicy::Auto)
         .map_err(|e| format!("DMA alloc for {what}: {e}"))?;
-    ensure!(
-        b.contiguous_iova(0, PAGE_SIZE).is_some(),
-        "{what}: one page is not IOVA-contiguous"
-    );
+    ensure!(b.contiguous_iova(0, PAGE_SIZE).is_some(), "{what}: one page is not IOVA-contiguous");
     Ok(b)
 }
 
@@ -148,10 +134,7 @@ fn nvme_identify(addr: PciAddress, want: Option<IommuMode>) -> R<()> {
     let d = open(addr, want)?;
     let bar0 = d.require_bar(0).map_err(|e| e.to_string())?;
     ensure!(bar0 >= 0x2000, "NVMe BAR0 is only {bar0:#x} bytes");
-    println!(
-        "{addr}: BAR0 {bar0:#x} bytes, mapped: {}",
-        d.bar_is_mapped(0)
-    );
+    println!("{addr}: BAR0 {bar0:#x} bytes, mapped: {}", d.bar_is_mapped(0));
 
     let cap = d.read64(0, CAP);
     let vs = d.read32(0, VS);
@@ -163,14 +146,8 @@ fn nvme_identify(addr: PciAddress, want: Option<IommuMode>) -> R<()> {
     println!("{addr}: CAP {cap:#018x} (MQES+1 {mqes}, DSTRD {dstrd}, TO {to:?}, CSS.NVM {css_nvm}, MPSMIN {mpsmin}), VS {vs:#010x}");
     ensure!(cap != u64::MAX && cap != 0, "implausible CAP {cap:#x}");
     ensure!(mqes >= 2, "CAP.MQES+1 = {mqes}: too small");
-    ensure!(
-        css_nvm == 1,
-        "controller does not support the NVM command set"
-    );
-    ensure!(
-        mpsmin == 0,
-        "CAP.MPSMIN {mpsmin}: 4 KiB pages not supported"
-    );
+    ensure!(css_nvm == 1, "controller does not support the NVM command set");
+    ensure!(mpsmin == 0, "CAP.MPSMIN {mpsmin}: 4 KiB pages not supported");
     ensure!(vs >> 16 >= 1 && vs != u32::MAX, "implausible VS {vs:#x}");
 
     let asq = alloc_page(&d, "admin SQ")?;
@@ -196,11 +173,7 @@ fn nvme_identify(addr: PciAddress, want: Option<IommuMode>) -> R<()> {
         id.iova()
     );
     if d.mode() == IommuMode::Type1 {
-        ensure!(
-            id.iova().get() < 1 << 39,
-            "IOVA {} beyond the 39-bit IOMMU limit",
-            id.iova()
-        );
+        ensure!(id.iova().get() < 1 << 39, "IOVA {} beyond the 39-bit IOMMU limit", id.iova());
     }
 
     // Disable, program the admin queues, enable.
@@ -209,11 +182,7 @@ fn nvme_identify(addr: PciAddress, want: Option<IommuMode>) -> R<()> {
     d.write32(0, AQA, ((ADMIN_QSIZE - 1) << 16) | (ADMIN_QSIZE - 1));
     d.write64(0, ASQ, asq.iova().get());
     d.write64(0, ACQ, acq.iova().get());
-    ensure!(
-        d.read64(0, ASQ) == asq.iova().get(),
-        "ASQ read back {:#x}",
-        d.read64(0, ASQ)
-    );
+    ensure!(d.read64(0, ASQ) == asq.iova().get(), "ASQ read back {:#x}", d.read64(0, ASQ));
     // EN, CSS NVM, MPS 4 KiB, round robin, IOSQES 6 (64 B), IOCQES 4 (16 B).
     d.write32(0, CC, 1 | (6 << 16) | (4 << 20));
     wait_ready(&d, true, to)?;
@@ -244,11 +213,7 @@ fn nvme_identify(addr: PciAddress, want: Option<IommuMode>) -> R<()> {
     };
     d.write32(0, DOORBELLS + stride, 1); // CQ 0 head
     let status = dw3 >> 17;
-    ensure!(
-        dw3 & 0xffff == 1,
-        "completion for CID {} instead of 1",
-        dw3 & 0xffff
-    );
+    ensure!(dw3 & 0xffff == 1, "completion for CID {} instead of 1", dw3 & 0xffff);
     ensure!(
         status == 0,
         "Identify failed: status {status:#x} (SCT {}, SC {:#x})",
@@ -266,14 +231,8 @@ fn nvme_identify(addr: PciAddress, want: Option<IommuMode>) -> R<()> {
         String::from_utf8_lossy(&sn).trim_end(),
         start.elapsed()
     );
-    ensure!(
-        model.starts_with("QEMU NVMe"),
-        "model {model:?} does not start with \"QEMU NVMe\""
-    );
-    ensure!(
-        vid == 0x1b36,
-        "PCI vendor in Identify is {vid:#x}, expected 0x1b36"
-    );
+    ensure!(model.starts_with("QEMU NVMe"), "model {model:?} does not start with \"QEMU NVMe\"");
+    ensure!(vid == 0x1b36, "PCI vendor in Identify is {vid:#x}, expected 0x1b36");
 
     // Leave the controller disabled for the next program.
     d.write32(0, CC, 0);
@@ -325,10 +284,7 @@ fn virtio_features(addr: PciAddress, want: Option<IommuMode>) -> R<()> {
     d.write8(bar, base + DEVICE_STATUS, 0);
     let start = Instant::now();
     while d.read8(bar, base + DEVICE_STATUS) != 0 {
-        ensure!(
-            start.elapsed() < Duration::from_secs(5),
-            "device status did not reset to 0"
-        );
+        ensure!(start.elapsed() < Duration::from_secs(5), "device status did not reset to 0");
         std::thread::sleep(Duration::from_millis(1));
     }
     d.write32(bar, base + DEVICE_FEATURE_SELECT, 0);
