@@ -23,6 +23,7 @@
 #                         (default: a temporary one); the command finds it in $MFIO_VM_OUT
 #   --device SPEC         an extra QEMU -device (repeatable); --qemu-arg ARG: any raw argument
 #   --env NAME=VALUE      set in the command's environment (repeatable)
+#   --append ARGS         extra guest kernel arguments
 #   --no-bind             leave the devices on the kernel's nvme/virtio_blk drivers
 #   --release             put target/release before target/debug on the guest PATH
 #   --mem SIZE, --smp N   guest memory (default 2G) and CPUs (default 2)
@@ -44,7 +45,7 @@ VMKIT=${VMKIT:-$HOME/.cache/mfio-vmkit}
 MODE=iommu ACCEL=auto TIMEOUT=600 MEM=2G SMP=2 HUGEPAGES=0
 NVME_SIZE=128M NVME2_SIZE=64M VBLK_SIZE=128M
 NVME_IMG="" NVME2_IMG="" VBLK_IMG=""
-KEEP=0 OUT="" BIND=1 RELEASE=0 SHELL_MODE=0 SETUP=1 VERBOSE=0
+KEEP=0 OUT="" BIND=1 RELEASE=0 SHELL_MODE=0 SETUP=1 VERBOSE=0 APPEND=
 EXTRA=() USER_ENV=()
 
 msg() { echo "vm-run: $*" >&2; }
@@ -69,6 +70,7 @@ while [ $# -gt 0 ]; do
     --device) need_arg "$@"; EXTRA+=(-device "$2"); shift ;;
     --qemu-arg) need_arg "$@"; EXTRA+=("$2"); shift ;;
     --env) need_arg "$@"; [[ "$2" == [A-Za-z_]*=* ]] || die "--env wants NAME=VALUE"; USER_ENV+=("$2"); shift ;;
+    --append) need_arg "$@"; APPEND="$APPEND $2"; shift ;;
     --no-bind) BIND=0 ;;
     --release) RELEASE=1 ;;
     --mem) need_arg "$@"; MEM=$2; shift ;;
@@ -77,7 +79,7 @@ while [ $# -gt 0 ]; do
     --shell) SHELL_MODE=1 ;;
     --no-setup) SETUP=0 ;;
     -v | --verbose) VERBOSE=1 ;;
-    -h | --help) sed -n "4,37p" "$0"; exit 0 ;;
+    -h | --help) sed -n "4,38p" "$0"; exit 0 ;;
     --) shift; break ;;
     *) die "unknown option '$1' (the command goes after --; see --help)" ;;
   esac
@@ -218,7 +220,7 @@ if [ "$MODE" = iommu ]; then
   # Only with iommu_platform=on does QEMU's virtio device translate its DMA through the vIOMMU.
   IOMMU_PLATFORM=",iommu_platform=on"
 fi
-A+=(-kernel "$VMKIT/vmlinux" -initrd "$VMKIT/initramfs.cpio.gz" -append "$KARGS")
+A+=(-kernel "$VMKIT/vmlinux" -initrd "$VMKIT/initramfs.cpio.gz" -append "$KARGS$APPEND")
 A+=(-drive "file=$NVME_IMG,if=none,id=nvm1,format=raw"
   -device "nvme,id=nvme0,serial=mfio0001,addr=04.0"
   -device "nvme-ns,drive=nvm1,bus=nvme0,nsid=1")
