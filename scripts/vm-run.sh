@@ -165,16 +165,19 @@ probe_kvm() {
     [ "$(sed -n 2p "$cache")" = ok ]
     return
   fi
-  local verdict=fail
-  if timeout -k 5 60 qemu-system-x86_64 -machine q35,accel=kvm -cpu host -m 512M -smp 1 \
-    -display none -nodefaults -no-reboot -serial stdio -kernel "$VMKIT/vmlinux" \
+  local verdict=fail out
+  # Into a variable, not a pipe to grep -q: that would end QEMU by SIGPIPE and fail the pipe.
+  out=$(timeout -k 5 60 qemu-system-x86_64 -machine q35,accel=kvm -cpu host \
+    -m 512M -smp 1 -display none -nodefaults -no-reboot -serial stdio -kernel "$VMKIT/vmlinux" \
     -initrd "$VMKIT/initramfs.cpio.gz" -append "console=ttyS0 panic=-1 quiet mfio.probe=1" \
-    </dev/null 2>&1 | grep -q '@@MFIO-PROBE-OK@@'; then
-    verdict=ok
-  fi
+    </dev/null 2>&1 || true)
+  [[ "$out" != *@@MFIO-PROBE-OK@@* ]] || verdict=ok
   printf '%s\n%s\n' "$key" "$verdict" >"$cache"
   [ "$verdict" = ok ]
 }
+if [ "$ACCEL" = kvm ] && ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
+  msg "warning: --accel kvm, but the CPU shows no vmx/svm: a software-backed /dev/kvm (kvm_pvm) cannot boot a stock kernel"
+fi
 if [ "$ACCEL" = auto ]; then
   ACCEL=tcg
   if [ ! -e /dev/kvm ]; then
