@@ -70,9 +70,16 @@ check jq jq # scripts/vm-tests.sh reads `cargo metadata`
 # Installing Debian's qemu-system-x86 replaces a newer qemu-utils on some images: put qemu-img
 # back (the benchmarks use `qemu-img bench` on nvme://).
 check qemu-img qemu-utils
+check_pkg() { # check_pkg PACKAGE: by its dpkg status (libraries have no command to look for)
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$1")
+}
 # busybox-static, not the dynamic busybox: the initramfs has no libc.
-dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' ||
-  need_pkgs+=(busybox-static)
+check_pkg busybox-static
+# linux-kbuild's tools (modpost, ...) are unpacked, not installed: their libraries are not
+# pulled in by apt, so ask for them here.
+check_pkg libelf1
+check_pkg libssl3
+check_pkg zlib1g
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   [ "$INSTALL" = 1 ] || die "missing packages: ${need_pkgs[*]} (apt-get install them, or drop --no-install)"
   say "installing ${need_pkgs[*]}"
