@@ -31,9 +31,7 @@ impl Mode {
         match std::env::var("MFIO_IOMMU_MODE").as_deref() {
             Ok("iommu") => Ok(Mode::Iommu),
             Ok("noiommu") => Ok(Mode::NoIommu),
-            Ok(other) => Err(format!(
-                "MFIO_IOMMU_MODE={other:?}: expected iommu or noiommu"
-            )),
+            Ok(other) => Err(format!("MFIO_IOMMU_MODE={other:?}: expected iommu or noiommu")),
             Err(_) => Err("MFIO_IOMMU_MODE is not set: run me in the guest through \
                            scripts/vm-run.sh or scripts/vm-tests.sh"
                 .to_string()),
@@ -72,16 +70,12 @@ impl Checks {
 
 /// Reads a sysfs attribute, trimmed; `None` if it cannot be read.
 fn attr(dir: &Path, name: &str) -> Option<String> {
-    fs::read_to_string(dir.join(name))
-        .ok()
-        .map(|s| s.trim().to_string())
+    fs::read_to_string(dir.join(name)).ok().map(|s| s.trim().to_string())
 }
 
 /// The last path component of a sysfs symlink (a driver's or an IOMMU group's name).
 fn link_name(path: &Path) -> Option<String> {
-    fs::read_link(path)
-        .ok()
-        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+    fs::read_link(path).ok().and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
 /// PCI addresses of the functions for which `pred(class, vendor, device)` holds, sorted.
@@ -106,12 +100,7 @@ fn find_functions(pred: impl Fn(&str, &str, &str) -> bool) -> Vec<String> {
 
 /// Opens `path` read-write and closes it again.
 fn opens_rw(path: &Path) -> Result<(), String> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map(drop)
-        .map_err(|e| e.to_string())
+    OpenOptions::new().read(true).write(true).open(path).map(drop).map_err(|e| e.to_string())
 }
 
 /// Checks one device kind: present, at the advertised address, bound to vfio-pci, alone in its
@@ -157,22 +146,16 @@ fn check_device(checks: &mut Checks, mode: Mode, name: &str, env_var: &str, foun
     );
     let node = mode.group_node(&group);
     match opens_rw(&node) {
-        Ok(()) => checks.check(
-            true,
-            format!("{name} {addr}: {} opens read-write", node.display()),
-        ),
-        Err(e) => checks.fail(format!(
-            "{name} {addr}: cannot open {} read-write: {e}",
-            node.display()
-        )),
+        Ok(()) => checks.check(true, format!("{name} {addr}: {} opens read-write", node.display())),
+        Err(e) => {
+            checks.fail(format!("{name} {addr}: cannot open {} read-write: {e}", node.display()))
+        }
     }
 }
 
 /// Checks that the kernel's IOMMU state is the one the harness promised.
 fn check_mode(checks: &mut Checks, mode: Mode) {
-    let iommus = fs::read_dir("/sys/class/iommu")
-        .map(|rd| rd.count())
-        .unwrap_or(0);
+    let iommus = fs::read_dir("/sys/class/iommu").map(|rd| rd.count()).unwrap_or(0);
     let noiommu_param =
         fs::read_to_string("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode")
             .map(|s| s.trim() == "Y")
@@ -183,20 +166,14 @@ fn check_mode(checks: &mut Checks, mode: Mode) {
                 iommus > 0,
                 format!("iommu mode: an IOMMU is active ({iommus} in /sys/class/iommu)"),
             );
-            checks.check(
-                !noiommu_param,
-                "iommu mode: vfio.enable_unsafe_noiommu_mode is off",
-            );
+            checks.check(!noiommu_param, "iommu mode: vfio.enable_unsafe_noiommu_mode is off");
         }
         Mode::NoIommu => {
             checks.check(
                 iommus == 0,
                 format!("noiommu mode: no IOMMU is active ({iommus} in /sys/class/iommu)"),
             );
-            checks.check(
-                noiommu_param,
-                "noiommu mode: vfio.enable_unsafe_noiommu_mode=Y",
-            );
+            checks.check(noiommu_param, "noiommu mode: vfio.enable_unsafe_noiommu_mode=Y");
         }
     }
 }
