@@ -24,3 +24,7 @@ pub use device::{
 pub use error::PciError;
 pub use sysfs::{PciFunction, Sysfs, CLASS_NVME, DEVICE_VIRTIO_BLK, VENDOR_VIRTIO, VFIO_PCI};
 pub use vfio::{IommuMode, VfioPci};
+
+/// The eventfd type MSI-X vectors are delivered on, and its error type, re-exported so users
+/// need no `nix` of their own.
+pub use nix::{errno::Errno, sys::eventfd::EventFd};
