@@ -165,3 +165,47 @@ pub trait WriteAt: PacketIo<ToDevice, u64> + IoBackend + Sized {
 }
 
 impl<T: PacketIo<ToDevice, u64> + IoBackend> WriteAt for T {}
+
+/// A command without data (flush, trim, write zeroes...), carried by an empty packet.
+///
+/// On first poll `dispatch` receives the packet's (empty) view; it may split it with
+/// `split_at(0)` into as many views as it issues device commands, and hands each to the
+/// backend. Resolves to the first error, if any. No heap allocation.
+pub struct CommandIo<'b, Bk, F> {
+    packet: Packet<'b, ToDevice, [u8; 0]>,
+    backend: &'b Bk,
+    dispatch: Option<F>,
+}
+
+/// Runs `dispatch` against `backend` as one packet; see [`CommandIo`].
+pub fn command<Bk, F>(backend: &Bk, dispatch: F) -> CommandIo<'_, Bk, F>
+where
+    Bk: IoBackend,
+    F: FnOnce(&Bk, crate::PacketView<ToDevice>),
+{
+    CommandIo { packet: Packet::new([]), backend, dispatch: Some(dispatch) }
+}
+
+impl<Bk, F> Future for CommandIo<'_, Bk, F>
+where
+    Bk: IoBackend,
+    F: FnOnce(&Bk, crate::PacketView<ToDevice>),
+{
+    type Output = Result<(), crate::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `packet` is structurally pinned (never moved out); the other fields are
+        // plain data or references.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: see above.
+        let mut packet = unsafe { Pin::new_unchecked(&mut this.packet) };
+        if let Some(dispatch) = this.dispatch.take() {
+            let backend = this.backend;
+            match packet.as_mut().start(Some(backend)) {
+                Ok(view) => dispatch(backend, view),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        packet.poll_done(cx).map(|t| t.error.map_or(Ok(()), Err))
+    }
+}

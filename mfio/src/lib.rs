@@ -47,7 +47,7 @@ pub use backend::{block_on, Activity, BlockDevice, Driver, IoBackend, PacketIo, 
 pub use block::clip;
 pub use buf::{IoBuf, IoBufMut};
 pub use error::{Error, ErrorKind, Origin, PartialError};
-pub use io::{All, At, Finish, Io, ReadAt, WriteAt};
+pub use io::{command, All, At, CommandIo, Finish, Io, ReadAt, WriteAt};
 pub use packet::{BufFor, Packet, PacketFuture, PacketView, SegmentSink, Transfer, Wait};
 pub use perms::{Direction, FromDevice, PacketPerms, ToDevice};
 

@@ -1,0 +1,296 @@
+//! The controller: bring-up, identify, namespaces, I/O queue creation, shutdown.
+
+use crate::admin::{AdminQueue, ErrorLogEntry, SmartLog, ADMIN_ENTRIES};
+use crate::error::NvmeError;
+use crate::namespace::Namespace;
+use crate::queue_pair::IoQueue;
+use crate::spec::{
+    cns, log, regs, Cap, Cc, Csts, IdentifyController, IdentifyNamespace, PAGE_SIZE,
+};
+use mfio_pci::PciDevice;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How the driver sets up a controller.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// I/O queue pairs to ask the controller for.
+    pub io_queues: u16,
+    /// Entries per I/O queue (clamped to CAP.MQES + 1).
+    pub queue_depth: u16,
+    /// Largest transfer per command in bytes (further limited by the controller's MDTS).
+    pub max_transfer: usize,
+    /// Bounce buffers per I/O queue, for memory the device cannot reach.
+    pub bounce_buffers: usize,
+    /// Size of each bounce buffer (a larger transfer through bounce buffers is split).
+    pub bounce_size: usize,
+    /// Bound on each admin command.
+    pub admin_timeout: Duration,
+    /// Bound on each I/O command before it is aborted.
+    pub io_timeout: Duration,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        Self {
+            io_queues: 4,
+            queue_depth: 256,
+            max_transfer: 1 << 20,
+            bounce_buffers: 32,
+            bounce_size: 128 << 10,
+            admin_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A bound-up NVMe controller. Share it (`Arc`) between the threads that own its I/O queues.
+pub struct Controller<D: PciDevice> {
+    dev: D,
+    cap: Cap,
+    version: u32,
+    admin: Mutex<AdminQueue>,
+    identify: IdentifyController,
+    namespaces: Vec<Namespace>,
+    granted: u16,
+    qids: Mutex<Vec<bool>>,
+    max_transfer: usize,
+    opts: ControllerOptions,
+    /// Bumped when the controller is disabled (fatal status, unrecoverable timeout): queues
+    /// then fail what they have in flight, since the device no longer touches memory.
+    epoch: AtomicU64,
+}
+
+impl<D: PciDevice> Controller<D> {
+    /// Brings the controller up: disable, admin queues, enable, identify, namespaces, queues.
+    pub fn new(dev: D, opts: ControllerOptions) -> Result<Arc<Self>, NvmeError> {
+        let span = tracing::info_span!("nvme_bringup", dev = %dev.address());
+        let _g = span.enter();
+        let bar0 = dev.bar_len(0).unwrap_or(0);
+        if bar0 < 0x1000 + 8 {
+            return Err(NvmeError::Bar0(bar0));
+        }
+        dev.set_bus_master(true)?;
+        let cap = Cap(dev.read64(0, regs::CAP));
+        if cap.0 == u64::MAX {
+            return Err(NvmeError::Gone);
+        }
+        if !cap.nvm_command_set() {
+            return Err(NvmeError::NotNvm(dev.address().to_string()));
+        }
+        if cap.mps_min() > PAGE_SIZE {
+            return Err(NvmeError::PageSize(cap.mps_min()));
+        }
+        let version = dev.read32(0, regs::VS);
+        tracing::debug!(cap = format_args!("{:#x}", cap.0), version = format_args!("{version:#x}"));
+
+        disable(&dev, cap)?;
+        let mut admin = AdminQueue::new(dev.dma(), cap.dstrd())?;
+        enable(&dev, cap, &admin)?;
+
+        let t = opts.admin_timeout;
+        let identify = IdentifyController::parse(&admin.identify(&dev, cns::CONTROLLER, 0, t)?);
+        tracing::info!(model = %identify.mn, serial = %identify.sn, fw = %identify.fr, mdts = identify.mdts, "identified");
+        let mut namespaces = Vec::new();
+        for nsid in admin.active_namespaces(&dev, t)? {
+            let data = admin.identify(&dev, cns::NAMESPACE, nsid, t)?;
+            if let Some(ns) = Namespace::from_identify(nsid, IdentifyNamespace::parse(&data)) {
+                namespaces.push(ns);
+            }
+        }
+        let granted = admin.set_queue_count(&dev, opts.io_queues.max(1), t)?;
+        let mdts_limit = identify.max_transfer(cap.mps_min()).unwrap_or(usize::MAX);
+        let max_transfer = opts.max_transfer.min(mdts_limit).max(PAGE_SIZE);
+        tracing::info!(namespaces = namespaces.len(), granted, max_transfer, "controller ready");
+        Ok(Arc::new(Self {
+            dev,
+            cap,
+            version,
+            admin: Mutex::new(admin),
+            identify,
+            namespaces,
+            granted,
+            qids: Mutex::new(vec![false; usize::from(granted) + 1]),
+            max_transfer,
+            opts,
+            epoch: AtomicU64::new(0),
+        }))
+    }
+
+    /// The device the controller is reached through.
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    /// The controller's capabilities register.
+    pub fn cap(&self) -> Cap {
+        self.cap
+    }
+
+    /// The controller's version register (e.g. 0x10400 for 1.4).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Identify Controller data.
+    pub fn identify(&self) -> &IdentifyController {
+        &self.identify
+    }
+
+    /// The active namespaces.
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.namespaces
+    }
+
+    /// Namespace `nsid`, if active.
+    pub fn namespace(&self, nsid: u32) -> Option<&Namespace> {
+        self.namespaces.iter().find(|n| n.nsid == nsid)
+    }
+
+    /// I/O queue pairs the controller granted.
+    pub fn io_queues_granted(&self) -> u16 {
+        self.granted
+    }
+
+    /// Largest transfer per command, in bytes.
+    pub fn max_transfer(&self) -> usize {
+        self.max_transfer
+    }
+
+    /// The options the controller was brought up with.
+    pub fn options(&self) -> &ControllerOptions {
+        &self.opts
+    }
+
+    /// The controller status register.
+    pub fn status(&self) -> Csts {
+        Csts(self.dev.read32(0, regs::CSTS))
+    }
+
+    /// Creates an I/O queue pair for namespace `nsid`, to be owned by one thread.
+    pub fn io_queue(self: &Arc<Self>, nsid: u32) -> Result<IoQueue<D>, NvmeError> {
+        let ns = self.namespace(nsid).ok_or(NvmeError::NoNamespace(nsid))?.clone();
+        let qid = {
+            let mut qids = self.qids.lock().unwrap_or_else(|e| e.into_inner());
+            let q = (1..qids.len()).find(|&q| !qids[q]).ok_or(NvmeError::NoQueue(self.granted))?;
+            qids[q] = true;
+            q as u16
+        };
+        IoQueue::new(self.clone(), ns, qid).inspect_err(|_| self.release_qid(qid))
+    }
+
+    pub(crate) fn release_qid(&self, qid: u16) {
+        let mut qids = self.qids.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = qids.get_mut(usize::from(qid)) {
+            *q = false;
+        }
+    }
+
+    pub(crate) fn admin(&self) -> MutexGuard<'_, AdminQueue> {
+        self.admin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Disables the controller so it stops all DMA; every queue then fails what it has in
+    /// flight. Used on a fatal status or a command that neither completes nor aborts.
+    pub(crate) fn disable_for_recovery(&self) {
+        tracing::error!("disabling the controller: a command could not be completed or aborted");
+        let _ = disable(&self.dev, self.cap);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// SMART / Health Information (log page 02h), controller-wide.
+    pub fn smart_log(&self) -> Result<SmartLog, NvmeError> {
+        let t = self.opts.admin_timeout;
+        let data = self.admin().get_log_page(&self.dev, log::SMART_HEALTH, 0xffff_ffff, 512, t)?;
+        Ok(SmartLog::parse(&data))
+    }
+
+    /// Error Information log entries (log page 01h), newest first as the controller keeps them.
+    pub fn error_log(&self) -> Result<Vec<ErrorLogEntry>, NvmeError> {
+        let t = self.opts.admin_timeout;
+        let entries = usize::from(self.identify.elpe) + 1;
+        let len = (entries * 64).min(PAGE_SIZE);
+        let data = self.admin().get_log_page(&self.dev, log::ERROR_INFORMATION, 0, len, t)?;
+        Ok(ErrorLogEntry::parse_all(&data))
+    }
+
+    /// A raw log page (`len` bytes, a multiple of 4 up to 4096).
+    pub fn log_page(&self, lid: u8, nsid: u32, len: usize) -> Result<Vec<u8>, NvmeError> {
+        let t = self.opts.admin_timeout;
+        self.admin().get_log_page(&self.dev, lid, nsid, len, t)
+    }
+
+    /// Get Features (current value of feature `fid`), completion dword 0.
+    pub fn get_features(&self, fid: u8) -> Result<u32, NvmeError> {
+        let t = self.opts.admin_timeout;
+        self.admin().get_features(&self.dev, fid, t)
+    }
+
+    /// Completions on the admin queue that matched no command.
+    pub fn admin_stray_completions(&self) -> u64 {
+        self.admin().stray
+    }
+}
+
+impl<D: PciDevice> Drop for Controller<D> {
+    fn drop(&mut self) {
+        // Orderly shutdown: CC.SHN = normal, wait for CSTS.SHST = complete (bounded by CAP.TO).
+        let cc = self.dev.read32(0, regs::CC);
+        self.dev.write32(0, regs::CC, (cc & !Cc::SHN_MASK) | Cc::SHN_NORMAL);
+        let deadline = Instant::now() + Duration::from_millis(self.cap.timeout_ms().max(500));
+        loop {
+            let csts = Csts(self.dev.read32(0, regs::CSTS));
+            if csts.shst() == 2 || csts.is_gone() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let _ = disable(&self.dev, self.cap);
+    }
+}
+
+/// Clears CC.EN and waits for CSTS.RDY = 0 (bounded by CAP.TO).
+fn disable<D: PciDevice>(dev: &D, cap: Cap) -> Result<(), NvmeError> {
+    let cc = dev.read32(0, regs::CC);
+    if cc & Cc::EN != 0 {
+        dev.write32(0, regs::CC, cc & !Cc::EN);
+    }
+    wait_ready(dev, cap, false)
+}
+
+/// Programs the admin queues and CC, sets CC.EN and waits for CSTS.RDY = 1.
+fn enable<D: PciDevice>(dev: &D, cap: Cap, admin: &AdminQueue) -> Result<(), NvmeError> {
+    let n = u32::from(ADMIN_ENTRIES - 1);
+    dev.write32(0, regs::AQA, (n << 16) | n);
+    dev.write64(0, regs::ASQ, admin.sq.iova());
+    dev.write64(0, regs::ACQ, admin.cq.iova());
+    dev.write32(0, regs::CC, Cc::enabled_nvm().0);
+    wait_ready(dev, cap, true)
+}
+
+fn wait_ready<D: PciDevice>(dev: &D, cap: Cap, ready: bool) -> Result<(), NvmeError> {
+    let ms = cap.timeout_ms().max(500);
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    loop {
+        let csts = Csts(dev.read32(0, regs::CSTS));
+        if csts.is_gone() {
+            return Err(NvmeError::Gone);
+        }
+        if csts.rdy() == ready {
+            return Ok(());
+        }
+        if ready && csts.cfs() {
+            return Err(NvmeError::Fatal);
+        }
+        if Instant::now() > deadline {
+            let state = if ready { "ready" } else { "disabled" };
+            return Err(NvmeError::ReadyTimeout { state, ms });
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}

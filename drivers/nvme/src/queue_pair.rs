@@ -1,0 +1,767 @@
+//! An I/O queue pair bound to a namespace: the hot path.
+//!
+//! `send_io` checks the range, splits at the transfer limit, finds the memory's IOVAs (zero
+//! copy) or takes a bounce buffer, builds the PRPs, takes a command slot and writes the SQE:
+//! no doorbell, no lock, no system call, no allocation. `poll_backend` rings the SQ doorbell
+//! once for the batch, drains the CQ by phase tag, completes each command's segment, and rings
+//! the CQ head doorbell once. A command slot owns its segment (and so its memory) until the
+//! controller completes it: the device never writes memory given back to the caller.
+
+use crate::controller::Controller;
+use crate::error::NvmeError;
+use crate::namespace::Namespace;
+use crate::prp::{self, PrpList};
+use crate::queues::{CompletionQueue, SubmissionQueue};
+use crate::spec::{self, Command, Completion, PAGE_SIZE};
+use mfio::{
+    Activity, BlockDevice, Error, ErrorKind, FromDevice, IoBackend, Origin, PacketIo, PacketView,
+    ToDevice,
+};
+use mfio_dma::{DmaPool, PoolSlot, Translator};
+use mfio_pci::PciDevice;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Context;
+use std::time::{Duration, Instant};
+
+/// Commands other than Read and Write, carried by an empty packet view.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Other {
+    Flush,
+    WriteZeroes { slba: u64, blocks: u32 },
+    Deallocate { slba: u64, blocks: u32 },
+}
+
+/// A request waiting for a slot (backpressure, never loss).
+enum Pending {
+    Read(u64, PacketView<FromDevice>),
+    Write(u64, PacketView<ToDevice>),
+    Other(Other, PacketView<ToDevice>),
+}
+
+/// What a busy slot carries.
+enum SlotIo {
+    Free,
+    Read(PacketView<FromDevice>),
+    Write(PacketView<ToDevice>),
+    Other(PacketView<ToDevice>),
+}
+
+struct Slot {
+    /// Bumped on every reuse: a completion with an old generation is stale.
+    generation: u16,
+    io: SlotIo,
+    /// PRP list pages, permanently this slot's.
+    prp: PoolSlot,
+    /// A bounce buffer while the command uses one.
+    bounce: Option<PoolSlot>,
+    /// Milliseconds since the queue's start when submitted.
+    started_ms: u64,
+    /// Abort was requested after the deadline passed.
+    aborted: bool,
+}
+
+/// Counters of an I/O queue.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Commands submitted.
+    pub submitted: u64,
+    /// Commands completed.
+    pub completed: u64,
+    /// SQ tail doorbell writes (one per batch).
+    pub sq_doorbells: u64,
+    /// CQ head doorbell writes.
+    pub cq_doorbells: u64,
+    /// Commands whose data went through a bounce buffer.
+    pub bounced: u64,
+    /// Completions with an unknown or stale command ID (counted, never trusted).
+    pub stray_completions: u64,
+    /// Commands aborted after their deadline.
+    pub timeouts: u64,
+    /// Most requests waiting for a slot at once.
+    pub max_pending: u64,
+}
+
+struct Inner {
+    sq: SubmissionQueue,
+    cq: CompletionQueue,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    slot_bits: u32,
+    prp_pool: DmaPool,
+    prp_pages: usize,
+    bounce_pool: DmaPool,
+    translator: Translator,
+    pending: VecDeque<Pending>,
+    stats: QueueStats,
+    t0: Instant,
+    now_ms: u64,
+    last_check_ms: u64,
+    epoch: u64,
+}
+
+/// An I/O queue pair on one namespace: an mfio block device at byte offsets.
+///
+/// Owned by one thread (`Send`, not `Sync`). Reads and writes come from mfio's [`mfio::ReadAt`]
+/// and [`mfio::WriteAt`] (async and blocking); flush, write zeroes and deallocate are methods.
+pub struct IoQueue<D: PciDevice> {
+    ctrl: Arc<Controller<D>>,
+    ns: Namespace,
+    qid: u16,
+    max_transfer: usize,
+    bounce_size: usize,
+    inner: RefCell<Inner>,
+}
+
+impl<D: PciDevice> IoQueue<D> {
+    pub(crate) fn new(
+        ctrl: Arc<Controller<D>>,
+        ns: Namespace,
+        qid: u16,
+    ) -> Result<Self, NvmeError> {
+        let opts = ctrl.options().clone();
+        let dev = ctrl.device();
+        let space = dev.dma();
+        let entries = opts.queue_depth.clamp(2, ctrl.cap().max_queue_entries().min(4096) as u16);
+        let nslots = usize::from(entries - 1);
+        let max_transfer = ctrl.max_transfer() / ns.block_size as usize * ns.block_size as usize;
+        let bounce_size = (opts.bounce_size.max(PAGE_SIZE) / PAGE_SIZE * PAGE_SIZE)
+            .min(max_transfer.next_multiple_of(PAGE_SIZE));
+        // Enough list entries for the largest transfer starting at any offset in a page.
+        let prp_pages = prp::list_pages_for(max_transfer.div_ceil(PAGE_SIZE) + 1);
+        let mut prp_pool = DmaPool::new(space, prp_pages * PAGE_SIZE, nslots, PAGE_SIZE)?;
+        let bounce_pool =
+            DmaPool::new(space, bounce_size, opts.bounce_buffers.clamp(1, nslots), PAGE_SIZE)?;
+        let sq = SubmissionQueue::new(space, qid, entries, ctrl.cap().dstrd())?;
+        let cq = CompletionQueue::new(space, qid, entries, ctrl.cap().dstrd())?;
+        {
+            let t = opts.admin_timeout;
+            let mut admin = ctrl.admin();
+            admin.create_cq(dev, qid, entries, cq.iova(), t)?;
+            if let Err(e) = admin.create_sq(dev, qid, entries, sq.iova(), t) {
+                let _ = admin.delete_cq(dev, qid, t);
+                return Err(e);
+            }
+        }
+        let slots = (0..nslots)
+            .map(|_| Slot {
+                generation: 0,
+                io: SlotIo::Free,
+                prp: prp_pool.alloc().expect("the pool has a page per slot"),
+                bounce: None,
+                started_ms: 0,
+                aborted: false,
+            })
+            .collect();
+        tracing::debug!(
+            qid,
+            nsid = ns.nsid,
+            entries,
+            max_transfer,
+            bounce_size,
+            "I/O queue created"
+        );
+        let epoch = ctrl.epoch();
+        Ok(Self {
+            qid,
+            max_transfer,
+            bounce_size,
+            inner: RefCell::new(Inner {
+                sq,
+                cq,
+                slots,
+                free: (0..nslots as u16).rev().collect(),
+                slot_bits: u16::BITS - (nslots as u16).leading_zeros(),
+                prp_pool,
+                prp_pages,
+                bounce_pool,
+                translator: space.translator(),
+                pending: VecDeque::with_capacity(4 * nslots),
+                stats: QueueStats::default(),
+                t0: Instant::now(),
+                now_ms: 0,
+                last_check_ms: 0,
+                epoch,
+            }),
+            ns,
+            ctrl,
+        })
+    }
+
+    /// The namespace this queue reads and writes.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// The queue ID on the controller.
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// The controller.
+    pub fn controller(&self) -> &Arc<Controller<D>> {
+        &self.ctrl
+    }
+
+    /// Largest transfer per command, in bytes.
+    pub fn max_transfer(&self) -> usize {
+        self.max_transfer
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> QueueStats {
+        self.inner.borrow().stats
+    }
+
+    /// Commands in flight.
+    pub fn in_flight(&self) -> usize {
+        let inner = self.inner.borrow();
+        inner.slots.len() - inner.free.len()
+    }
+
+    /// Flush: the controller's volatile write cache reaches the media.
+    pub fn flush(&self) -> impl Future<Output = Result<(), Error>> + '_ {
+        mfio::command(self, |q: &Self, view| q.send_other(Other::Flush, view))
+    }
+
+    /// Write Zeroes over `len` bytes at `pos` (block aligned, within the namespace).
+    pub fn write_zeroes(&self, pos: u64, len: u64) -> impl Future<Output = Result<(), Error>> + '_ {
+        mfio::command(self, move |q: &Self, view| {
+            q.send_ranged(pos, len, view, |slba, blocks| Other::WriteZeroes { slba, blocks })
+        })
+    }
+
+    /// Deallocates (Dataset Management) `len` bytes at `pos` (block aligned, within the
+    /// namespace); they read back as zeroes on controllers that say so.
+    pub fn deallocate(&self, pos: u64, len: u64) -> impl Future<Output = Result<(), Error>> + '_ {
+        mfio::command(self, move |q: &Self, view| {
+            q.send_ranged(pos, len, view, |slba, blocks| Other::Deallocate { slba, blocks })
+        })
+    }
+
+    /// Blocking [`flush`](Self::flush).
+    pub fn flush_blocking(&self) -> Result<(), Error> {
+        mfio::block_on(self, self.flush())
+    }
+
+    /// Blocking [`write_zeroes`](Self::write_zeroes).
+    pub fn write_zeroes_blocking(&self, pos: u64, len: u64) -> Result<(), Error> {
+        mfio::block_on(self, self.write_zeroes(pos, len))
+    }
+
+    /// Blocking [`deallocate`](Self::deallocate).
+    pub fn deallocate_blocking(&self, pos: u64, len: u64) -> Result<(), Error> {
+        mfio::block_on(self, self.deallocate(pos, len))
+    }
+
+    fn send_other(&self, op: Other, view: PacketView<ToDevice>) {
+        self.inner.borrow_mut().enqueue(Pending::Other(op, view), self);
+    }
+
+    /// Splits a block range into commands of at most 65536 blocks, one empty view each.
+    fn send_ranged(
+        &self,
+        pos: u64,
+        len: u64,
+        view: PacketView<ToDevice>,
+        make: impl Fn(u64, u32) -> Other,
+    ) {
+        let bs = u64::from(self.ns.block_size);
+        if pos % bs != 0 || len % bs != 0 {
+            return view.fail(Error::new(ErrorKind::Misaligned, ORIGIN));
+        }
+        if pos.checked_add(len).is_none_or(|end| end > self.capacity()) {
+            return view.fail(Error::new(ErrorKind::OutOfRange, ORIGIN));
+        }
+        let (mut slba, mut left) = (pos / bs, len / bs);
+        if left == 0 {
+            return view.ok();
+        }
+        let mut rest = Some(view);
+        while let Some(v) = rest.take() {
+            let n = left.min(65536);
+            left -= n;
+            let this = if left > 0 {
+                let (a, b) = v.split_at(0);
+                rest = Some(b);
+                a
+            } else {
+                v
+            };
+            self.send_other(make(slba, n as u32), this);
+            slba += n;
+        }
+    }
+}
+
+const ORIGIN: Origin = Origin::Nvme;
+
+impl Inner {
+    /// Queues a request behind any already waiting, then submits what fits.
+    fn enqueue<D: PciDevice>(&mut self, p: Pending, q: &IoQueue<D>) {
+        if self.pending.is_empty() {
+            if let Err(back) = self.submit(p, q) {
+                self.pending.push_front(back);
+            }
+        } else {
+            self.pending.push_back(p);
+        }
+        self.stats.max_pending = self.stats.max_pending.max(self.pending.len() as u64);
+    }
+
+    /// Submits waiting requests while slots last.
+    fn submit_pending<D: PciDevice>(&mut self, q: &IoQueue<D>) {
+        while let Some(p) = self.pending.pop_front() {
+            if let Err(back) = self.submit(p, q) {
+                self.pending.push_front(back);
+                break;
+            }
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        !self.free.is_empty() && self.sq.free() > 0
+    }
+
+    /// Submits `p` (in pieces if it must be split); what cannot be submitted for lack of a
+    /// slot, SQ entry or bounce buffer comes back.
+    fn submit<D: PciDevice>(&mut self, p: Pending, q: &IoQueue<D>) -> Result<(), Pending> {
+        match p {
+            Pending::Read(pos, v) => {
+                self.submit_rw(q, pos, v).map_err(|(p, v)| Pending::Read(p, v))
+            }
+            Pending::Write(pos, v) => {
+                self.submit_rw(q, pos, v).map_err(|(p, v)| Pending::Write(p, v))
+            }
+            Pending::Other(op, v) => {
+                if !self.has_room() {
+                    return Err(Pending::Other(op, v));
+                }
+                self.submit_other(q, op, v);
+                Ok(())
+            }
+        }
+    }
+
+    fn submit_rw<D: PciDevice, P: RwDir>(
+        &mut self,
+        q: &IoQueue<D>,
+        mut pos: u64,
+        mut view: PacketView<P>,
+    ) -> Result<(), (u64, PacketView<P>)> {
+        loop {
+            if !self.has_room() {
+                return Err((pos, view));
+            }
+            let piece_len = view.len().min(q.max_transfer);
+            let (piece, rest) = split(view, piece_len);
+            let idx = self.free.pop().expect("has_room checked a free slot");
+            let list = {
+                let s = &self.slots[usize::from(idx)];
+                let iova = self.prp_pool.iova(&s.prp).expect("PRP pages are IOVA-contiguous");
+                PrpList { mem: self.prp_pool.mem(&s.prp), iova: iova.get(), pages: self.prp_pages }
+            };
+            let zero_copy = prp::build(
+                self.translator.segments(piece.as_ptr(), piece.len()),
+                piece.len(),
+                &list,
+            );
+            let (prp1, prp2, bounce, piece, rest) = match zero_copy {
+                Ok((p1, p2)) => (p1, p2, None, piece, rest),
+                Err(_) => {
+                    // Bounce: at most one bounce buffer per command.
+                    let Some(b) = self.bounce_pool.alloc() else {
+                        // No bounce buffer free: wait (the remainder queued behind the piece).
+                        self.free.push(idx);
+                        if let Some(r) = rest {
+                            self.pending.push_front(P::pending(pos + piece.len() as u64, r));
+                        }
+                        return Err((pos, piece));
+                    };
+                    let (piece, rest2) = split(piece, q.bounce_size);
+                    let rest = match (rest2, rest) {
+                        (Some(r2), Some(r)) => {
+                            // Pieces of one request complete independently; send the far tail
+                            // back to wait and go on with the near one.
+                            self.pending
+                                .push_front(P::pending(pos + (piece.len() + r2.len()) as u64, r));
+                            Some(r2)
+                        }
+                        (r2, r) => r2.or(r),
+                    };
+                    let iova = self.bounce_pool.iova(&b).expect("bounce buffers are contiguous");
+                    P::fill_bounce(&piece, &self.bounce_pool.mem(&b));
+                    let seg = mfio_dma::IovaSegment { iova, len: piece.len() };
+                    let (p1, p2) = prp::build([Ok::<_, ()>(seg)], piece.len(), &list)
+                        .expect("a page-aligned contiguous bounce buffer always fits in PRPs");
+                    self.stats.bounced += 1;
+                    (p1, p2, Some(b), piece, rest)
+                }
+            };
+            let bs = u64::from(q.ns.block_size);
+            let mut cmd =
+                Command::rw(P::OPCODE, q.ns.nsid, pos / bs, (piece.len() as u64 / bs) as u32);
+            cmd.prp1 = prp1;
+            cmd.prp2 = prp2;
+            let len = piece.len();
+            self.start(idx, &mut cmd, P::slot_io(piece), bounce);
+            pos += len as u64;
+            match rest {
+                Some(r) => view = r,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn submit_other<D: PciDevice>(
+        &mut self,
+        q: &IoQueue<D>,
+        op: Other,
+        view: PacketView<ToDevice>,
+    ) {
+        let idx = self.free.pop().expect("caller checked room");
+        let nsid = q.ns.nsid;
+        let mut cmd = match op {
+            Other::Flush => Command::new(spec::io::FLUSH, nsid),
+            Other::WriteZeroes { slba, blocks } => {
+                Command::rw(spec::io::WRITE_ZEROES, nsid, slba, blocks)
+            }
+            Other::Deallocate { slba, blocks } => {
+                // One range descriptor (context attributes, length in blocks, starting LBA) in
+                // the slot's PRP page, which this command does not otherwise use.
+                let s = &self.slots[usize::from(idx)];
+                let mem = self.prp_pool.mem(&s.prp);
+                mem.write_le32(0, 0);
+                mem.write_le32(4, blocks);
+                mem.write_le64(8, slba);
+                let mut c = Command::new(spec::io::DATASET_MANAGEMENT, nsid);
+                c.prp1 = self.prp_pool.iova(&s.prp).expect("contiguous").get();
+                c.cdw10 = 0; // one range
+                c.cdw11 = 1 << 2; // AD: deallocate
+                c
+            }
+        };
+        self.start(idx, &mut cmd, SlotIo::Other(view), None);
+    }
+
+    /// Fills in the command ID, writes the SQE, records the slot as busy.
+    fn start(&mut self, idx: u16, cmd: &mut Command, io: SlotIo, bounce: Option<PoolSlot>) {
+        let now = self.now_ms;
+        let slot = &mut self.slots[usize::from(idx)];
+        slot.generation = slot.generation.wrapping_add(1);
+        cmd.cid = cid_of(idx, slot.generation, self.slot_bits);
+        slot.io = io;
+        slot.bounce = bounce;
+        slot.started_ms = now;
+        slot.aborted = false;
+        self.sq.push(cmd);
+        self.stats.submitted += 1;
+    }
+
+    /// Takes the next completion and frees its slot; returns the I/O to complete.
+    fn reap_one(&mut self) -> Option<Option<(SlotIo, Result<(), Error>)>> {
+        let cqe = self.cq.pop()?;
+        Some(self.finish(cqe))
+    }
+
+    fn finish(&mut self, cqe: Completion) -> Option<(SlotIo, Result<(), Error>)> {
+        self.sq.set_head(cqe.sq_head);
+        let mask = (1u16 << self.slot_bits) - 1;
+        let idx = usize::from(cqe.cid & mask);
+        let generation_bits = 16 - self.slot_bits;
+        let valid = self.slots.get(idx).is_some_and(|s| {
+            !matches!(s.io, SlotIo::Free)
+                && (s.generation & ((1u32 << generation_bits) - 1) as u16)
+                    == cqe.cid >> self.slot_bits
+        });
+        if !valid {
+            self.stats.stray_completions += 1;
+            tracing::warn!(cid = cqe.cid, "completion for an unknown or stale command ID");
+            return None;
+        }
+        let slot = &mut self.slots[idx];
+        let io = std::mem::replace(&mut slot.io, SlotIo::Free);
+        let status = cqe.status();
+        let result = if status.is_success() {
+            Ok(())
+        } else if slot.aborted {
+            Err(Error::new(ErrorKind::Timeout, ORIGIN).with_status(status.0 & 0x7ff))
+        } else {
+            Err(status.to_error())
+        };
+        let io = match (io, slot.bounce.take()) {
+            (SlotIo::Read(mut v), Some(b)) => {
+                if result.is_ok() {
+                    self.bounce_pool.mem(&b).copy_to_slice(0, v.as_mut_slice());
+                }
+                let _ = self.bounce_pool.free(b);
+                SlotIo::Read(v)
+            }
+            (io, Some(b)) => {
+                let _ = self.bounce_pool.free(b);
+                io
+            }
+            (io, None) => io,
+        };
+        self.free.push(idx as u16);
+        self.stats.completed += 1;
+        Some((io, result))
+    }
+
+    /// Fails everything in flight and waiting: the controller was disabled, so the device no
+    /// longer touches any of this memory. The queue is rebuilt empty.
+    fn fail_all(&mut self, error: Error) -> Vec<(SlotIo, Result<(), Error>)> {
+        let mut out = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            let io = std::mem::replace(&mut s.io, SlotIo::Free);
+            if !matches!(io, SlotIo::Free) {
+                if let Some(b) = s.bounce.take() {
+                    let _ = self.bounce_pool.free(b);
+                }
+                self.free.push(i as u16);
+                out.push((io, Err(error)));
+            }
+        }
+        while let Some(p) = self.pending.pop_front() {
+            out.push(match p {
+                Pending::Read(_, v) => (SlotIo::Read(v), Err(error)),
+                Pending::Write(_, v) => (SlotIo::Write(v), Err(error)),
+                Pending::Other(_, v) => (SlotIo::Other(v), Err(error)),
+            });
+        }
+        self.sq.reset();
+        self.cq.reset();
+        out
+    }
+}
+
+fn complete(io: SlotIo, result: Result<(), Error>) {
+    match io {
+        SlotIo::Read(v) => v.complete(result),
+        SlotIo::Write(v) | SlotIo::Other(v) => v.complete(result),
+        SlotIo::Free => {}
+    }
+}
+
+fn cid_of(idx: u16, generation: u16, slot_bits: u32) -> u16 {
+    if slot_bits >= 16 {
+        idx
+    } else {
+        idx | (generation << slot_bits)
+    }
+}
+
+/// Splits `v` after `n` bytes when it is longer.
+fn split<P: mfio::PacketPerms>(
+    v: PacketView<P>,
+    n: usize,
+) -> (PacketView<P>, Option<PacketView<P>>) {
+    if v.len() > n {
+        let (a, b) = v.split_at(n);
+        (a, Some(b))
+    } else {
+        (v, None)
+    }
+}
+
+/// What differs between reads and writes on the hot path.
+trait RwDir: mfio::PacketPerms + Sized {
+    const OPCODE: u8;
+    fn slot_io(v: PacketView<Self>) -> SlotIo;
+    fn fill_bounce(v: &PacketView<Self>, mem: &mfio_dma::DmaSlice<'_>);
+    fn pending(pos: u64, v: PacketView<Self>) -> Pending;
+}
+
+impl RwDir for FromDevice {
+    const OPCODE: u8 = spec::io::READ;
+    fn slot_io(v: PacketView<Self>) -> SlotIo {
+        SlotIo::Read(v)
+    }
+    fn fill_bounce(_: &PacketView<Self>, _: &mfio_dma::DmaSlice<'_>) {}
+    fn pending(pos: u64, v: PacketView<Self>) -> Pending {
+        Pending::Read(pos, v)
+    }
+}
+
+impl RwDir for ToDevice {
+    const OPCODE: u8 = spec::io::WRITE;
+    fn slot_io(v: PacketView<Self>) -> SlotIo {
+        SlotIo::Write(v)
+    }
+    fn fill_bounce(v: &PacketView<Self>, mem: &mfio_dma::DmaSlice<'_>) {
+        mem.copy_from_slice(0, v.as_slice());
+    }
+    fn pending(pos: u64, v: PacketView<Self>) -> Pending {
+        Pending::Write(pos, v)
+    }
+}
+
+impl<D: PciDevice> BlockDevice for IoQueue<D> {
+    fn block_size(&self) -> u32 {
+        self.ns.block_size
+    }
+    fn capacity(&self) -> u64 {
+        self.ns.capacity()
+    }
+}
+
+impl<D: PciDevice> PacketIo<FromDevice, u64> for IoQueue<D> {
+    fn send_io(&self, pos: u64, view: PacketView<FromDevice>) {
+        let Some(view) = mfio::clip(pos, view, self.capacity(), self.ns.block_size, ORIGIN) else {
+            return;
+        };
+        self.inner.borrow_mut().enqueue(Pending::Read(pos, view), self);
+    }
+}
+
+impl<D: PciDevice> PacketIo<ToDevice, u64> for IoQueue<D> {
+    fn send_io(&self, pos: u64, view: PacketView<ToDevice>) {
+        let Some(view) = mfio::clip(pos, view, self.capacity(), self.ns.block_size, ORIGIN) else {
+            return;
+        };
+        self.inner.borrow_mut().enqueue(Pending::Write(pos, view), self);
+    }
+}
+
+impl<D: PciDevice> IoBackend for IoQueue<D> {
+    fn poll_backend(&self, _cx: &mut Context<'_>) -> Activity {
+        let dev = self.ctrl.device();
+        {
+            let mut inner = self.inner.borrow_mut();
+            if inner.epoch != self.ctrl.epoch() {
+                drop(inner);
+                self.recover();
+                return Activity::Idle;
+            }
+            inner.submit_pending(self);
+            if inner.sq.commit(dev) {
+                inner.stats.sq_doorbells += 1;
+            }
+        }
+        // Drain completions one at a time, completing each segment outside the borrow: a
+        // completion may run caller code (a sink) that queues more I/O here.
+        let mut reaped = 0u32;
+        loop {
+            let next = self.inner.borrow_mut().reap_one();
+            match next {
+                None => break,
+                Some(None) => reaped += 1,
+                Some(Some((io, result))) => {
+                    reaped += 1;
+                    complete(io, result);
+                }
+            }
+        }
+        let mut inner = self.inner.borrow_mut();
+        if reaped > 0 {
+            inner.cq.commit(dev);
+            inner.stats.cq_doorbells += 1;
+            if !inner.pending.is_empty() {
+                inner.submit_pending(self);
+                if inner.sq.commit(dev) {
+                    inner.stats.sq_doorbells += 1;
+                }
+            }
+        }
+        let busy = inner.free.len() < inner.slots.len() || !inner.pending.is_empty();
+        if busy {
+            inner.now_ms = inner.t0.elapsed().as_millis() as u64;
+            if inner.now_ms >= inner.last_check_ms + 100 {
+                inner.last_check_ms = inner.now_ms;
+                drop(inner);
+                self.check_deadlines();
+            }
+            Activity::Busy
+        } else {
+            Activity::Idle
+        }
+    }
+}
+
+impl<D: PciDevice> IoQueue<D> {
+    /// Aborts commands past their deadline; disables the controller when one neither completes
+    /// nor aborts within a second deadline, or when the controller reports a fatal status.
+    fn check_deadlines(&self) {
+        let timeout_ms = self.ctrl.options().io_timeout.as_millis() as u64;
+        let (now, overdue): (u64, Vec<(u16, bool)>) = {
+            let inner = self.inner.borrow();
+            let bits = inner.slot_bits;
+            (
+                inner.now_ms,
+                inner
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| !matches!(s.io, SlotIo::Free))
+                    .filter(|(_, s)| inner.now_ms >= s.started_ms + timeout_ms)
+                    .map(|(i, s)| (cid_of(i as u16, s.generation, bits), s.aborted))
+                    .collect(),
+            )
+        };
+        if overdue.is_empty() {
+            return;
+        }
+        let csts = self.ctrl.status();
+        if csts.cfs() || csts.is_gone() {
+            self.ctrl.disable_for_recovery();
+            return;
+        }
+        for (cid, already_aborted) in overdue {
+            if already_aborted {
+                // Aborted a full deadline ago and still not completed: the only safe way to get
+                // the memory back is to stop the controller.
+                self.ctrl.disable_for_recovery();
+                return;
+            }
+            let t = Duration::from_millis(timeout_ms.clamp(100, 5000));
+            let r = self.ctrl.admin().abort(self.ctrl.device(), self.qid, cid, t);
+            tracing::warn!(qid = self.qid, cid, ?r, "command timed out: abort requested");
+            let mut inner = self.inner.borrow_mut();
+            let mask = (1u16 << inner.slot_bits) - 1;
+            let slot = &mut inner.slots[usize::from(cid & mask)];
+            slot.aborted = true;
+            slot.started_ms = now;
+            inner.stats.timeouts += 1;
+        }
+    }
+
+    /// After the controller was disabled: fail everything this queue holds.
+    fn recover(&self) {
+        let failed = {
+            let mut inner = self.inner.borrow_mut();
+            inner.epoch = self.ctrl.epoch();
+            inner.fail_all(Error::new(ErrorKind::Fatal, ORIGIN))
+        };
+        for (io, r) in failed {
+            complete(io, r);
+        }
+    }
+}
+
+impl<D: PciDevice> Drop for IoQueue<D> {
+    fn drop(&mut self) {
+        // Let what is in flight finish (bounded), so the device is done with its memory before
+        // the slots (and the segments they own) go.
+        let deadline = Instant::now() + self.ctrl.options().io_timeout;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while self.in_flight() > 0 && Instant::now() < deadline {
+            if self.inner.borrow().epoch != self.ctrl.epoch() {
+                break;
+            }
+            self.poll_backend(&mut cx);
+        }
+        if self.in_flight() > 0 && self.inner.borrow().epoch == self.ctrl.epoch() {
+            self.ctrl.disable_for_recovery();
+        }
+        if self.inner.borrow().epoch == self.ctrl.epoch() {
+            let t = self.ctrl.options().admin_timeout;
+            let dev = self.ctrl.device();
+            let mut admin = self.ctrl.admin();
+            let _ = admin.delete_sq(dev, self.qid, t);
+            let _ = admin.delete_cq(dev, self.qid, t);
+        }
+        self.ctrl.release_qid(self.qid);
+    }
+}

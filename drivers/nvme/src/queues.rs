@@ -1,0 +1,169 @@
+//! Submission and completion rings in DMA memory.
+//!
+//! The submission queue keeps `tail` (where the next command goes) and `committed_tail` (what
+//! the controller was last told), so [`SubmissionQueue::commit`] rings the doorbell once per
+//! batch. The completion queue reads each entry's last dword with Acquire to test the phase
+//! tag before it reads the rest of the entry.
+
+use crate::error::NvmeError;
+use crate::spec::{regs, Command, Completion, COMMAND_SIZE, COMPLETION_SIZE};
+use mfio_dma::{DmaBuffer, DmaSpace};
+use mfio_pci::PciDevice;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+/// A submission queue: commands for the controller.
+pub(crate) struct SubmissionQueue {
+    mem: DmaBuffer,
+    entries: u16,
+    tail: u16,
+    committed_tail: u16,
+    /// How far the controller has consumed (from completions' SQ head field).
+    head: u16,
+    doorbell: u64,
+}
+
+impl SubmissionQueue {
+    pub(crate) fn new(
+        space: &Arc<DmaSpace>,
+        qid: u16,
+        entries: u16,
+        dstrd: u8,
+    ) -> Result<Self, NvmeError> {
+        let mem = space.alloc(usize::from(entries) * COMMAND_SIZE)?;
+        mem.mem().zero();
+        Ok(Self {
+            mem,
+            entries,
+            tail: 0,
+            committed_tail: 0,
+            head: 0,
+            doorbell: regs::sq_tail_doorbell(qid, dstrd),
+        })
+    }
+
+    /// Where the controller finds the ring.
+    pub(crate) fn iova(&self) -> u64 {
+        self.mem.iova().get()
+    }
+
+    /// Entries free for new commands (one is always left empty: full and empty differ).
+    pub(crate) fn free(&self) -> u16 {
+        let used = (self.tail + self.entries - self.head) % self.entries;
+        self.entries - 1 - used
+    }
+
+    /// Writes `cmd` at the tail. The caller has checked [`free`](Self::free).
+    pub(crate) fn push(&mut self, cmd: &Command) {
+        debug_assert!(self.free() > 0, "push on a full submission queue");
+        let off = usize::from(self.tail) * COMMAND_SIZE;
+        self.mem.mem().copy_from_slice(off, &cmd.to_bytes());
+        self.tail = (self.tail + 1) % self.entries;
+    }
+
+    /// Tells the controller about every command pushed since the last commit: one doorbell.
+    /// Returns whether it rang.
+    pub(crate) fn commit<D: PciDevice>(&mut self, dev: &D) -> bool {
+        if self.tail == self.committed_tail {
+            return false;
+        }
+        // The entries must be visible in memory before the controller learns of them.
+        fence(Ordering::Release);
+        dev.write32(0, self.doorbell, u32::from(self.tail));
+        self.committed_tail = self.tail;
+        true
+    }
+
+    /// Records the controller's SQ head from a completion.
+    pub(crate) fn set_head(&mut self, head: u16) {
+        if head < self.entries {
+            self.head = head;
+        }
+    }
+
+    /// Forgets every command (after the queue was deleted or the controller reset).
+    pub(crate) fn reset(&mut self) {
+        self.tail = 0;
+        self.committed_tail = 0;
+        self.head = 0;
+        self.mem.mem().zero();
+    }
+}
+
+/// A completion queue: results from the controller, found by phase tag.
+pub(crate) struct CompletionQueue {
+    mem: DmaBuffer,
+    entries: u16,
+    head: u16,
+    phase: bool,
+    /// Entries consumed since the last head doorbell.
+    consumed: bool,
+    doorbell: u64,
+}
+
+impl CompletionQueue {
+    pub(crate) fn new(
+        space: &Arc<DmaSpace>,
+        qid: u16,
+        entries: u16,
+        dstrd: u8,
+    ) -> Result<Self, NvmeError> {
+        let mem = space.alloc(usize::from(entries) * COMPLETION_SIZE)?;
+        mem.mem().zero();
+        Ok(Self {
+            mem,
+            entries,
+            head: 0,
+            phase: true,
+            consumed: false,
+            doorbell: regs::cq_head_doorbell(qid, dstrd),
+        })
+    }
+
+    /// Where the controller finds the ring.
+    pub(crate) fn iova(&self) -> u64 {
+        self.mem.iova().get()
+    }
+
+    /// The next completion, if the controller has posted it.
+    #[inline]
+    pub(crate) fn pop(&mut self) -> Option<Completion> {
+        let mem = self.mem.mem();
+        let off = usize::from(self.head) * COMPLETION_SIZE;
+        // The phase tag lives in the last dword: load it with Acquire so the rest of the entry,
+        // read after, is the controller's and not stale.
+        let dw3 = mem.load_acquire_u32(off + 12);
+        if ((dw3 >> 16) & 1 != 0) != self.phase {
+            return None;
+        }
+        let cqe = Completion::from_dwords([
+            mem.read_le32(off),
+            mem.read_le32(off + 4),
+            mem.read_le32(off + 8),
+            dw3,
+        ]);
+        self.head += 1;
+        if self.head == self.entries {
+            self.head = 0;
+            self.phase = !self.phase;
+        }
+        self.consumed = true;
+        Some(cqe)
+    }
+
+    /// Gives consumed entries back to the controller: one doorbell per batch.
+    pub(crate) fn commit<D: PciDevice>(&mut self, dev: &D) {
+        if self.consumed {
+            dev.write32(0, self.doorbell, u32::from(self.head));
+            self.consumed = false;
+        }
+    }
+
+    /// Forgets every completion (after the queue was deleted or the controller reset).
+    pub(crate) fn reset(&mut self) {
+        self.head = 0;
+        self.phase = true;
+        self.consumed = false;
+        self.mem.mem().zero();
+    }
+}
