@@ -1,11 +1,27 @@
 //! A userspace NVMe driver over VFIO (and over the in-process controller model).
 //!
 //! Where things happen:
-//! - a command is built in [`queue_pair`] (I/O) and [`admin`] (admin), with its data pointer
-//!   from [`prp`];
-//! - it is submitted in [`queues`] (`SubmissionQueue::push`, doorbell in `commit`);
-//! - it completes in [`queue_pair`] (`poll_backend` drains the CQ by phase tag).
+//! - bring-up, identify and queue creation: `controller.rs` ([`Controller::new`]);
+//! - a command is built in `queue_pair.rs` (I/O, `submit_rw`) and `admin.rs` (admin), with its
+//!   data pointer from `prp.rs`;
+//! - it is submitted in `queues.rs` (`SubmissionQueue::push`; the doorbell in `commit`, once per
+//!   batch, from [`IoQueue`]'s `poll_backend`);
+//! - it completes in `queue_pair.rs` (`poll_backend` drains the CQ by phase tag, `finish`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod spec;
+
+mod admin;
+mod controller;
+mod error;
+mod namespace;
+pub mod prp;
+mod queue_pair;
+mod queues;
+
+pub use admin::{ErrorLogEntry, SmartLog};
+pub use controller::{Controller, ControllerOptions};
+pub use error::NvmeError;
+pub use namespace::Namespace;
+pub use queue_pair::{IoQueue, QueueStats};
