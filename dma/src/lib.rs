@@ -21,6 +21,8 @@ mod error;
 mod iova;
 mod mapper;
 mod mem;
+#[cfg(feature = "mfio")]
+mod mfio_buf;
 mod noiommu;
 mod pool;
 mod region;

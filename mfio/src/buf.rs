@@ -135,3 +135,49 @@ unsafe impl IoBufMut for RawBuf {
         self.ptr
     }
 }
+
+/// A part of an owned buffer: I/O on `len` bytes at `start` of `buf`, which it gives back.
+///
+/// Useful for buffers larger than the transfer: a DMA buffer rounded up to huge pages, or a
+/// slot of a caller's arena.
+#[derive(Debug)]
+pub struct Window<B> {
+    buf: B,
+    start: usize,
+    len: usize,
+}
+
+impl<B: IoBuf> Window<B> {
+    /// The `len` bytes at `start` of `buf`, or `None` if they are not inside it.
+    pub fn new(buf: B, start: usize, len: usize) -> Option<Self> {
+        (start.checked_add(len)? <= buf.io_len()).then_some(Self { buf, start, len })
+    }
+
+    /// The whole buffer back.
+    pub fn into_inner(self) -> B {
+        self.buf
+    }
+
+    /// The whole buffer.
+    pub fn get_ref(&self) -> &B {
+        &self.buf
+    }
+}
+
+// SAFETY: a sub-range of `B`'s range, which `B`'s own contract keeps valid and stable; `new`
+// checked that it lies inside.
+unsafe impl<B: IoBuf> IoBuf for Window<B> {
+    fn io_ptr(&self) -> *const u8 {
+        self.buf.io_ptr().wrapping_add(self.start)
+    }
+    fn io_len(&self) -> usize {
+        self.len
+    }
+}
+
+// SAFETY: as for `IoBuf`.
+unsafe impl<B: IoBufMut> IoBufMut for Window<B> {
+    fn io_mut_ptr(&mut self) -> *mut u8 {
+        self.buf.io_mut_ptr().wrapping_add(self.start)
+    }
+}

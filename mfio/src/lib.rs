@@ -45,7 +45,7 @@ mod perms;
 
 pub use backend::{block_on, Activity, BlockDevice, Driver, IoBackend, PacketIo, PollingHandle};
 pub use block::clip;
-pub use buf::{IoBuf, IoBufMut};
+pub use buf::{IoBuf, IoBufMut, Window};
 pub use error::{Error, ErrorKind, Origin, PartialError};
 pub use io::{command, All, At, CommandIo, Finish, Io, ReadAt, WriteAt};
 pub use packet::{BufFor, Packet, PacketFuture, PacketView, SegmentSink, Transfer, Wait};
