@@ -57,6 +57,12 @@ pub enum NvmeError {
     /// A request the driver refuses before it reaches the controller.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A ring is not contiguous to the device (no-IOMMU mode on 4 KiB pages).
+    #[error(
+        "a {0}-byte queue ring is not physically contiguous: reserve huge pages \
+         (`scripts/setup.sh config`) or use a queue depth of at most 64"
+    )]
+    NotContiguous(usize),
     /// No I/O queue is left (all the controller granted are in use).
     #[error("no I/O queue left: the controller granted {0}")]
     NoQueue(u16),

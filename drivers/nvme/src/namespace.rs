@@ -18,7 +18,7 @@ pub struct Namespace {
 impl Namespace {
     pub(crate) fn from_identify(nsid: u32, identify: IdentifyNamespace) -> Option<Self> {
         let block_size = identify.block_size();
-        (block_size != 0 && identify.nsze != 0).then(|| Self {
+        (block_size != 0 && identify.nsze != 0).then_some(Self {
             nsid,
             block_size,
             blocks: identify.nsze,

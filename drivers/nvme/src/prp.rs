@@ -24,20 +24,19 @@ pub enum PrpError {
     TooLong,
 }
 
-/// The list pages of one command slot: `pages` contiguous pages at `iova`.
+/// The list pages of one command slot: consecutive pages of `mem`, each with its own IOVA
+/// (they need not be contiguous to the device: pages chain by address).
 pub struct PrpList<'a> {
-    /// The pages' memory.
+    /// The pages' memory (`page_iovas.len()` pages).
     pub mem: DmaSlice<'a>,
-    /// Their IOVA (page aligned).
-    pub iova: u64,
-    /// How many pages.
-    pub pages: usize,
+    /// The IOVA of each page.
+    pub page_iovas: &'a [u64],
 }
 
 impl PrpList<'_> {
     /// The most entries (data pages after the first) these pages can hold.
     pub fn capacity(&self) -> usize {
-        self.pages * (ENTRIES_PER_PAGE - 1) + 1
+        self.page_iovas.len() * (ENTRIES_PER_PAGE - 1) + 1
     }
 }
 
@@ -113,9 +112,9 @@ where
             // Chain the list pages.
             for p in 0..pages - 1 {
                 let off = p * PAGE_SIZE + (ENTRIES_PER_PAGE - 1) * 8;
-                list.mem.write_le64(off, list.iova + ((p + 1) * PAGE_SIZE) as u64);
+                list.mem.write_le64(off, list.page_iovas[p + 1]);
             }
-            list.iova
+            list.page_iovas[0]
         }
     };
     Ok((prp1, prp2))
@@ -139,5 +138,146 @@ impl ListWriter<'_, '_> {
         let slot = j - p * (ENTRIES_PER_PAGE - 1);
         self.list.mem.write_le64(p * PAGE_SIZE + slot * 8, addr);
         self.next += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mfio_dma::{CheckingMapper, DmaSpace, Iova};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    /// Walks PRP1/PRP2 as a controller does and returns the (address, length) runs.
+    fn walk(prp1: u64, prp2: u64, len: usize, list: &PrpList<'_>) -> Vec<(u64, usize)> {
+        let page = PAGE_SIZE as u64;
+        let mut out = vec![(prp1, (page - prp1 % page).min(len as u64) as usize)];
+        let mut left = len - out[0].1;
+        if left == 0 {
+            assert_eq!(prp2, 0, "PRP2 must be unused when PRP1 covers the transfer");
+            return out;
+        }
+        if left <= PAGE_SIZE {
+            assert_eq!(prp2 % page, 0, "PRP2 as a data pointer must be page aligned");
+            out.push((prp2, left));
+            return out;
+        }
+        // A list: follow it, chaining through the last entry of a page while more remain.
+        let mut at = prp2;
+        loop {
+            let page_idx = list.page_iovas.iter().position(|&p| p == at & !(page - 1)).unwrap();
+            let off = (at % page) as usize;
+            let entries_here = (PAGE_SIZE - off) / 8;
+            for e in 0..entries_here {
+                let entry = list.mem.read_le64(page_idx * PAGE_SIZE + off + e * 8);
+                if e == entries_here - 1 && left > PAGE_SIZE {
+                    at = entry; // chain pointer
+                    break;
+                }
+                assert_eq!(entry % page, 0, "list entries must be page aligned");
+                let n = left.min(PAGE_SIZE);
+                out.push((entry, n));
+                left -= n;
+                if left == 0 {
+                    return out;
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any page-compatible scatter list becomes PRPs that a controller walks back to the same
+        /// bytes, through chained list pages when needed.
+        #[test]
+        fn prps_describe_exactly_the_memory(
+            first_off in (0u64..1024).prop_map(|d| d * 4),
+            pages in prop::collection::vec(1usize..6, 1..8),
+            tail_cut in 0usize..4096,
+            extra_pages in 0usize..1100,
+        ) {
+            let space = DmaSpace::new(Arc::new(CheckingMapper::new()));
+            let buf = space.alloc(3 * PAGE_SIZE).unwrap();
+            let iovas: Vec<u64> = (0..3).map(|p| buf.iova_at(p * PAGE_SIZE).unwrap().get()).collect();
+            let list = PrpList { mem: buf.mem(), page_iovas: &iovas };
+            // Segments: the first starts at an offset, others are whole pages at scattered IOVAs.
+            let mut segs = Vec::new();
+            let mut base = 0x10_0000_0000u64;
+            let mut total = 0usize;
+            for (i, &n) in pages.iter().enumerate() {
+                let start = if i == 0 { base + first_off } else { base };
+                let len = n * PAGE_SIZE - if i == 0 { first_off as usize } else { 0 };
+                segs.push(IovaSegment { iova: Iova(start), len });
+                total += len;
+                base += 0x100_0000;
+            }
+            // Many extra pages in one segment, to need chained lists.
+            if extra_pages > 0 {
+                segs.push(IovaSegment { iova: Iova(base), len: extra_pages * PAGE_SIZE });
+                total += extra_pages * PAGE_SIZE;
+            }
+            let len = total - tail_cut.min(total - 1);
+            let r = build(segs.iter().map(|s| Ok::<_, ()>(*s)), len, &list);
+            let entries = ((first_off as usize) + len).div_ceil(PAGE_SIZE) - 1;
+            if entries > list.capacity() {
+                prop_assert_eq!(r, Err(PrpError::TooLong));
+                return Ok(());
+            }
+            let (prp1, prp2) = r.unwrap();
+            let runs = walk(prp1, prp2, len, &list);
+            // Expand both into byte addresses and compare.
+            let mut want = Vec::new();
+            let mut left = len;
+            for s in &segs {
+                let n = s.len.min(left);
+                want.push((s.iova.get(), n));
+                left -= n;
+                if left == 0 { break; }
+            }
+            let flat = |v: &[(u64, usize)]| {
+                let mut pages = Vec::new();
+                for &(a, n) in v {
+                    let mut x = a;
+                    while x < a + n as u64 {
+                        let step = (PAGE_SIZE as u64 - x % PAGE_SIZE as u64).min(a + n as u64 - x);
+                        pages.push((x, step));
+                        x += step;
+                    }
+                }
+                pages
+            };
+            prop_assert_eq!(flat(&runs), flat(&want));
+        }
+    }
+
+    #[test]
+    fn rules_are_enforced() {
+        let space = DmaSpace::new(Arc::new(CheckingMapper::new()));
+        let buf = space.alloc(PAGE_SIZE).unwrap();
+        let iovas = [buf.iova().get()];
+        let list = PrpList { mem: buf.mem(), page_iovas: &iovas };
+        let seg = |iova: u64, len: usize| Ok::<_, ()>(IovaSegment { iova: Iova(iova), len });
+        // Odd start.
+        assert_eq!(build([seg(0x1002, 512)], 512, &list), Err(PrpError::Misaligned));
+        // A first piece that does not end on a page boundary, followed by another.
+        assert_eq!(
+            build([seg(0x1000, 2048), seg(0x9000, 2048)], 4096, &list),
+            Err(PrpError::Misaligned)
+        );
+        // A later piece that does not start on a page boundary.
+        assert_eq!(
+            build([seg(0x1000, 4096), seg(0x9200, 4096)], 8192, &list),
+            Err(PrpError::Misaligned)
+        );
+        // Unmapped memory.
+        assert_eq!(build([seg(0x1000, 4096), Err(())], 8192, &list), Err(PrpError::Unmapped));
+        // One page and two pages need no list.
+        assert_eq!(build([seg(0x1000, 4096)], 4096, &list), Ok((0x1000, 0)));
+        assert_eq!(build([seg(0x1800, 4096)], 4096, &list), Ok((0x1800, 0x2000)));
+        let (p1, p2) = build([seg(0x1000, 3 * 4096)], 3 * 4096, &list).unwrap();
+        assert_eq!((p1, p2), (0x1000, iovas[0]));
+        assert_eq!(list.mem.read_le64(0), 0x2000);
+        assert_eq!(list.mem.read_le64(8), 0x3000);
     }
 }

@@ -53,8 +53,9 @@ struct Slot {
     /// Bumped on every reuse: a completion with an old generation is stale.
     generation: u16,
     io: SlotIo,
-    /// PRP list pages, permanently this slot's.
+    /// PRP list pages, permanently this slot's, and the IOVA of each.
     prp: PoolSlot,
+    prp_iovas: Box<[u64]>,
     /// A bounce buffer while the command uses one.
     bounce: Option<PoolSlot>,
     /// Milliseconds since the queue's start when submitted.
@@ -91,7 +92,6 @@ struct Inner {
     free: Vec<u16>,
     slot_bits: u32,
     prp_pool: DmaPool,
-    prp_pages: usize,
     bounce_pool: DmaPool,
     translator: Translator,
     pending: VecDeque<Pending>,
@@ -125,6 +125,8 @@ impl<D: PciDevice> IoQueue<D> {
         let dev = ctrl.device();
         let space = dev.dma();
         let entries = opts.queue_depth.clamp(2, ctrl.cap().max_queue_entries().min(4096) as u16);
+        let (sq, cq) = rings(space, qid, entries, ctrl.cap().dstrd())?;
+        let entries = sq.entries();
         let nslots = usize::from(entries - 1);
         let max_transfer = ctrl.max_transfer() / ns.block_size as usize * ns.block_size as usize;
         let bounce_size = (opts.bounce_size.max(PAGE_SIZE) / PAGE_SIZE * PAGE_SIZE)
@@ -134,8 +136,6 @@ impl<D: PciDevice> IoQueue<D> {
         let mut prp_pool = DmaPool::new(space, prp_pages * PAGE_SIZE, nslots, PAGE_SIZE)?;
         let bounce_pool =
             DmaPool::new(space, bounce_size, opts.bounce_buffers.clamp(1, nslots), PAGE_SIZE)?;
-        let sq = SubmissionQueue::new(space, qid, entries, ctrl.cap().dstrd())?;
-        let cq = CompletionQueue::new(space, qid, entries, ctrl.cap().dstrd())?;
         {
             let t = opts.admin_timeout;
             let mut admin = ctrl.admin();
@@ -145,16 +145,29 @@ impl<D: PciDevice> IoQueue<D> {
                 return Err(e);
             }
         }
-        let slots = (0..nslots)
-            .map(|_| Slot {
+        let mut translator = space.translator();
+        let mut slots = Vec::with_capacity(nslots);
+        for _ in 0..nslots {
+            let prp = prp_pool.alloc().expect("the pool has pages for every slot");
+            let base = prp_pool.ptr(&prp);
+            let prp_iovas = (0..prp_pages)
+                .map(|p| {
+                    match translator.segments(base.wrapping_add(p * PAGE_SIZE), PAGE_SIZE).next() {
+                        Some(Ok(seg)) if seg.len >= PAGE_SIZE => Ok(seg.iova.get()),
+                        _ => Err(NvmeError::Invalid("PRP list page is not mapped".into())),
+                    }
+                })
+                .collect::<Result<Box<[u64]>, _>>()?;
+            slots.push(Slot {
                 generation: 0,
                 io: SlotIo::Free,
-                prp: prp_pool.alloc().expect("the pool has a page per slot"),
+                prp,
+                prp_iovas,
                 bounce: None,
                 started_ms: 0,
                 aborted: false,
-            })
-            .collect();
+            });
+        }
         tracing::debug!(
             qid,
             nsid = ns.nsid,
@@ -175,9 +188,8 @@ impl<D: PciDevice> IoQueue<D> {
                 free: (0..nslots as u16).rev().collect(),
                 slot_bits: u16::BITS - (nslots as u16).leading_zeros(),
                 prp_pool,
-                prp_pages,
                 bounce_pool,
-                translator: space.translator(),
+                translator,
                 pending: VecDeque::with_capacity(4 * nslots),
                 stats: QueueStats::default(),
                 t0: Instant::now(),
@@ -298,6 +310,29 @@ impl<D: PciDevice> IoQueue<D> {
 
 const ORIGIN: Origin = Origin::Nvme;
 
+/// The queue's rings. Without huge pages in no-IOMMU mode, memory is contiguous to the device
+/// only within a 4 KiB page: then fall back to 64 entries, whose SQ fills exactly one page.
+fn rings(
+    space: &std::sync::Arc<mfio_dma::DmaSpace>,
+    qid: u16,
+    entries: u16,
+    dstrd: u8,
+) -> Result<(SubmissionQueue, CompletionQueue), NvmeError> {
+    let make = |n| -> Result<_, NvmeError> {
+        Ok((
+            SubmissionQueue::new(space, qid, n, dstrd)?,
+            CompletionQueue::new(space, qid, n, dstrd)?,
+        ))
+    };
+    match make(entries) {
+        Err(NvmeError::NotContiguous(len)) if entries > 64 => {
+            tracing::warn!(qid, len, "queue memory not contiguous: using 64 entries");
+            make(64)
+        }
+        r => r,
+    }
+}
+
 impl Inner {
     /// Queues a request behind any already waiting, then submits what fits.
     fn enqueue<D: PciDevice>(&mut self, p: Pending, q: &IoQueue<D>) {
@@ -358,11 +393,8 @@ impl Inner {
             let piece_len = view.len().min(q.max_transfer);
             let (piece, rest) = split(view, piece_len);
             let idx = self.free.pop().expect("has_room checked a free slot");
-            let list = {
-                let s = &self.slots[usize::from(idx)];
-                let iova = self.prp_pool.iova(&s.prp).expect("PRP pages are IOVA-contiguous");
-                PrpList { mem: self.prp_pool.mem(&s.prp), iova: iova.get(), pages: self.prp_pages }
-            };
+            let s = &self.slots[usize::from(idx)];
+            let list = PrpList { mem: self.prp_pool.mem(&s.prp), page_iovas: &s.prp_iovas };
             let zero_copy = prp::build(
                 self.translator.segments(piece.as_ptr(), piece.len()),
                 piece.len(),
@@ -391,11 +423,13 @@ impl Inner {
                         }
                         (r2, r) => r2.or(r),
                     };
-                    let iova = self.bounce_pool.iova(&b).expect("bounce buffers are contiguous");
                     P::fill_bounce(&piece, &self.bounce_pool.mem(&b));
-                    let seg = mfio_dma::IovaSegment { iova, len: piece.len() };
-                    let (p1, p2) = prp::build([Ok::<_, ()>(seg)], piece.len(), &list)
-                        .expect("a page-aligned contiguous bounce buffer always fits in PRPs");
+                    // Bounce buffers are whole, page-aligned pages: always PRP-able, whether
+                    // the device sees them as one range or as scattered pages (no-IOMMU).
+                    let bounce_segs =
+                        self.translator.segments(self.bounce_pool.ptr(&b), piece.len());
+                    let (p1, p2) = prp::build(bounce_segs, piece.len(), &list)
+                        .expect("page-aligned mapped bounce pages always fit in PRPs");
                     self.stats.bounced += 1;
                     (p1, p2, Some(b), piece, rest)
                 }
@@ -437,7 +471,7 @@ impl Inner {
                 mem.write_le32(4, blocks);
                 mem.write_le64(8, slba);
                 let mut c = Command::new(spec::io::DATASET_MANAGEMENT, nsid);
-                c.prp1 = self.prp_pool.iova(&s.prp).expect("contiguous").get();
+                c.prp1 = s.prp_iovas[0];
                 c.cdw10 = 0; // one range
                 c.cdw11 = 1 << 2; // AD: deallocate
                 c

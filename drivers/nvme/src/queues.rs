@@ -15,6 +15,7 @@ use std::sync::Arc;
 /// A submission queue: commands for the controller.
 pub(crate) struct SubmissionQueue {
     mem: DmaBuffer,
+    iova: u64,
     entries: u16,
     tail: u16,
     committed_tail: u16,
@@ -30,9 +31,11 @@ impl SubmissionQueue {
         entries: u16,
         dstrd: u8,
     ) -> Result<Self, NvmeError> {
-        let mem = space.alloc(usize::from(entries) * COMMAND_SIZE)?;
+        let len = usize::from(entries) * COMMAND_SIZE;
+        let mem = space.alloc(len)?;
         mem.mem().zero();
         Ok(Self {
+            iova: ring_iova(&mem, len)?,
             mem,
             entries,
             tail: 0,
@@ -44,7 +47,12 @@ impl SubmissionQueue {
 
     /// Where the controller finds the ring.
     pub(crate) fn iova(&self) -> u64 {
-        self.mem.iova().get()
+        self.iova
+    }
+
+    /// Number of entries.
+    pub(crate) fn entries(&self) -> u16 {
+        self.entries
     }
 
     /// Entries free for new commands (one is always left empty: full and empty differ).
@@ -93,6 +101,7 @@ impl SubmissionQueue {
 /// A completion queue: results from the controller, found by phase tag.
 pub(crate) struct CompletionQueue {
     mem: DmaBuffer,
+    iova: u64,
     entries: u16,
     head: u16,
     phase: bool,
@@ -108,9 +117,11 @@ impl CompletionQueue {
         entries: u16,
         dstrd: u8,
     ) -> Result<Self, NvmeError> {
-        let mem = space.alloc(usize::from(entries) * COMPLETION_SIZE)?;
+        let len = usize::from(entries) * COMPLETION_SIZE;
+        let mem = space.alloc(len)?;
         mem.mem().zero();
         Ok(Self {
+            iova: ring_iova(&mem, len)?,
             mem,
             entries,
             head: 0,
@@ -122,7 +133,7 @@ impl CompletionQueue {
 
     /// Where the controller finds the ring.
     pub(crate) fn iova(&self) -> u64 {
-        self.mem.iova().get()
+        self.iova
     }
 
     /// The next completion, if the controller has posted it.
@@ -166,4 +177,9 @@ impl CompletionQueue {
         self.consumed = false;
         self.mem.mem().zero();
     }
+}
+
+/// Rings are created physically contiguous (PC=1): the device must see them as one range.
+fn ring_iova(mem: &DmaBuffer, len: usize) -> Result<u64, NvmeError> {
+    mem.contiguous_iova(0, len).map(|i| i.get()).ok_or(NvmeError::NotContiguous(len))
 }

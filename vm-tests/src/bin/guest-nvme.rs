@@ -1,0 +1,195 @@
+//! Guest test of the NVMe driver against QEMU's emulated NVMe controller through VFIO.
+//!
+//! Run inside the guest by `scripts/vm-tests.sh` (IOMMU and no-IOMMU mode), or by hand:
+//! `scripts/vm-run.sh [--mode noiommu] -- guest-nvme`. It brings the controller at
+//! `MFIO_NVME_PCI` up with the project's driver, checks Identify, runs the conformance suite on
+//! every namespace, then flush, write zeroes, deallocate, zero-copy DMA buffers, logs, and
+//! queues on several threads. Every step prints a line; any failure exits 1.
+#![forbid(unsafe_code)]
+
+use mfio::{block_on, BlockDevice, ReadAt, Window, WriteAt};
+use mfio_conformance::{run_all, Config, Rng};
+use mfio_nvme::{Controller, ControllerOptions};
+use mfio_pci::{PciAddress, VfioPci};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+type R<T> = Result<T, String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => {
+            println!("guest-nvme: PASS");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("guest-nvme: FAIL: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> R<()> {
+    let addr: PciAddress = std::env::var("MFIO_NVME_PCI")
+        .map_err(|_| "MFIO_NVME_PCI is not set (run me through scripts/vm-run.sh)".to_string())?
+        .parse()
+        .map_err(|e| format!("MFIO_NVME_PCI: {e}"))?;
+    let dev = VfioPci::open(addr).map_err(|e| format!("open {addr}: {e}"))?;
+    println!("{addr}: opened through VFIO, mode {:?}", dev.mode());
+    let opts = ControllerOptions::default();
+    let ctrl = Controller::new(dev, opts).map_err(|e| format!("bring-up: {e}"))?;
+    let id = ctrl.identify();
+    println!(
+        "identify: model {:?} serial {:?} fw {:?} mdts {} nn {} version {:#x}; {} I/O queues granted; max transfer {} KiB",
+        id.mn,
+        id.sn,
+        id.fr,
+        id.mdts,
+        id.nn,
+        ctrl.version(),
+        ctrl.io_queues_granted(),
+        ctrl.max_transfer() >> 10
+    );
+    ensure!(id.mn.starts_with("QEMU NVMe"), "model {:?} is not QEMU's", id.mn);
+    ensure!(!ctrl.namespaces().is_empty(), "no active namespace");
+    for ns in ctrl.namespaces() {
+        println!("namespace {}: {} blocks of {} bytes", ns.nsid, ns.blocks, ns.block_size);
+    }
+
+    let cfg =
+        Config { rounds: 60, area: 8 << 20, wrap_ios: 400, queue_depth: 48, ..Config::default() };
+    for ns in ctrl.namespaces() {
+        let q = ctrl.io_queue(ns.nsid).map_err(|e| format!("I/O queue on ns {}: {e}", ns.nsid))?;
+        let label = format!("nvme-ns{}", ns.nsid);
+        let failed: Vec<_> = run_all(&q, &cfg, &label)
+            .into_iter()
+            .filter_map(|o| o.result.err().map(|e| (o.name, e)))
+            .collect();
+        ensure!(failed.is_empty(), "conformance on namespace {}: {failed:?}", ns.nsid);
+        let s = q.stats();
+        println!("ns{} stats: {s:?}", ns.nsid);
+        ensure!(s.stray_completions == 0, "stray completions on a healthy controller");
+        ensure!(
+            s.sq_doorbells < s.submitted,
+            "no batching: {} doorbells for {} commands",
+            s.sq_doorbells,
+            s.submitted
+        );
+    }
+
+    let q = ctrl.io_queue(1).map_err(|e| e.to_string())?;
+    extra_commands(&q)?;
+    zero_copy(&ctrl, &q)?;
+    drop(q);
+    logs(&ctrl)?;
+    threads(&ctrl)?;
+    Ok(())
+}
+
+fn extra_commands<D: mfio_pci::PciDevice>(q: &mfio_nvme::IoQueue<D>) -> R<()> {
+    let bs = q.block_size() as usize;
+    let pos = 64 * bs as u64;
+    let data = Rng::new(7).bytes(8 * bs);
+    q.write_all_blocking(pos, &data).map_err(|e| format!("write: {e}"))?;
+    q.flush_blocking().map_err(|e| format!("flush: {e}"))?;
+    q.write_zeroes_blocking(pos + bs as u64, 2 * bs as u64)
+        .map_err(|e| format!("write zeroes: {e}"))?;
+    let mut back = vec![0xffu8; 8 * bs];
+    q.read_all_blocking(pos, &mut back).map_err(|e| format!("read: {e}"))?;
+    ensure!(back[..bs] == data[..bs], "write zeroes touched the block before its range");
+    ensure!(back[bs..3 * bs].iter().all(|&b| b == 0), "write zeroes left data");
+    ensure!(back[3 * bs..] == data[3 * bs..], "write zeroes touched blocks after its range");
+    println!("flush, write zeroes: ok");
+    q.deallocate_blocking(pos, 8 * bs as u64).map_err(|e| format!("deallocate: {e}"))?;
+    println!("deallocate: ok");
+    let e =
+        q.write_zeroes_blocking(q.capacity(), bs as u64).expect_err("write zeroes past the end");
+    ensure!(e.kind() == mfio::ErrorKind::OutOfRange, "write zeroes past the end: {e}");
+    Ok(())
+}
+
+fn zero_copy<D: mfio_pci::PciDevice>(
+    ctrl: &Arc<Controller<D>>,
+    q: &mfio_nvme::IoQueue<D>,
+) -> R<()> {
+    let before = q.stats().bounced;
+    let len = 256 << 10;
+    let buf = ctrl.device().dma().alloc(len).map_err(|e| e.to_string())?;
+    let data = Rng::new(11).bytes(len);
+    buf.mem().copy_from_slice(0, &data);
+    let w = Window::new(buf, 0, len).ok_or("window")?;
+    let (r, w) = block_on(q, q.write_all(1 << 20, w));
+    r.map_err(|e| format!("zero-copy write: {e}"))?;
+    let buf = w.into_inner();
+    buf.mem().zero();
+    let (r, w) = block_on(q, q.read_all(1 << 20, Window::new(buf, 0, len).ok_or("window")?));
+    r.map_err(|e| format!("zero-copy read: {e}"))?;
+    let mut back = vec![0u8; len];
+    w.get_ref().mem().copy_to_slice(0, &mut back);
+    ensure!(back == data, "zero-copy round trip differs");
+    ensure!(
+        q.stats().bounced == before,
+        "DMA memory was bounced ({} bounces)",
+        q.stats().bounced - before
+    );
+    // An odd offset inside DMA memory is not PRP-able: it must bounce, and still be right.
+    let buf = w.into_inner();
+    let (r, _) = block_on(q, q.read_all(1 << 20, Window::new(buf, 2, 4096).ok_or("window")?));
+    r.map_err(|e| format!("read into DMA memory at an odd offset: {e}"))?;
+    ensure!(q.stats().bounced > before, "an odd-offset buffer was not bounced");
+    println!("zero copy: 256 KiB written and read from DMA memory without bouncing");
+    Ok(())
+}
+
+fn logs<D: mfio_pci::PciDevice>(ctrl: &Arc<Controller<D>>) -> R<()> {
+    let smart = ctrl.smart_log().map_err(|e| format!("SMART log: {e}"))?;
+    println!(
+        "SMART: temperature {} K, data units read {} written {}, host reads {} writes {}",
+        smart.temperature,
+        smart.data_units_read,
+        smart.data_units_written,
+        smart.host_read_commands,
+        smart.host_write_commands
+    );
+    ensure!(smart.host_write_commands > 0, "the SMART log counts no writes after the suite");
+    let errors = ctrl.error_log().map_err(|e| format!("error log: {e}"))?;
+    println!("error log: {} entries", errors.len());
+    Ok(())
+}
+
+fn threads<D: mfio_pci::PciDevice + Send + Sync + 'static>(ctrl: &Arc<Controller<D>>) -> R<()> {
+    let n = ctrl.io_queues_granted().min(3);
+    let handles: Vec<_> = (0..n)
+        .map(|t| {
+            let ctrl = ctrl.clone();
+            std::thread::spawn(move || -> R<()> {
+                let q = ctrl.io_queue(1).map_err(|e| e.to_string())?;
+                let bs = q.block_size() as u64;
+                let base = (4 << 20) + u64::from(t) * (1 << 20);
+                let mut rng = Rng::new(100 + u64::from(t));
+                for i in 0..32u64 {
+                    let data = rng.bytes(8 * bs as usize);
+                    let pos = base + i * 8 * bs;
+                    q.write_all_blocking(pos, &data).map_err(|e| e.to_string())?;
+                    let mut back = vec![0u8; data.len()];
+                    q.read_all_blocking(pos, &mut back).map_err(|e| e.to_string())?;
+                    ensure!(back == data, "thread {t}: block {i} differs");
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for (t, h) in handles.into_iter().enumerate() {
+        h.join().map_err(|_| format!("thread {t} panicked"))??;
+    }
+    println!("{n} queues on {n} threads: ok");
+    Ok(())
+}
