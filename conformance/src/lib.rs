@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod cases;
+pub mod load;
 mod rng;
 
 pub use cases::CASES;
