@@ -1,1 +1,30 @@
-//! Userspace virtio-blk driver over VFIO (arrives with the virtio-blk driver issue).
+//! A userspace virtio-blk driver over VFIO (and over the in-process device model), with the
+//! same mfio shape as the NVMe driver: a queue is a [`mfio::PacketIo`] block device.
+//!
+//! ```text
+//! let dev = VirtioBlk::new(VfioPci::open_str("0000:00:05.0")?, &Options::default())?;
+//! let q = dev.queue(0)?;                     // one per thread
+//! q.read_all_blocking(0, &mut buf)?;         // mfio::ReadAt / WriteAt
+//! ```
+//!
+//! Where things happen:
+//! - bring-up in [`device`] (`VirtioBlk::new`), through the virtio-pci transport in
+//!   [`transport`];
+//! - a request becomes a descriptor chain in `queue` (`BlkQueue::submit`), on the split ring of
+//!   `virtqueue`; one notify per batch in `BlkQueue::kick`;
+//! - it completes in `BlkQueue::reap` (the used ring, polled).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod device;
+pub mod error;
+#[cfg(feature = "model")]
+pub mod model;
+mod queue;
+pub mod spec;
+pub mod transport;
+mod virtqueue;
+
+pub use device::{BlkInfo, Options, VirtioBlk};
+pub use error::VirtioError;
+pub use queue::{BlkQueue, QueueStats};

@@ -1,0 +1,310 @@
+//! `VirtioBlk`: bring-up of a virtio-blk device (reset, ACKNOWLEDGE, DRIVER, feature
+//! negotiation, FEATURES_OK, virtqueue setup, DRIVER_OK) and handing its queues to threads.
+
+use crate::error::VirtioError;
+use crate::queue::{BlkQueue, Limits, QueueParts};
+use crate::spec::{blk, feature, feature_names, status};
+use crate::transport::Transport;
+use mfio_pci::PciDevice;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How to bring a device up.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Request queues to set up (capped at what the device has; 0: all of them).
+    pub queues: u16,
+    /// Entries per virtqueue (rounded down to a power of two, capped at the device's maximum).
+    pub queue_size: u16,
+    /// Largest transfer of one request, in bytes; larger I/O is split.
+    pub max_transfer: usize,
+    /// Bytes per bounce buffer (for memory that is not DMA-mapped); larger I/O is split.
+    pub bounce_size: usize,
+    /// Bounce buffers per queue.
+    pub bounce_slots: usize,
+    /// Feature bits to refuse even when offered (tests use it to exercise the paths without
+    /// INDIRECT_DESC or EVENT_IDX). VERSION_1 and ACCESS_PLATFORM cannot be refused.
+    pub refuse_features: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            queues: 1,
+            queue_size: 256,
+            max_transfer: 1 << 20,
+            bounce_size: 128 << 10,
+            bounce_slots: 16,
+            refuse_features: 0,
+        }
+    }
+}
+
+/// What the device told us in its configuration, after negotiation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlkInfo {
+    /// Capacity in 512-byte sectors.
+    pub capacity_sectors: u64,
+    /// Logical block size in bytes (BLK_SIZE, else 512): offsets and lengths must be multiples.
+    pub block_size: u32,
+    /// Largest segment, in bytes (SIZE_MAX).
+    pub size_max: Option<u32>,
+    /// Most data segments per request (SEG_MAX).
+    pub seg_max: Option<u32>,
+    /// Request queues the device has.
+    pub num_queues: u16,
+    /// The device refuses writes (RO).
+    pub read_only: bool,
+    /// Largest discard, in sectors (DISCARD).
+    pub max_discard_sectors: u32,
+    /// Largest write-zeroes, in sectors (WRITE_ZEROES).
+    pub max_write_zeroes_sectors: u32,
+    /// Whether write-zeroes may unmap (WRITE_ZEROES).
+    pub write_zeroes_may_unmap: bool,
+}
+
+impl BlkInfo {
+    /// Capacity in bytes, whole blocks.
+    pub fn capacity_bytes(&self) -> u64 {
+        let bs = u64::from(self.block_size);
+        self.capacity_sectors.saturating_mul(blk::SECTOR_SIZE) / bs * bs
+    }
+}
+
+/// State shared by the device handle and its queues.
+pub(crate) struct Shared<D: PciDevice> {
+    pub dev: D,
+    pub transport: Transport,
+    pub features: u64,
+    pub info: BlkInfo,
+    pub limits: Limits,
+    pub slots: Mutex<Vec<Option<QueueParts>>>,
+    /// Set once the device was reset after a failure: every queue fails its I/O.
+    pub broken: AtomicBool,
+    pub broken_status: AtomicU8,
+}
+
+impl<D: PciDevice> Shared<D> {
+    /// Resets the device (so it does no more DMA), marks it broken. The caller then fails its
+    /// in-flight I/O; other queues see `broken` and fail theirs.
+    pub(crate) fn quiesce(&self, why: &str) {
+        let st = self.transport.status(&self.dev);
+        tracing::error!(
+            status = st,
+            "virtio-blk {}: {why}; resetting the device",
+            self.dev.address()
+        );
+        if let Err(e) = self.transport.reset(&self.dev) {
+            tracing::error!("{e}; turning bus mastering off to stop its DMA");
+            let _ = self.dev.set_bus_master(false);
+        }
+        self.broken_status.store(st, Ordering::Relaxed);
+        self.broken.store(true, Ordering::Release);
+    }
+}
+
+impl<D: PciDevice> Drop for Shared<D> {
+    fn drop(&mut self) {
+        // No queue is left, so nothing is in flight; still, stop the device before its rings
+        // are freed.
+        if !self.broken.load(Ordering::Acquire) && self.transport.reset(&self.dev).is_err() {
+            tracing::warn!("virtio-blk {}: reset on close timed out", self.dev.address());
+        }
+        let _ = self.dev.set_bus_master(false);
+    }
+}
+
+/// A virtio-blk device, brought up, with its virtqueues set up; hand them out with
+/// [`queue`](Self::queue), one per thread.
+pub struct VirtioBlk<D: PciDevice> {
+    shared: Arc<Shared<D>>,
+}
+
+impl<D: PciDevice> VirtioBlk<D> {
+    /// Brings the device up: finds the virtio-pci capabilities, resets it, negotiates
+    /// features, sets up `opts.queues` virtqueues and sets DRIVER_OK.
+    pub fn new(dev: D, opts: &Options) -> Result<VirtioBlk<D>, VirtioError> {
+        let transport = Transport::find(&dev)?;
+        dev.set_bus_master(true)?;
+        // The kernel's driver (or a previous program) may have left it running.
+        transport.reset(&dev)?;
+        transport.set_status(&dev, status::ACKNOWLEDGE);
+        transport.add_status(&dev, status::DRIVER);
+        match Self::negotiate_and_setup(&dev, transport, opts) {
+            Ok((features, info, limits, parts)) => {
+                transport.add_status(&dev, status::DRIVER_OK);
+                let s = transport.status(&dev);
+                if s & (status::DEVICE_NEEDS_RESET | status::FAILED) != 0
+                    || s & status::DRIVER_OK == 0
+                {
+                    let _ = transport.reset(&dev);
+                    return Err(VirtioError::Broken { status: s });
+                }
+                tracing::info!(
+                    "virtio-blk {}: up, features [{}], {} sectors of 512, block {}, {} queue(s) of {}",
+                    dev.address(),
+                    feature_names(features),
+                    info.capacity_sectors,
+                    info.block_size,
+                    parts.len(),
+                    parts.first().map_or(0, |p| p.size())
+                );
+                let slots = Mutex::new(parts.into_iter().map(Some).collect());
+                let shared = Shared {
+                    dev,
+                    transport,
+                    features,
+                    info,
+                    limits,
+                    slots,
+                    broken: AtomicBool::new(false),
+                    broken_status: AtomicU8::new(0),
+                };
+                Ok(VirtioBlk { shared: Arc::new(shared) })
+            }
+            Err(e) => {
+                transport.add_status(&dev, status::FAILED);
+                let _ = transport.reset(&dev);
+                let _ = dev.set_bus_master(false);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn negotiate_and_setup(
+        dev: &D,
+        t: Transport,
+        opts: &Options,
+    ) -> Result<(u64, BlkInfo, Limits, Vec<QueueParts>), VirtioError> {
+        let offered = t.device_features(dev);
+        tracing::debug!("virtio-blk {}: offered [{}]", dev.address(), feature_names(offered));
+        if offered & feature::VERSION_1 == 0 {
+            return Err(VirtioError::MissingFeature {
+                name: "VERSION_1",
+                offered,
+                hint: "only virtio 1.x (modern) devices are supported",
+            });
+        }
+        let mapper = dev.dma().mapper().name();
+        if mapper == "vfio-type1" && offered & feature::ACCESS_PLATFORM == 0 {
+            return Err(VirtioError::MissingFeature {
+                name: "ACCESS_PLATFORM",
+                offered,
+                hint: "behind an IOMMU the device must translate its DMA; give QEMU's \
+                       virtio-blk-pci iommu_platform=on",
+            });
+        }
+        let mut wanted = offered & feature::SUPPORTED & !opts.refuse_features;
+        wanted |= offered & (feature::VERSION_1 | feature::ACCESS_PLATFORM);
+        t.set_driver_features(dev, wanted);
+        t.features_ok(dev, wanted)?;
+
+        let has = |f: u64| wanted & f != 0;
+        let cfg = |off: u64, w: u8| t.read_config(dev, off, w);
+        let block_size =
+            if has(feature::BLK_BLK_SIZE) { cfg(blk::CFG_BLK_SIZE, 4) as u32 } else { 512 };
+        if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
+            return Err(VirtioError::BadDevice(format!("block size {block_size}")));
+        }
+        let dev_queues = if has(feature::BLK_MQ) { cfg(blk::CFG_NUM_QUEUES, 2) as u16 } else { 1 };
+        let dev_queues = dev_queues.clamp(1, t.num_queues(dev).max(1));
+        let info = BlkInfo {
+            capacity_sectors: cfg(blk::CFG_CAPACITY, 8),
+            block_size,
+            size_max: has(feature::BLK_SIZE_MAX).then(|| cfg(blk::CFG_SIZE_MAX, 4) as u32),
+            seg_max: has(feature::BLK_SEG_MAX).then(|| cfg(blk::CFG_SEG_MAX, 4) as u32),
+            num_queues: dev_queues,
+            read_only: has(feature::BLK_RO),
+            max_discard_sectors: if has(feature::BLK_DISCARD) {
+                (cfg(blk::CFG_MAX_DISCARD_SECTORS, 4) as u32).max(1)
+            } else {
+                0
+            },
+            max_write_zeroes_sectors: if has(feature::BLK_WRITE_ZEROES) {
+                (cfg(blk::CFG_MAX_WRITE_ZEROES_SECTORS, 4) as u32).max(1)
+            } else {
+                0
+            },
+            write_zeroes_may_unmap: has(feature::BLK_WRITE_ZEROES)
+                && cfg(blk::CFG_WRITE_ZEROES_MAY_UNMAP, 1) != 0,
+        };
+        if info.capacity_bytes() == 0 {
+            return Err(VirtioError::BadDevice("capacity is 0".into()));
+        }
+        let count = if opts.queues == 0 { dev_queues } else { opts.queues.min(dev_queues) };
+        let bs = block_size as usize;
+        let round = |v: usize| (v / bs * bs).max(bs);
+        let limits = Limits {
+            indirect: has(feature::INDIRECT_DESC),
+            event_idx: has(feature::EVENT_IDX),
+            seg_max: info.seg_max.map_or(1, |s| s.max(1) as usize),
+            size_max: info.size_max.map_or(u32::MAX as usize, |s| s.max(512) as usize) / 512 * 512,
+            max_transfer: round(opts.max_transfer.min(u32::MAX as usize / 2)),
+            bounce_size: round(opts.bounce_size),
+            bounce_slots: opts.bounce_slots.max(1),
+        };
+        let mut parts = Vec::with_capacity(usize::from(count));
+        for q in 0..count {
+            let max = t.select_queue(dev, q);
+            if max == 0 {
+                return Err(VirtioError::Queue {
+                    index: q,
+                    why: "the device has no such queue".into(),
+                });
+            }
+            let want = opts.queue_size.clamp(2, max);
+            // The largest power of two not above `want` (split queues need one).
+            let size = 1u16 << (15 - want.leading_zeros());
+            let p = QueueParts::new(dev.dma(), q, size, &limits)
+                .map_err(|why| VirtioError::Queue { index: q, why })?;
+            let (desc, avail, used) = p.ring_iovas();
+            let notify = t.setup_queue(dev, q, size, desc, avail, used)?;
+            t.enable_queue(dev);
+            parts.push(p.with_notify(notify));
+        }
+        Ok((wanted, info, limits, parts))
+    }
+
+    /// Features negotiated.
+    pub fn features(&self) -> u64 {
+        self.shared.features
+    }
+
+    /// Names of the features negotiated.
+    pub fn feature_names(&self) -> String {
+        feature_names(self.shared.features)
+    }
+
+    /// The device's geometry and limits.
+    pub fn info(&self) -> &BlkInfo {
+        &self.shared.info
+    }
+
+    /// Virtqueues set up.
+    pub fn queue_count(&self) -> u16 {
+        self.shared.slots.lock().unwrap_or_else(|p| p.into_inner()).len() as u16
+    }
+
+    /// The PCI device (a model's injection knobs, for instance).
+    pub fn device(&self) -> &D {
+        &self.shared.dev
+    }
+
+    /// Takes virtqueue `index` for this thread. It goes back when the [`BlkQueue`] is dropped
+    /// (unless the device had to be reset).
+    pub fn queue(&self, index: u16) -> Result<BlkQueue<D>, VirtioError> {
+        if self.shared.broken.load(Ordering::Acquire) {
+            return Err(VirtioError::Broken {
+                status: self.shared.broken_status.load(Ordering::Relaxed),
+            });
+        }
+        let mut slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let count = slots.len() as u16;
+        let slot =
+            slots.get_mut(usize::from(index)).ok_or(VirtioError::NoSuchQueue { index, count })?;
+        let parts = slot.take().ok_or(VirtioError::QueueInUse { index })?;
+        drop(slots);
+        Ok(BlkQueue::new(self.shared.clone(), parts))
+    }
+}

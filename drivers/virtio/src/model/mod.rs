@@ -1,0 +1,630 @@
+//! A strict in-process virtio-blk device behind [`PciDevice`], for tests and benchmarks.
+//!
+//! It has the registers of a modern virtio-pci device (vendor capabilities in config space,
+//! common configuration, notify, ISR and device configuration in BAR 4, as QEMU lays them
+//! out) and reaches memory only through a [`CheckingMapper`], so an IOVA the driver never
+//! mapped is a fault, never a stray write. It processes a queue when the driver notifies it
+//! (or, when held, on [`release`](VirtioBlkModel::release)) and checks as it goes: register
+//! widths and the order of the status handshake, queue setup, ring indexes, descriptor ids,
+//! chains and their flags (loops, NEXT with INDIRECT, nested indirect tables, zero lengths,
+//! readable after writable), request framing and lengths, bus mastering.
+//!
+//! A violation is driver misuse: by default the model panics with a message naming it (the
+//! test fails loudly); with [`OnViolation::NeedsReset`] it records it, sets
+//! DEVICE_NEEDS_RESET and stops, as a real device may.
+//!
+//! Error injection: IOERR on chosen sectors, UNSUPP for chosen request types, and
+//! DEVICE_NEEDS_RESET on demand. Null mode skips the data (no storage): for benchmarks.
+
+mod requests;
+
+use crate::spec::{blk, cap, common, feature, ring, status};
+use mfio_dma::{CheckingMapper, DmaSpace};
+use mfio_pci::{check_config_access, PciAddress, PciDevice, PciError, CAP_ID_VENDOR};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The BAR holding every virtio-pci structure.
+pub const BAR: u8 = 4;
+const BAR_LEN: u64 = 0x4000;
+const COMMON_AT: u64 = 0x0000;
+const ISR_AT: u64 = 0x1000;
+const DEVICE_AT: u64 = 0x2000;
+const DEVICE_LEN: u64 = 0x100;
+const NOTIFY_AT: u64 = 0x3000;
+const NOTIFY_MULTIPLIER: u64 = 4;
+
+/// What the model does when the driver breaks a rule.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OnViolation {
+    /// Panic with the rule broken (default: the test fails at the culprit).
+    Panic,
+    /// Record it, set DEVICE_NEEDS_RESET and stop processing until reset.
+    NeedsReset,
+}
+
+/// How to build a model.
+#[derive(Clone, Debug)]
+pub struct ModelOptions {
+    /// Capacity in 512-byte sectors.
+    pub capacity_sectors: u64,
+    /// Null mode: no storage; reads return whatever the buffer held, writes are dropped.
+    pub null: bool,
+    /// Feature bits offered.
+    pub features: u64,
+    /// Request queues (config `num_queues`; MQ must be offered for more than 1).
+    pub num_queues: u16,
+    /// Largest queue size.
+    pub queue_size_max: u16,
+    /// `seg_max`.
+    pub seg_max: u32,
+    /// `size_max` (bytes per segment).
+    pub size_max: u32,
+    /// `blk_size`.
+    pub blk_size: u32,
+    /// `max_discard_sectors` and `max_write_zeroes_sectors`.
+    pub max_range_sectors: u32,
+    /// The GET_ID answer.
+    pub id: [u8; blk::ID_BYTES],
+    /// What a violation does.
+    pub on_violation: OnViolation,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        let mut id = [0u8; blk::ID_BYTES];
+        id[..10].copy_from_slice(b"mfio-model");
+        Self {
+            capacity_sectors: (40 << 20) / 512,
+            null: false,
+            features: feature::BLK_SIZE_MAX
+                | feature::BLK_SEG_MAX
+                | feature::BLK_BLK_SIZE
+                | feature::BLK_FLUSH
+                | feature::BLK_MQ
+                | feature::BLK_DISCARD
+                | feature::BLK_WRITE_ZEROES
+                | feature::INDIRECT_DESC
+                | feature::EVENT_IDX
+                | feature::VERSION_1
+                | feature::ACCESS_PLATFORM,
+            num_queues: 2,
+            queue_size_max: 256,
+            seg_max: 254,
+            size_max: 64 << 10,
+            blk_size: 512,
+            max_range_sectors: 8192,
+            id,
+            on_violation: OnViolation::Panic,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct MQueue {
+    max: u16,
+    size: u16,
+    enabled: bool,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    last_avail: u16,
+    used_idx: u16,
+}
+
+struct State {
+    config: [u8; 256],
+    status: u8,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    queue_select: u16,
+    queues: Vec<MQueue>,
+    device_cfg: Vec<u8>,
+    disk: Vec<u8>,
+    ioerr: Vec<Range<u64>>,
+    unsupported: Vec<u32>,
+    hold: bool,
+    /// Stopped after a violation or an injected needs-reset, until the next reset.
+    stopped: bool,
+    notifies: u64,
+    requests: u64,
+    indirect_requests: u64,
+    resets: u64,
+    violations: Vec<String>,
+}
+
+struct Inner {
+    opts: ModelOptions,
+    mapper: Arc<CheckingMapper>,
+    space: Arc<DmaSpace>,
+    state: Mutex<State>,
+}
+
+/// The strict in-process virtio-blk device. Cheap to clone: clones share the device, so a
+/// test keeps one to inject errors into the one the driver owns.
+#[derive(Clone)]
+pub struct VirtioBlkModel {
+    inner: Arc<Inner>,
+}
+
+/// A rule broken by the driver, found while processing.
+pub(crate) struct Violation(pub String);
+
+impl VirtioBlkModel {
+    /// A model with `opts`.
+    pub fn new(opts: ModelOptions) -> Self {
+        let mapper = Arc::new(CheckingMapper::new());
+        let space = DmaSpace::new(mapper.clone());
+        let mut config = [0u8; 256];
+        config[0..2].copy_from_slice(&0x1af4u16.to_le_bytes());
+        config[2..4].copy_from_slice(&0x1042u16.to_le_bytes());
+        config[mfio_pci::CONFIG_STATUS as usize] = mfio_pci::STATUS_CAP_LIST as u8;
+        config[mfio_pci::CONFIG_CAP_PTR as usize] = 0x40;
+        let caps = [
+            (0x40usize, cap::COMMON_CFG, COMMON_AT, common::LEN, 0x50u8),
+            (0x50, cap::ISR_CFG, ISR_AT, 4, 0x60),
+            (0x60, cap::DEVICE_CFG, DEVICE_AT, DEVICE_LEN, 0x70),
+            (0x70, cap::NOTIFY_CFG, NOTIFY_AT, NOTIFY_MULTIPLIER * u64::from(opts.num_queues), 0),
+        ];
+        for (at, ty, off, len, next) in caps {
+            config[at] = CAP_ID_VENDOR;
+            config[at + 1] = next;
+            config[at + 2] = if ty == cap::NOTIFY_CFG { 20 } else { 16 };
+            config[at + 3] = ty;
+            config[at + 4] = BAR;
+            config[at + 8..at + 12].copy_from_slice(&(off as u32).to_le_bytes());
+            config[at + 12..at + 16].copy_from_slice(&(len as u32).to_le_bytes());
+            if ty == cap::NOTIFY_CFG {
+                config[at + 16..at + 20].copy_from_slice(&(NOTIFY_MULTIPLIER as u32).to_le_bytes());
+            }
+        }
+        let mut d = vec![0u8; DEVICE_LEN as usize];
+        let put = |d: &mut Vec<u8>, off: u64, bytes: &[u8]| {
+            d[off as usize..off as usize + bytes.len()].copy_from_slice(bytes)
+        };
+        put(&mut d, blk::CFG_CAPACITY, &opts.capacity_sectors.to_le_bytes());
+        put(&mut d, blk::CFG_SIZE_MAX, &opts.size_max.to_le_bytes());
+        put(&mut d, blk::CFG_SEG_MAX, &opts.seg_max.to_le_bytes());
+        put(&mut d, blk::CFG_BLK_SIZE, &opts.blk_size.to_le_bytes());
+        put(&mut d, blk::CFG_NUM_QUEUES, &opts.num_queues.to_le_bytes());
+        put(&mut d, blk::CFG_MAX_DISCARD_SECTORS, &opts.max_range_sectors.to_le_bytes());
+        put(&mut d, blk::CFG_MAX_DISCARD_SEG, &1u32.to_le_bytes());
+        put(&mut d, blk::CFG_DISCARD_SECTOR_ALIGNMENT, &1u32.to_le_bytes());
+        put(&mut d, blk::CFG_MAX_WRITE_ZEROES_SECTORS, &opts.max_range_sectors.to_le_bytes());
+        put(&mut d, blk::CFG_MAX_WRITE_ZEROES_SEG, &1u32.to_le_bytes());
+        put(&mut d, blk::CFG_WRITE_ZEROES_MAY_UNMAP, &[1]);
+        let disk =
+            if opts.null { Vec::new() } else { vec![0u8; (opts.capacity_sectors * 512) as usize] };
+        let queues = (0..opts.num_queues)
+            .map(|_| MQueue { max: opts.queue_size_max, ..MQueue::default() })
+            .collect();
+        let state = State {
+            config,
+            // As QEMU's device reads after the kernel's driver was unbound: not reset yet.
+            status: status::ACKNOWLEDGE,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            queue_select: 0,
+            queues,
+            device_cfg: d,
+            disk,
+            ioerr: Vec::new(),
+            unsupported: Vec::new(),
+            hold: false,
+            stopped: false,
+            notifies: 0,
+            requests: 0,
+            indirect_requests: 0,
+            resets: 0,
+            violations: Vec::new(),
+        };
+        Self { inner: Arc::new(Inner { opts, mapper, space, state: Mutex::new(state) }) }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The mapper the model reaches memory through (fault counts, mappings).
+    pub fn mapper(&self) -> &Arc<CheckingMapper> {
+        &self.inner.mapper
+    }
+
+    /// Requests touching any sector in `sectors` fail with IOERR.
+    pub fn inject_io_error(&self, sectors: Range<u64>) {
+        self.state().ioerr.push(sectors);
+    }
+
+    /// Requests of type `req_type` (`spec::blk::T_*`) fail with UNSUPP.
+    pub fn inject_unsupported(&self, req_type: u32) {
+        self.state().unsupported.push(req_type);
+    }
+
+    /// Removes every injected IOERR and UNSUPP.
+    pub fn clear_injections(&self) {
+        let mut st = self.state();
+        st.ioerr.clear();
+        st.unsupported.clear();
+    }
+
+    /// Sets DEVICE_NEEDS_RESET and stops processing until the driver resets the device.
+    pub fn inject_needs_reset(&self) {
+        let mut st = self.state();
+        st.status |= status::DEVICE_NEEDS_RESET;
+        st.stopped = true;
+    }
+
+    /// While held, notifications are counted but not acted on (the device looks busy).
+    pub fn set_hold(&self, hold: bool) {
+        self.state().hold = hold;
+    }
+
+    /// Processes every enabled queue now (after [`set_hold`](Self::set_hold)).
+    pub fn release(&self) {
+        let mut st = self.state();
+        for q in 0..st.queues.len() {
+            self.process(&mut st, q);
+        }
+    }
+
+    /// Notify register writes so far.
+    pub fn notifies(&self) -> u64 {
+        self.state().notifies
+    }
+
+    /// Requests processed so far, and how many came in indirect tables.
+    pub fn requests(&self) -> (u64, u64) {
+        let st = self.state();
+        (st.requests, st.indirect_requests)
+    }
+
+    /// Device resets (status 0 writes) so far.
+    pub fn resets(&self) -> u64 {
+        self.state().resets
+    }
+
+    /// The device status.
+    pub fn status(&self) -> u8 {
+        self.state().status
+    }
+
+    /// Features the driver accepted.
+    pub fn driver_features(&self) -> u64 {
+        self.state().driver_features
+    }
+
+    /// Violations recorded (with [`OnViolation::NeedsReset`]).
+    pub fn violations(&self) -> Vec<String> {
+        self.state().violations.clone()
+    }
+
+    /// Reads the backing store directly (not in null mode).
+    pub fn read_disk(&self, pos: u64, buf: &mut [u8]) {
+        let st = self.state();
+        buf.copy_from_slice(&st.disk[pos as usize..pos as usize + buf.len()]);
+    }
+
+    fn violation(&self, st: &mut State, msg: String) {
+        if self.inner.opts.on_violation == OnViolation::Panic {
+            panic!("virtio-blk model: driver violated the virtio spec: {msg}");
+        }
+        tracing::error!("virtio-blk model: {msg}; setting DEVICE_NEEDS_RESET");
+        st.violations.push(msg);
+        st.status |= status::DEVICE_NEEDS_RESET;
+        st.stopped = true;
+    }
+
+    fn reset(&self, st: &mut State) {
+        st.status = 0;
+        st.driver_features = 0;
+        st.device_feature_select = 0;
+        st.driver_feature_select = 0;
+        st.queue_select = 0;
+        for q in &mut st.queues {
+            *q = MQueue { max: q.max, ..MQueue::default() };
+        }
+        st.stopped = false;
+        st.resets += 1;
+    }
+
+    fn bus_master(st: &State) -> bool {
+        u16::from_le_bytes([st.config[4], st.config[5]]) & mfio_pci::COMMAND_BUS_MASTER != 0
+    }
+
+    /// Width of the common configuration field at `off`, if there is one.
+    fn common_width(off: u64) -> Option<u8> {
+        Some(match off {
+            common::DEVICE_FEATURE_SELECT
+            | common::DEVICE_FEATURE
+            | common::DRIVER_FEATURE_SELECT
+            | common::DRIVER_FEATURE => 4,
+            common::CONFIG_MSIX_VECTOR
+            | common::NUM_QUEUES
+            | common::QUEUE_SELECT
+            | common::QUEUE_SIZE
+            | common::QUEUE_MSIX_VECTOR
+            | common::QUEUE_ENABLE
+            | common::QUEUE_NOTIFY_OFF => 2,
+            common::DEVICE_STATUS | common::CONFIG_GENERATION => 1,
+            common::QUEUE_DESC | common::QUEUE_DRIVER | common::QUEUE_DEVICE => 8,
+            _ => return None,
+        })
+    }
+
+    fn mmio_read(&self, bar: u8, off: u64, width: u8) -> u64 {
+        assert!(bar == BAR && off + u64::from(width) <= BAR_LEN, "model: read outside BAR{BAR}");
+        assert!(off % u64::from(width) == 0, "model: misaligned {width}-byte read at {off:#x}");
+        let mut st = self.state();
+        if off < ISR_AT {
+            let hi_half = width == 4 && (0x20..0x38).contains(&off);
+            if Self::common_width(off) != Some(width) && !hi_half {
+                self.violation(&mut st, format!("{width}-byte read of common config {off:#x}"));
+                return 0;
+            }
+            let q = usize::from(st.queue_select);
+            let mq = st.queues.get(q).cloned().unwrap_or_default();
+            let v: u64 = match if hi_half { off & !7 } else { off } {
+                common::DEVICE_FEATURE_SELECT => u64::from(st.device_feature_select),
+                common::DEVICE_FEATURE => match st.device_feature_select {
+                    0 => self.inner.opts.features & 0xffff_ffff,
+                    1 => self.inner.opts.features >> 32,
+                    _ => 0,
+                },
+                common::DRIVER_FEATURE_SELECT => u64::from(st.driver_feature_select),
+                common::DRIVER_FEATURE => match st.driver_feature_select {
+                    0 => st.driver_features & 0xffff_ffff,
+                    1 => st.driver_features >> 32,
+                    _ => 0,
+                },
+                common::CONFIG_MSIX_VECTOR => u64::from(common::NO_VECTOR),
+                common::NUM_QUEUES => st.queues.len() as u64,
+                common::DEVICE_STATUS => u64::from(st.status),
+                common::CONFIG_GENERATION => 0,
+                common::QUEUE_SELECT => u64::from(st.queue_select),
+                common::QUEUE_SIZE => u64::from(if mq.size != 0 { mq.size } else { mq.max }),
+                common::QUEUE_MSIX_VECTOR => u64::from(common::NO_VECTOR),
+                common::QUEUE_ENABLE => u64::from(mq.enabled),
+                common::QUEUE_NOTIFY_OFF => q as u64,
+                common::QUEUE_DESC => mq.desc,
+                common::QUEUE_DRIVER => mq.avail,
+                common::QUEUE_DEVICE => mq.used,
+                _ => 0,
+            };
+            match (hi_half, off % 8) {
+                (false, _) => v,
+                (true, 0) => v & 0xffff_ffff,
+                (true, _) => v >> 32,
+            }
+        } else if off < DEVICE_AT {
+            0 // ISR: polled driver, no interrupts
+        } else if off < DEVICE_AT + DEVICE_LEN {
+            let o = (off - DEVICE_AT) as usize;
+            let mut b = [0u8; 8];
+            b[..usize::from(width)].copy_from_slice(&st.device_cfg[o..o + usize::from(width)]);
+            u64::from_le_bytes(b)
+        } else {
+            0
+        }
+    }
+
+    fn mmio_write(&self, bar: u8, off: u64, width: u8, v: u64) {
+        assert!(bar == BAR && off + u64::from(width) <= BAR_LEN, "model: write outside BAR{BAR}");
+        assert!(off % u64::from(width) == 0, "model: misaligned {width}-byte write at {off:#x}");
+        let mut st = self.state();
+        if off >= NOTIFY_AT {
+            let q = ((off - NOTIFY_AT) / NOTIFY_MULTIPLIER) as usize;
+            if width != 2 || (off - NOTIFY_AT) % NOTIFY_MULTIPLIER != 0 || q >= st.queues.len() {
+                return self.violation(&mut st, format!("{width}-byte notify write at {off:#x}"));
+            }
+            if v as usize != q {
+                return self.violation(&mut st, format!("notify of queue {q} carries {v}"));
+            }
+            if st.status & status::DRIVER_OK == 0 || !st.queues[q].enabled {
+                return self.violation(&mut st, format!("notify of queue {q} before it runs"));
+            }
+            st.notifies += 1;
+            if !st.hold {
+                self.process(&mut st, q);
+            }
+            return;
+        }
+        if off >= ISR_AT {
+            return self.violation(&mut st, format!("write to read-only area at {off:#x}"));
+        }
+        let hi_half = width == 4 && matches!(off, 0x20 | 0x24 | 0x28 | 0x2c | 0x30 | 0x34);
+        if Self::common_width(off) != Some(width) && !hi_half {
+            return self
+                .violation(&mut st, format!("{width}-byte write of common config {off:#x}"));
+        }
+        let q = usize::from(st.queue_select);
+        let running = st.status & status::DRIVER_OK != 0;
+        match off {
+            common::DEVICE_FEATURE_SELECT => st.device_feature_select = v as u32,
+            common::DRIVER_FEATURE_SELECT => st.driver_feature_select = v as u32,
+            common::DRIVER_FEATURE => {
+                if st.status & status::FEATURES_OK != 0 {
+                    return self
+                        .violation(&mut st, "driver features written after FEATURES_OK".into());
+                }
+                match st.driver_feature_select {
+                    0 => {
+                        st.driver_features = (st.driver_features & !0xffff_ffff) | (v & 0xffff_ffff)
+                    }
+                    1 => st.driver_features = (st.driver_features & 0xffff_ffff) | (v << 32),
+                    s => return self.violation(&mut st, format!("driver feature select {s}")),
+                }
+            }
+            common::CONFIG_MSIX_VECTOR | common::QUEUE_MSIX_VECTOR => {}
+            common::DEVICE_STATUS => self.write_status(&mut st, v as u8),
+            common::QUEUE_SELECT => st.queue_select = v as u16,
+            common::QUEUE_SIZE | common::QUEUE_ENABLE | 0x20..=0x37 => {
+                if q >= st.queues.len() {
+                    return self
+                        .violation(&mut st, format!("setup of queue {q}, which does not exist"));
+                }
+                if running || st.queues[q].enabled {
+                    return self
+                        .violation(&mut st, format!("queue {q} reconfigured while running"));
+                }
+                if st.status & status::FEATURES_OK == 0 {
+                    return self.violation(&mut st, format!("queue {q} set up before FEATURES_OK"));
+                }
+                let mq = &mut st.queues[q];
+                match off {
+                    common::QUEUE_SIZE => {
+                        let n = v as u16;
+                        if !n.is_power_of_two() || n > mq.max {
+                            return self.violation(&mut st, format!("queue size {n}"));
+                        }
+                        mq.size = n;
+                    }
+                    common::QUEUE_ENABLE => {
+                        if v != 1 {
+                            return self.violation(&mut st, format!("queue_enable written {v}"));
+                        }
+                        self.enable_queue(&mut st, q);
+                    }
+                    _ => {
+                        let field = match off & !7 {
+                            0x20 => &mut mq.desc,
+                            0x28 => &mut mq.avail,
+                            _ => &mut mq.used,
+                        };
+                        *field = match (width, off % 8) {
+                            (8, _) => v,
+                            (_, 0) => (*field & !0xffff_ffff) | (v & 0xffff_ffff),
+                            _ => (*field & 0xffff_ffff) | (v << 32),
+                        };
+                    }
+                }
+            }
+            _ => self.violation(&mut st, format!("write to read-only common config {off:#x}")),
+        }
+    }
+
+    fn write_status(&self, st: &mut State, s: u8) {
+        if s == 0 {
+            return self.reset(st);
+        }
+        let old = st.status;
+        if s & old != old & !status::DEVICE_NEEDS_RESET {
+            return self
+                .violation(st, format!("status {old:#x} -> {s:#x} clears bits without a reset"));
+        }
+        let new = s & !old;
+        if new & status::FEATURES_OK != 0 {
+            let offered = self.inner.opts.features;
+            let f = st.driver_features;
+            if f & !offered != 0 || f & feature::VERSION_1 == 0 {
+                // The spec's answer: FEATURES_OK does not stick.
+                st.status = s & !status::FEATURES_OK;
+                return;
+            }
+            if old & status::DRIVER == 0 {
+                return self.violation(st, "FEATURES_OK before DRIVER".into());
+            }
+        }
+        if new & status::DRIVER_OK != 0 && s & status::FEATURES_OK == 0 {
+            return self.violation(st, "DRIVER_OK without FEATURES_OK".into());
+        }
+        if new & status::DRIVER != 0 && s & status::ACKNOWLEDGE == 0 {
+            return self.violation(st, "DRIVER without ACKNOWLEDGE".into());
+        }
+        st.status = s | (old & status::DEVICE_NEEDS_RESET);
+    }
+
+    fn enable_queue(&self, st: &mut State, q: usize) {
+        let mq = st.queues[q].clone();
+        let n = if mq.size == 0 { mq.max } else { mq.size };
+        let m = &self.inner.mapper;
+        let checks = [
+            ("descriptor table", mq.desc, 16u64, n as usize * ring::DESC_SIZE),
+            ("available ring", mq.avail, 2, ring::avail_size(n)),
+            ("used ring", mq.used, 4, ring::used_size(n)),
+        ];
+        for (what, iova, align, len) in checks {
+            if iova % align != 0 || !m.is_mapped(mfio_dma::Iova(iova), len) {
+                return self.violation(
+                    st,
+                    format!(
+                        "queue {q}: {what} at {iova:#x} ({len} bytes) is misaligned or unmapped"
+                    ),
+                );
+            }
+        }
+        let mq = &mut st.queues[q];
+        mq.size = n;
+        mq.enabled = true;
+    }
+
+    fn process(&self, st: &mut State, q: usize) {
+        if st.stopped || st.status & status::DRIVER_OK == 0 || !st.queues[q].enabled {
+            return;
+        }
+        if !Self::bus_master(st) {
+            return self.violation(st, "notified with bus mastering off: no DMA possible".into());
+        }
+        if let Err(Violation(m)) = requests::process_queue(self, st, q) {
+            self.violation(st, m);
+        }
+    }
+}
+
+impl PciDevice for VirtioBlkModel {
+    fn address(&self) -> PciAddress {
+        "0000:00:05.0".parse().expect("a valid address")
+    }
+    fn bar_len(&self, bar: u8) -> Option<u64> {
+        (bar == BAR).then_some(BAR_LEN)
+    }
+    fn read8(&self, bar: u8, offset: u64) -> u8 {
+        self.mmio_read(bar, offset, 1) as u8
+    }
+    fn write8(&self, bar: u8, offset: u64, value: u8) {
+        self.mmio_write(bar, offset, 1, u64::from(value))
+    }
+    fn read16(&self, bar: u8, offset: u64) -> u16 {
+        self.mmio_read(bar, offset, 2) as u16
+    }
+    fn write16(&self, bar: u8, offset: u64, value: u16) {
+        self.mmio_write(bar, offset, 2, u64::from(value))
+    }
+    fn read32(&self, bar: u8, offset: u64) -> u32 {
+        self.mmio_read(bar, offset, 4) as u32
+    }
+    fn write32(&self, bar: u8, offset: u64, value: u32) {
+        self.mmio_write(bar, offset, 4, u64::from(value))
+    }
+    fn read64(&self, bar: u8, offset: u64) -> u64 {
+        self.mmio_read(bar, offset, 8)
+    }
+    fn write64(&self, bar: u8, offset: u64, value: u64) {
+        self.mmio_write(bar, offset, 8, value)
+    }
+    fn config_read(&self, offset: u16, buf: &mut [u8]) -> Result<(), PciError> {
+        check_config_access(offset, buf.len())?;
+        let st = self.state();
+        let o = usize::from(offset);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = st.config.get(o + i).copied().unwrap_or(0);
+        }
+        Ok(())
+    }
+    fn config_write(&self, offset: u16, buf: &[u8]) -> Result<(), PciError> {
+        check_config_access(offset, buf.len())?;
+        let mut st = self.state();
+        // Only the command register is writable.
+        for (i, &b) in buf.iter().enumerate() {
+            let at = usize::from(offset) + i;
+            if (4..6).contains(&at) {
+                st.config[at] = b;
+            }
+        }
+        Ok(())
+    }
+    fn dma(&self) -> &Arc<DmaSpace> {
+        &self.inner.space
+    }
+}

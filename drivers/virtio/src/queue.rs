@@ -1,0 +1,783 @@
+//! `BlkQueue`: one virtqueue, owned by one thread (`Send`, not `Sync`), as an mfio block
+//! device: `PacketIo` for reads and writes at byte offsets, `IoBackend` to drive it, and the
+//! other virtio-blk requests (flush, discard, write zeroes, get id) as methods.
+//!
+//! A request is a header (type, sector) and a status byte in the request's control slot (a
+//! per-queue DMA pool entry that also holds its indirect table), and its data: the view's own
+//! memory when it translates to IOVAs (zero copy), otherwise a bounce buffer. `send_io` only
+//! queues; `poll_backend` reaps the used ring, turns queued requests into descriptor chains
+//! (splitting at SEG_MAX, SIZE_MAX, the largest transfer and the bounce buffer size), publishes
+//! them with one available-index store and at most one notify write, and reaps again.
+//! Nothing on that path locks, allocates or makes a system call.
+
+use crate::device::Shared;
+use crate::spec::{blk, feature, ring, status};
+use crate::virtqueue::{Desc, SplitQueue};
+use mfio::{
+    clip, Activity, BlockDevice, Error, ErrorKind, FromDevice, IoBackend, Origin, Packet, PacketIo,
+    PacketView, ToDevice,
+};
+use mfio_dma::{DmaPool, DmaSpace, Iova, IovaSegment, PoolSlot, Translator};
+use mfio_pci::PciDevice;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Context;
+
+/// Control slot layout: header, status, one range, the GET_ID answer, the indirect table.
+const CTRL_HEADER: usize = 0;
+const CTRL_STATUS: usize = 16;
+const CTRL_RANGE: usize = 32;
+const CTRL_ID: usize = 64;
+const CTRL_TABLE: usize = 128;
+const CTRL_SLOT: usize = 2048;
+/// Descriptors in a request's indirect table.
+const TABLE_ENTRIES: usize = (CTRL_SLOT - CTRL_TABLE) / ring::DESC_SIZE;
+/// What the status byte holds until the device writes it.
+const STATUS_UNSET: u8 = 0xff;
+/// Polls without progress, with requests in flight, between two reads of the device status.
+const STALL_CHECK: u32 = 1 << 12;
+
+/// Per-queue limits, from the negotiated features and the options.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Limits {
+    pub indirect: bool,
+    pub event_idx: bool,
+    /// Data segments per request (SEG_MAX, else 1).
+    pub seg_max: usize,
+    /// Bytes per segment (SIZE_MAX, else no limit), a multiple of 512.
+    pub size_max: usize,
+    pub max_transfer: usize,
+    pub bounce_size: usize,
+    pub bounce_slots: usize,
+}
+
+/// A virtqueue and its pools, set up at bring-up; moved into a [`BlkQueue`] while one exists.
+pub(crate) struct QueueParts {
+    index: u16,
+    notify: u64,
+    vq: SplitQueue,
+    ctrl: DmaPool,
+    bounce: DmaPool,
+}
+
+impl QueueParts {
+    pub(crate) fn new(
+        space: &Arc<DmaSpace>,
+        index: u16,
+        size: u16,
+        limits: &Limits,
+    ) -> Result<Self, String> {
+        let vq = SplitQueue::new(space, size, limits.event_idx)?;
+        let mut ctrl = DmaPool::new(space, CTRL_SLOT, usize::from(size), CTRL_SLOT)
+            .map_err(|e| format!("request control pool: {e}"))?;
+        // Every control slot lies in one page, so each has one IOVA: check it now, once.
+        let taken: Vec<PoolSlot> = (0..size).filter_map(|_| ctrl.alloc()).collect();
+        let all_contiguous = taken.iter().all(|s| ctrl.iova(s).is_some());
+        for s in taken {
+            ctrl.free(s).map_err(|e| e.to_string())?;
+        }
+        if !all_contiguous {
+            return Err("a request control slot is not IOVA-contiguous".into());
+        }
+        let bounce = DmaPool::new(space, limits.bounce_size, limits.bounce_slots, 4096)
+            .map_err(|e| format!("bounce pool: {e}"))?;
+        Ok(Self { index, notify: 0, vq, ctrl, bounce })
+    }
+
+    pub(crate) fn with_notify(mut self, notify: u64) -> Self {
+        self.notify = notify;
+        self
+    }
+
+    pub(crate) fn size(&self) -> u16 {
+        self.vq.size()
+    }
+
+    pub(crate) fn ring_iovas(&self) -> (u64, u64, u64) {
+        self.vq.iovas()
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    Flush,
+    GetId,
+    Discard,
+    WriteZeroes { unmap: bool },
+}
+
+enum AnyView {
+    From(PacketView<FromDevice>),
+    To(PacketView<ToDevice>),
+}
+
+impl AnyView {
+    fn len(&self) -> usize {
+        match self {
+            AnyView::From(v) => v.len(),
+            AnyView::To(v) => v.len(),
+        }
+    }
+    fn ptr(&self) -> *const u8 {
+        match self {
+            AnyView::From(v) => v.as_ptr(),
+            AnyView::To(v) => v.as_ptr(),
+        }
+    }
+    fn split_at(self, mid: usize) -> (AnyView, AnyView) {
+        match self {
+            AnyView::From(v) => {
+                let (a, b) = v.split_at(mid);
+                (AnyView::From(a), AnyView::From(b))
+            }
+            AnyView::To(v) => {
+                let (a, b) = v.split_at(mid);
+                (AnyView::To(a), AnyView::To(b))
+            }
+        }
+    }
+    fn complete(self, r: Result<(), Error>) {
+        match self {
+            AnyView::From(v) => v.complete(r),
+            AnyView::To(v) => v.complete(r),
+        }
+    }
+}
+
+/// A request waiting for descriptors, a control slot or a bounce buffer.
+struct Pending {
+    op: Op,
+    /// Byte offset on the device.
+    pos: u64,
+    /// Bytes of a discard / write-zeroes range (its view is empty).
+    range: u64,
+    view: AnyView,
+}
+
+/// A request the device holds, by head descriptor id.
+struct Inflight {
+    op: Op,
+    view: AnyView,
+    ctrl: PoolSlot,
+    bounce: Option<PoolSlot>,
+}
+
+/// Counters of one queue.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Requests made available to the device.
+    pub requests: u64,
+    /// Requests completed by the device.
+    pub completions: u64,
+    /// Notify register writes.
+    pub notifies: u64,
+    /// Batches published without a notify (EVENT_IDX or NO_NOTIFY said the device was busy).
+    pub suppressed_notifies: u64,
+    /// Requests whose data went through a bounce buffer.
+    pub bounced: u64,
+    /// Used-ring entries naming no request in flight (counted and ignored).
+    pub unknown_completions: u64,
+    /// Device status reads made because requests stalled.
+    pub status_checks: u64,
+}
+
+struct State {
+    parts: QueueParts,
+    inflight: Vec<Option<Inflight>>,
+    /// Scratch for one request's data segments (capacity: the most a request may have).
+    segs: Vec<IovaSegment>,
+    seg_limit: usize,
+    tr: Translator,
+    stats: QueueStats,
+    stalled: u32,
+}
+
+/// One virtqueue of a virtio-blk device, for one thread: an mfio block device.
+///
+/// Reads and writes go through [`PacketIo`] (so [`mfio::ReadAt`] / [`mfio::WriteAt`] apply);
+/// nothing reaches the device until [`IoBackend::poll_backend`]. Dropping it with requests in
+/// flight resets the device first (every queue of it then fails its I/O), so the device never
+/// writes memory given back to its owner.
+pub struct BlkQueue<D: PciDevice> {
+    shared: Arc<Shared<D>>,
+    index: u16,
+    notify: u64,
+    limits: Limits,
+    block_size: u32,
+    capacity: u64,
+    st: RefCell<Option<State>>,
+    pending: RefCell<VecDeque<Pending>>,
+}
+
+fn map_status(s: u8) -> Result<(), Error> {
+    match s {
+        blk::S_OK => Ok(()),
+        blk::S_UNSUPP => {
+            Err(Error::new(ErrorKind::Unsupported, Origin::Virtio).with_status(u16::from(s)))
+        }
+        other => Err(Error::device(Origin::Virtio, u16::from(other))),
+    }
+}
+
+const FATAL: Error = Error::new(ErrorKind::Fatal, Origin::Virtio);
+
+impl<D: PciDevice> BlkQueue<D> {
+    pub(crate) fn new(shared: Arc<Shared<D>>, parts: QueueParts) -> Self {
+        let limits = shared.limits;
+        let size = usize::from(parts.vq.size());
+        let seg_limit = if limits.indirect {
+            limits.seg_max.min(TABLE_ENTRIES - 2)
+        } else {
+            limits.seg_max.min(size - 2)
+        }
+        .max(1);
+        let st = State {
+            inflight: (0..size).map(|_| None).collect(),
+            segs: Vec::with_capacity(seg_limit),
+            seg_limit,
+            tr: shared.dev.dma().translator(),
+            stats: QueueStats::default(),
+            stalled: 0,
+            parts,
+        };
+        Self {
+            index: st.parts.index,
+            notify: st.parts.notify,
+            limits,
+            block_size: shared.info.block_size,
+            capacity: shared.info.capacity_bytes(),
+            st: RefCell::new(Some(st)),
+            pending: RefCell::new(VecDeque::with_capacity(4 * size)),
+            shared,
+        }
+    }
+
+    /// The virtqueue's index.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The queue's counters.
+    pub fn stats(&self) -> QueueStats {
+        self.st.borrow().as_ref().map(|s| s.stats).unwrap_or_default()
+    }
+
+    /// Requests in flight on the device.
+    pub fn in_flight(&self) -> usize {
+        self.st.borrow().as_ref().map_or(0, |s| usize::from(s.parts.vq.in_flight()))
+    }
+
+    /// The PCI device.
+    pub fn device(&self) -> &D {
+        &self.shared.dev
+    }
+
+    /// Features negotiated.
+    pub fn features(&self) -> u64 {
+        self.shared.features
+    }
+
+    fn has(&self, f: u64) -> bool {
+        self.shared.features & f != 0
+    }
+
+    fn is_broken(&self) -> bool {
+        self.shared.broken.load(Ordering::Acquire)
+    }
+
+    fn enqueue(&self, p: Pending) {
+        if self.is_broken() {
+            p.view.complete(Err(FATAL));
+            return;
+        }
+        self.pending.borrow_mut().push_back(p);
+    }
+
+    /// Flushes the device's write cache. Without FLUSH the device has none (it writes
+    /// through), so there is nothing to do.
+    pub async fn flush(&self) -> Result<(), Error> {
+        if !self.has(feature::BLK_FLUSH) {
+            return Ok(());
+        }
+        self.command(Op::Flush, 0, 0).await
+    }
+
+    /// Blocking [`flush`](Self::flush).
+    pub fn flush_blocking(&self) -> Result<(), Error> {
+        mfio::block_on(self, self.flush())
+    }
+
+    /// Discards `len` bytes at `pos` (block aligned, within the device): the device may free
+    /// them; what they read afterwards is the device's choice. Unsupported without DISCARD.
+    pub async fn discard(&self, pos: u64, len: u64) -> Result<(), Error> {
+        if !self.has(feature::BLK_DISCARD) {
+            return Err(Error::new(ErrorKind::Unsupported, Origin::Virtio));
+        }
+        self.check_range(pos, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.command(Op::Discard, pos, len).await
+    }
+
+    /// Blocking [`discard`](Self::discard).
+    pub fn discard_blocking(&self, pos: u64, len: u64) -> Result<(), Error> {
+        mfio::block_on(self, self.discard(pos, len))
+    }
+
+    /// Writes zeroes to `len` bytes at `pos` (block aligned, within the device); `unmap` lets
+    /// the device deallocate them. Unsupported without WRITE_ZEROES.
+    pub async fn write_zeroes(&self, pos: u64, len: u64, unmap: bool) -> Result<(), Error> {
+        if !self.has(feature::BLK_WRITE_ZEROES) {
+            return Err(Error::new(ErrorKind::Unsupported, Origin::Virtio));
+        }
+        self.check_range(pos, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.command(Op::WriteZeroes { unmap }, pos, len).await
+    }
+
+    /// Blocking [`write_zeroes`](Self::write_zeroes).
+    pub fn write_zeroes_blocking(&self, pos: u64, len: u64, unmap: bool) -> Result<(), Error> {
+        mfio::block_on(self, self.write_zeroes(pos, len, unmap))
+    }
+
+    /// The device's id string (GET_ID: up to 20 bytes, NUL padded).
+    pub async fn get_id(&self) -> Result<[u8; blk::ID_BYTES], Error> {
+        let mut packet = pin!(Packet::<FromDevice, [u8; blk::ID_BYTES]>::new([0; blk::ID_BYTES]));
+        let view = packet.as_mut().start(Some(self))?;
+        self.enqueue(Pending { op: Op::GetId, pos: 0, range: 0, view: AnyView::From(view) });
+        let t = packet.as_ref().wait().await;
+        if let Some(e) = t.error {
+            return Err(e);
+        }
+        Ok(packet.as_mut().take_buf().unwrap_or([0; blk::ID_BYTES]))
+    }
+
+    /// Blocking [`get_id`](Self::get_id).
+    pub fn get_id_blocking(&self) -> Result<[u8; blk::ID_BYTES], Error> {
+        mfio::block_on(self, self.get_id())
+    }
+
+    fn check_range(&self, pos: u64, len: u64) -> Result<(), Error> {
+        let bs = u64::from(self.block_size);
+        if pos % bs != 0 || len % bs != 0 {
+            return Err(Error::new(ErrorKind::Misaligned, Origin::Virtio));
+        }
+        match pos.checked_add(len) {
+            Some(end) if end <= self.capacity => Ok(()),
+            _ => Err(Error::new(ErrorKind::OutOfRange, Origin::Virtio)),
+        }
+    }
+
+    /// A request without data: an empty packet whose view (or views, when the range is
+    /// split) carries the outcome.
+    async fn command(&self, op: Op, pos: u64, range: u64) -> Result<(), Error> {
+        let mut packet = pin!(Packet::<ToDevice, [u8; 0]>::new([]));
+        let view = packet.as_mut().start(Some(self))?;
+        self.enqueue(Pending { op, pos, range, view: AnyView::To(view) });
+        match packet.as_ref().wait().await.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    fn kick(&self, st: &mut State) {
+        if st.parts.vq.unpublished() == 0 {
+            return;
+        }
+        if st.parts.vq.publish() {
+            let bar = self.shared.transport.notify.bar;
+            self.shared.dev.write16(bar, self.notify, self.index);
+            st.stats.notifies += 1;
+        } else {
+            st.stats.suppressed_notifies += 1;
+        }
+    }
+
+    /// Completes what the device has used; returns how many.
+    fn reap(&self, st: &mut State) -> usize {
+        let n = st.parts.vq.used_pending();
+        if n == 0 {
+            return 0;
+        }
+        if n > st.parts.vq.size() {
+            self.shared.quiesce("the used index jumped past the queue size");
+            self.fail_all(st, FATAL);
+            return 0;
+        }
+        for _ in 0..n {
+            let u = st.parts.vq.pop_used();
+            if !st.parts.vq.is_in_flight(u.id) {
+                st.stats.unknown_completions += 1;
+                tracing::trace!(id = u.id, "used entry for no request in flight: ignored");
+                continue;
+            }
+            st.parts.vq.free_chain(u.id as u16);
+            let inf = st.inflight[u.id as usize]
+                .take()
+                .expect("a chain in flight has its request recorded");
+            st.stats.completions += 1;
+            let ctrl = st.parts.ctrl.mem(&inf.ctrl);
+            let result = map_status(ctrl.read_u8(CTRL_STATUS));
+            let view = match inf.view {
+                AnyView::From(mut v) if result.is_ok() => {
+                    if inf.op == Op::GetId {
+                        let mut id = [0u8; blk::ID_BYTES];
+                        ctrl.copy_to_slice(CTRL_ID, &mut id);
+                        v.fill_from(&id);
+                    } else if let Some(b) = &inf.bounce {
+                        let len = v.len();
+                        st.parts.bounce.mem(b).copy_to_slice(0, &mut v.as_mut_slice()[..len]);
+                    }
+                    AnyView::From(v)
+                }
+                other => other,
+            };
+            st.parts.ctrl.free(inf.ctrl).expect("control slot of this queue");
+            if let Some(b) = inf.bounce {
+                st.parts.bounce.free(b).expect("bounce slot of this queue");
+            }
+            view.complete(result);
+        }
+        usize::from(n)
+    }
+
+    /// Fails every request in flight and queued (after the device was reset).
+    fn fail_all(&self, st: &mut State, e: Error) {
+        for id in 0..st.inflight.len() {
+            if let Some(inf) = st.inflight[id].take() {
+                st.parts.vq.free_chain(id as u16);
+                st.parts.ctrl.free(inf.ctrl).expect("control slot of this queue");
+                if let Some(b) = inf.bounce {
+                    st.parts.bounce.free(b).expect("bounce slot of this queue");
+                }
+                inf.view.complete(Err(e));
+            }
+        }
+        loop {
+            let Some(p) = self.pending.borrow_mut().pop_front() else { break };
+            p.view.complete(Err(e));
+        }
+    }
+
+    /// Moves queued requests onto the ring while descriptors, slots and bounce buffers last.
+    fn submit_pending(&self, st: &mut State) {
+        loop {
+            let Some(p) = self.pending.borrow_mut().pop_front() else { return };
+            match self.submit(st, p) {
+                Ok(None) => {}
+                Ok(Some(rest)) => self.pending.borrow_mut().push_front(rest),
+                Err(p) => {
+                    self.pending.borrow_mut().push_front(p);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Fills `st.segs` with the IOVA segments of up to `want` bytes at `ptr`, within the
+    /// segment limits; returns the bytes covered (whole blocks when cut short; 0 when the
+    /// memory is not DMA-mapped from its first byte).
+    fn plan(&self, st: &mut State, ptr: *const u8, want: usize) -> usize {
+        let State { tr, segs, seg_limit, .. } = st;
+        segs.clear();
+        let mut total = 0usize;
+        'outer: for s in tr.segments(ptr, want) {
+            let Ok(s) = s else { break };
+            let (mut iova, mut left) = (s.iova.get(), s.len);
+            while left > 0 {
+                if segs.len() == *seg_limit {
+                    break 'outer;
+                }
+                let n = left.min(self.limits.size_max);
+                segs.push(IovaSegment { iova: Iova(iova), len: n });
+                total += n;
+                iova += n as u64;
+                left -= n;
+            }
+        }
+        if total == want {
+            return total;
+        }
+        let keep = total / self.block_size as usize * self.block_size as usize;
+        let mut acc = 0usize;
+        let mut n = 0;
+        for s in segs.iter_mut() {
+            if acc == keep {
+                break;
+            }
+            s.len = s.len.min(keep - acc);
+            acc += s.len;
+            n += 1;
+        }
+        segs.truncate(n);
+        keep
+    }
+
+    /// Puts one request (or its first piece) on the ring. `Ok(rest)`: done, with what is left
+    /// of it; `Err(p)`: out of resources, try again after completions.
+    fn submit(&self, st: &mut State, p: Pending) -> Result<Option<Pending>, Pending> {
+        if st.parts.ctrl.available() == 0 {
+            return Err(p);
+        }
+        let Pending { op, pos, range, view } = p;
+        let mut bounce = None;
+        let mut rest = None;
+        let (view, data_len) = match op {
+            Op::Read | Op::Write => {
+                let len = view.len();
+                let mut piece = self.plan(st, view.ptr(), len.min(self.limits.max_transfer));
+                if piece == 0 {
+                    let Some(b) = st.parts.bounce.alloc() else {
+                        return Err(Pending { op, pos, range, view });
+                    };
+                    let ptr = st.parts.bounce.ptr(&b);
+                    piece = self.plan(st, ptr, len.min(self.limits.bounce_size));
+                    if piece == 0 {
+                        st.parts.bounce.free(b).expect("bounce slot of this queue");
+                        view.complete(Err(Error::new(ErrorKind::Dma, Origin::Virtio)));
+                        return Ok(None);
+                    }
+                    bounce = Some(b);
+                }
+                let need = if self.limits.indirect { 1 } else { st.segs.len() as u16 + 2 };
+                if st.parts.vq.num_free() < need {
+                    if let Some(b) = bounce {
+                        st.parts.bounce.free(b).expect("bounce slot of this queue");
+                    }
+                    return Err(Pending { op, pos, range, view });
+                }
+                let view = if piece < len {
+                    let (head, tail) = view.split_at(piece);
+                    rest = Some(Pending { op, pos: pos + piece as u64, range, view: tail });
+                    head
+                } else {
+                    view
+                };
+                (view, piece)
+            }
+            Op::Discard | Op::WriteZeroes { .. } => {
+                let need = if self.limits.indirect { 1 } else { 3 };
+                if st.parts.vq.num_free() < need {
+                    return Err(Pending { op, pos, range, view });
+                }
+                let max_sectors = if op == Op::Discard {
+                    self.shared.info.max_discard_sectors
+                } else {
+                    self.shared.info.max_write_zeroes_sectors
+                };
+                let bs = u64::from(self.block_size);
+                let max = (u64::from(max_sectors) * blk::SECTOR_SIZE / bs * bs).max(bs);
+                let piece = range.min(max);
+                let view = if piece < range {
+                    let (head, tail) = view.split_at(0);
+                    rest = Some(Pending { op, pos: pos + piece, range: range - piece, view: tail });
+                    head
+                } else {
+                    view
+                };
+                (view, piece as usize)
+            }
+            Op::Flush | Op::GetId => {
+                let need = if self.limits.indirect {
+                    1
+                } else if op == Op::Flush {
+                    2
+                } else {
+                    3
+                };
+                if st.parts.vq.num_free() < need {
+                    return Err(Pending { op, pos, range, view });
+                }
+                (view, 0)
+            }
+        };
+        let ctrl = st.parts.ctrl.alloc().expect("a control slot was available");
+        let cm = st.parts.ctrl.mem(&ctrl);
+        let ctrl_iova = st.parts.ctrl.iova(&ctrl).expect("control slots are contiguous").get();
+        let sector = pos / blk::SECTOR_SIZE;
+        let kind = match op {
+            Op::Read => blk::T_IN,
+            Op::Write => blk::T_OUT,
+            Op::Flush => blk::T_FLUSH,
+            Op::GetId => blk::T_GET_ID,
+            Op::Discard => blk::T_DISCARD,
+            Op::WriteZeroes { .. } => blk::T_WRITE_ZEROES,
+        };
+        cm.write_le32(CTRL_HEADER, kind);
+        cm.write_le32(CTRL_HEADER + 4, 0);
+        cm.write_le64(CTRL_HEADER + 8, if matches!(op, Op::Read | Op::Write) { sector } else { 0 });
+        cm.write_u8(CTRL_STATUS, STATUS_UNSET);
+        if let (Some(b), AnyView::To(v)) = (&bounce, &view) {
+            st.parts.bounce.mem(b).copy_from_slice(0, v.as_slice());
+        }
+        if let Op::Discard | Op::WriteZeroes { .. } = op {
+            cm.write_le64(CTRL_RANGE, sector);
+            cm.write_le32(CTRL_RANGE + 8, (data_len as u64 / blk::SECTOR_SIZE) as u32);
+            let unmap = matches!(op, Op::WriteZeroes { unmap: true });
+            cm.write_le32(CTRL_RANGE + 12, if unmap { blk::RANGE_F_UNMAP } else { 0 });
+        }
+        // The chain: header, data, status.
+        let header = Desc { addr: ctrl_iova, len: blk::HEADER_SIZE as u32, flags: 0 };
+        let status =
+            Desc { addr: ctrl_iova + CTRL_STATUS as u64, len: 1, flags: ring::DESC_F_WRITE };
+        let nseg = match op {
+            Op::Read | Op::Write => st.segs.len(),
+            Op::Flush => 0,
+            _ => 1,
+        };
+        let data_flags = if matches!(op, Op::Read | Op::GetId) { ring::DESC_F_WRITE } else { 0 };
+        let segs = &st.segs;
+        let desc_of = |k: usize| -> Desc {
+            if k == 0 {
+                header
+            } else if k == nseg + 1 {
+                status
+            } else {
+                match op {
+                    Op::Read | Op::Write => {
+                        let s = segs[k - 1];
+                        Desc { addr: s.iova.get(), len: s.len as u32, flags: data_flags }
+                    }
+                    Op::GetId => Desc {
+                        addr: ctrl_iova + CTRL_ID as u64,
+                        len: blk::ID_BYTES as u32,
+                        flags: ring::DESC_F_WRITE,
+                    },
+                    _ => Desc {
+                        addr: ctrl_iova + CTRL_RANGE as u64,
+                        len: blk::RANGE_SIZE as u32,
+                        flags: 0,
+                    },
+                }
+            }
+        };
+        let n = nseg + 2;
+        let head = if self.limits.indirect {
+            for k in 0..n {
+                let d = desc_of(k);
+                let at = CTRL_TABLE + k * ring::DESC_SIZE;
+                let last = k + 1 == n;
+                cm.write_le64(at, d.addr);
+                cm.write_le32(at + 8, d.len);
+                cm.write_le16(at + 12, if last { d.flags } else { d.flags | ring::DESC_F_NEXT });
+                cm.write_le16(at + 14, if last { 0 } else { k as u16 + 1 });
+            }
+            let table = Desc {
+                addr: ctrl_iova + CTRL_TABLE as u64,
+                len: (n * ring::DESC_SIZE) as u32,
+                flags: ring::DESC_F_INDIRECT,
+            };
+            st.parts.vq.add_chain(1, |_| table)
+        } else {
+            st.parts.vq.add_chain(n as u16, desc_of)
+        }
+        .expect("descriptors were checked free");
+        if bounce.is_some() {
+            st.stats.bounced += 1;
+        }
+        st.stats.requests += 1;
+        tracing::trace!(queue = self.index, head, ?op, sector, len = data_len, "request");
+        st.inflight[usize::from(head)] = Some(Inflight { op, view, ctrl, bounce });
+        Ok(rest)
+    }
+
+    fn check_device(&self, st: &mut State) {
+        st.stats.status_checks += 1;
+        let s = self.shared.transport.status(&self.shared.dev);
+        let bad =
+            s & (status::DEVICE_NEEDS_RESET | status::FAILED) != 0 || s & status::DRIVER_OK == 0;
+        if bad && !self.is_broken() {
+            let why = if s & status::DEVICE_NEEDS_RESET != 0 {
+                "the device set DEVICE_NEEDS_RESET"
+            } else {
+                "the device is no longer running (DRIVER_OK clear or FAILED)"
+            };
+            self.shared.quiesce(why);
+        }
+        if self.is_broken() {
+            self.fail_all(st, FATAL);
+        }
+    }
+}
+
+impl<D: PciDevice> BlockDevice for BlkQueue<D> {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+impl<D: PciDevice> PacketIo<FromDevice, u64> for BlkQueue<D> {
+    fn send_io(&self, pos: u64, view: PacketView<FromDevice>) {
+        if let Some(view) = clip(pos, view, self.capacity, self.block_size, Origin::Virtio) {
+            self.enqueue(Pending { op: Op::Read, pos, range: 0, view: AnyView::From(view) });
+        }
+    }
+}
+
+impl<D: PciDevice> PacketIo<ToDevice, u64> for BlkQueue<D> {
+    fn send_io(&self, pos: u64, view: PacketView<ToDevice>) {
+        if self.shared.info.read_only {
+            view.fail(Error::new(ErrorKind::Unsupported, Origin::Virtio));
+            return;
+        }
+        if let Some(view) = clip(pos, view, self.capacity, self.block_size, Origin::Virtio) {
+            self.enqueue(Pending { op: Op::Write, pos, range: 0, view: AnyView::To(view) });
+        }
+    }
+}
+
+impl<D: PciDevice> IoBackend for BlkQueue<D> {
+    fn poll_backend(&self, _cx: &mut Context<'_>) -> Activity {
+        let mut guard = self.st.borrow_mut();
+        let Some(st) = guard.as_mut() else { return Activity::Idle };
+        if self.is_broken() {
+            self.fail_all(st, FATAL);
+            return Activity::Idle;
+        }
+        let mut done = self.reap(st);
+        self.submit_pending(st);
+        self.kick(st);
+        done += self.reap(st);
+        let in_flight = st.parts.vq.in_flight();
+        if in_flight > 0 && done == 0 {
+            st.stalled += 1;
+            if st.stalled >= STALL_CHECK {
+                st.stalled = 0;
+                self.check_device(st);
+            }
+        } else {
+            st.stalled = 0;
+        }
+        if st.parts.vq.in_flight() > 0 || !self.pending.borrow().is_empty() {
+            Activity::Busy
+        } else {
+            Activity::Idle
+        }
+    }
+}
+
+impl<D: PciDevice> Drop for BlkQueue<D> {
+    fn drop(&mut self) {
+        let Some(mut st) = self.st.get_mut().take() else { return };
+        if st.parts.vq.in_flight() > 0 && !self.is_broken() {
+            // The device may still write into those requests' memory: stop it first.
+            self.shared.quiesce("a queue was dropped with requests in flight");
+        }
+        self.fail_all(&mut st, Error::new(ErrorKind::Aborted, Origin::Virtio));
+        if !self.is_broken() {
+            let mut slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots[usize::from(self.index)] = Some(st.parts);
+        }
+    }
+}
