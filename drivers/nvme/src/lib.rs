@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "model")]
+pub mod model;
 pub mod spec;
 
 mod admin;

@@ -5,6 +5,7 @@
 pub mod command;
 pub mod identify;
 pub mod regs;
+pub mod sgl;
 pub mod status;
 
 pub use command::{Command, Completion, COMMAND_SIZE, COMPLETION_SIZE};

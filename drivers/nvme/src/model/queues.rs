@@ -1,0 +1,464 @@
+//! Queues and doorbells: fetching commands on an SQ tail doorbell, posting CQEs with phase tags,
+//! holding CQEs back while a CQ is full, deferral, reordering and the injections that act on
+//! completions.
+
+use std::collections::VecDeque;
+
+use super::config::CompletionMode;
+use super::inject::{Injection, ViolationKind};
+use super::state::State;
+use crate::spec::status::generic;
+use crate::spec::{Command, Completion, Status, COMMAND_SIZE};
+
+/// A submission queue as the controller tracks it.
+#[derive(Debug, Clone)]
+pub(crate) struct Sq {
+    pub base: u64,
+    /// Entries.
+    pub size: u32,
+    pub cqid: u16,
+    /// Next entry the controller fetches.
+    pub head: u32,
+    /// Last tail the driver rang.
+    pub tail: u32,
+}
+
+/// A completion queue as the controller tracks it.
+#[derive(Debug, Clone)]
+pub(crate) struct Cq {
+    pub base: u64,
+    pub size: u32,
+    /// Last head the driver rang: the first entry it has not released.
+    pub head: u32,
+    /// Next slot the controller writes.
+    pub tail: u32,
+    /// Phase tag written in the current lap (starts at 1).
+    pub phase: bool,
+    /// CQEs waiting for room (never overwrite an entry the driver has not released).
+    pub backlog: VecDeque<Completion>,
+}
+
+impl Cq {
+    pub fn new(base: u64, size: u32) -> Self {
+        Self { base, size, head: 0, tail: 0, phase: true, backlog: VecDeque::new() }
+    }
+
+    /// One slot is always left empty, so head == tail means empty.
+    fn is_full(&self) -> bool {
+        (self.tail + 1) % self.size == self.head
+    }
+}
+
+/// When a fetched command executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// On the n-th doorbell write from now.
+    After(u32),
+    /// On `release_held`.
+    Held,
+}
+
+/// A command fetched but not yet executed, or executing now, with what to do to its CQE.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub sqid: u16,
+    pub cmd: Command,
+    pub release: Release,
+    pub lose: bool,
+    pub bad_cid: Option<u16>,
+}
+
+/// A command's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub status: Status,
+    pub dw0: u32,
+}
+
+impl Outcome {
+    pub fn ok(dw0: u32) -> Self {
+        Self { status: Status::SUCCESS, dw0 }
+    }
+    pub fn err(status: Status) -> Self {
+        Self { status, dw0: 0 }
+    }
+}
+
+impl From<Status> for Outcome {
+    fn from(status: Status) -> Self {
+        Self::err(status)
+    }
+}
+
+impl State {
+    /// A doorbell write at BAR0 offset `off` (at or above 0x1000).
+    pub fn doorbell(&mut self, off: u64, value: u32) {
+        let idx = (off - crate::spec::regs::DOORBELL_BASE) / 4;
+        let (qid, is_cq) = ((idx / 2) as usize, idx % 2 == 1);
+        let name = if is_cq { "CQ head" } else { "SQ tail" };
+        if self.fatal() {
+            // A failed controller ignores everything until reset; the driver learns it from
+            // CSTS.CFS.
+            self.counters.ignored_doorbells += 1;
+            return;
+        }
+        if !self.ready() {
+            self.violation(
+                ViolationKind::Doorbell,
+                format!("{name} doorbell of queue {qid} written ({value}) while CSTS.RDY is 0"),
+            );
+            return;
+        }
+        let exists = if is_cq {
+            self.cqs.get(qid).is_some_and(Option::is_some)
+        } else {
+            self.sqs.get(qid).is_some_and(Option::is_some)
+        };
+        if !exists {
+            self.violation(
+                ViolationKind::Doorbell,
+                format!("{name} doorbell written ({value}) for queue {qid}, which does not exist"),
+            );
+            return;
+        }
+        let qid = qid as u16;
+        if is_cq {
+            self.counters.cq_doorbells[usize::from(qid)] += 1;
+            if !self.cq_head_doorbell(qid, value) {
+                return;
+            }
+        } else {
+            self.counters.sq_doorbells[usize::from(qid)] += 1;
+            if !self.sq_tail_doorbell(qid, value) {
+                return;
+            }
+        }
+        self.age_pending();
+        if !is_cq {
+            self.process_sq(qid);
+        }
+        self.flush_batch();
+    }
+
+    /// Validates and applies a CQ head doorbell, then posts held CQEs into the freed slots.
+    fn cq_head_doorbell(&mut self, qid: u16, value: u32) -> bool {
+        let Some(cq) = self.cqs[usize::from(qid)].as_ref() else { return false };
+        let (size, head, tail) = (cq.size, cq.head, cq.tail);
+        if value >= size {
+            self.violation(
+                ViolationKind::Doorbell,
+                format!("CQ {qid} head doorbell {value} is not below the queue size {size}"),
+            );
+            return false;
+        }
+        let advance = (value + size - head) % size;
+        let posted = (tail + size - head) % size;
+        if advance > posted {
+            self.violation(
+                ViolationKind::Doorbell,
+                format!(
+                    "CQ {qid} head doorbell {value} passes the controller's tail {tail} (head was \
+                     {head}): it releases {advance} entries but only {posted} were posted"
+                ),
+            );
+            return false;
+        }
+        if let Some(cq) = self.cqs[usize::from(qid)].as_mut() {
+            cq.head = value;
+        }
+        self.drain_backlog(qid);
+        true
+    }
+
+    /// Validates and applies an SQ tail doorbell.
+    fn sq_tail_doorbell(&mut self, qid: u16, value: u32) -> bool {
+        let Some(sq) = self.sqs[usize::from(qid)].as_ref() else { return false };
+        let (size, head, tail) = (sq.size, sq.head, sq.tail);
+        if value >= size {
+            self.violation(
+                ViolationKind::Doorbell,
+                format!("SQ {qid} tail doorbell {value} is not below the queue size {size}"),
+            );
+            return false;
+        }
+        let used = (tail + size - head) % size;
+        let free = size - 1 - used;
+        let advance = (value + size - tail) % size;
+        if advance > free {
+            self.violation(
+                ViolationKind::Doorbell,
+                format!(
+                    "SQ {qid} tail doorbell {value} passes the controller's head {head} (tail was \
+                     {tail}): {advance} new entries but only {free} free slots"
+                ),
+            );
+            return false;
+        }
+        if let Some(sq) = self.sqs[usize::from(qid)].as_mut() {
+            sq.tail = value;
+        }
+        true
+    }
+
+    /// Fetches and dispatches every entry between the SQ's head and tail.
+    fn process_sq(&mut self, qid: u16) {
+        let q = usize::from(qid);
+        let mut fetched = 0u32;
+        while !self.fatal() {
+            let Some(sq) = self.sqs[q].as_ref() else { break };
+            if sq.head == sq.tail {
+                break;
+            }
+            let addr = sq.base + u64::from(sq.head) * COMMAND_SIZE as u64;
+            let (size, head) = (sq.size, sq.head);
+            let mut raw = [0u8; COMMAND_SIZE];
+            if self.dma_read(addr, &mut raw, &format!("fetching SQ {qid} entry {head}")).is_err() {
+                // A controller that cannot fetch its commands is dead.
+                self.set_fatal();
+                break;
+            }
+            if let Some(sq) = self.sqs[q].as_mut() {
+                sq.head = (head + 1) % size;
+            }
+            fetched += 1;
+            self.dispatch(qid, Command::from_bytes(&raw));
+        }
+        self.counters.last_batch[q] = fetched;
+        self.counters.max_batch[q] = self.counters.max_batch[q].max(fetched);
+    }
+
+    /// A command just fetched: apply injections, check the CID, execute now or later.
+    fn dispatch(&mut self, sqid: u16, cmd: Command) {
+        let counts = if sqid == 0 {
+            &mut self.counters.admin_commands
+        } else {
+            &mut self.counters.io_commands
+        };
+        counts[usize::from(cmd.opcode)] += 1;
+
+        if self.cid_in_flight(sqid, cmd.cid) {
+            self.violation(
+                ViolationKind::Command,
+                format!(
+                    "command ID {:#x} submitted on SQ {sqid} while a command with that ID is \
+                     still in flight there",
+                    cmd.cid
+                ),
+            );
+            let st = Status::new(0, generic::CID_CONFLICT).with_dnr();
+            self.push_completion(sqid, &cmd, Outcome::err(st), None);
+            return;
+        }
+
+        let mut p = Pending { sqid, cmd, release: Release::After(0), lose: false, bad_cid: None };
+        let mut hold = false;
+        let mut i = 0;
+        while i < self.injections.len() {
+            let inj = self.injections[i];
+            let hit = |t: &super::Target| t.matches(sqid, cmd.opcode);
+            let consume = match inj {
+                Injection::FatalOn(t) if hit(&t) => {
+                    self.injections.remove(i);
+                    self.set_fatal();
+                    return;
+                }
+                Injection::LoseCompletion(t) if hit(&t) && !p.lose => {
+                    p.lose = true;
+                    true
+                }
+                Injection::BadCid { target, cid } if hit(&target) && p.bad_cid.is_none() => {
+                    p.bad_cid = Some(cid);
+                    true
+                }
+                Injection::Delay { target, doorbells }
+                    if hit(&target) && p.release == Release::After(0) =>
+                {
+                    p.release = Release::After(doorbells.max(1));
+                    true
+                }
+                Injection::Hold(t) if hit(&t) => {
+                    hold = true;
+                    false
+                }
+                _ => false,
+            };
+            if consume {
+                self.injections.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+
+        if hold {
+            p.release = Release::Held;
+        } else if let (Release::After(0), CompletionMode::Deferred { doorbells }, true) =
+            (p.release, self.cfg.completion, sqid != 0)
+        {
+            p.release = Release::After(doorbells);
+        }
+        if p.release == Release::After(0) {
+            self.execute(p);
+        } else {
+            self.pending.push(p);
+        }
+    }
+
+    /// Whether the driver reused a CID the controller has not completed yet.
+    fn cid_in_flight(&self, sqid: u16, cid: u16) -> bool {
+        let same = |c: &Completion| c.sq_id == sqid && c.cid == cid;
+        self.pending.iter().any(|p| p.sqid == sqid && p.cmd.cid == cid)
+            || (sqid == 0 && self.aers.contains(&cid))
+            || self.batch.iter().flatten().any(|(_, c)| same(c))
+            || self.cqs.iter().flatten().any(|cq| cq.backlog.iter().any(same))
+    }
+
+    /// Executes a command and queues its CQE (unless lost) in the current batch.
+    pub fn execute(&mut self, p: Pending) {
+        let outcome = if p.sqid == 0 { self.admin(&p.cmd) } else { self.io(p.sqid, &p.cmd) };
+        // Some admin commands (Asynchronous Event Request) complete later or never.
+        let Some(outcome) = outcome else { return };
+        if p.lose {
+            self.counters.completions_lost += 1;
+            return;
+        }
+        self.push_completion(p.sqid, &p.cmd, outcome, p.bad_cid);
+    }
+
+    /// Queues a CQE for `cmd` (preceded by a bogus one when `bad_cid` is set).
+    pub fn push_completion(
+        &mut self,
+        sqid: u16,
+        cmd: &Command,
+        outcome: Outcome,
+        bad_cid: Option<u16>,
+    ) {
+        let Some(cqid) = self.sqs.get(usize::from(sqid)).and_then(|s| s.as_ref()).map(|s| s.cqid)
+        else {
+            return;
+        };
+        let mut group = Vec::with_capacity(2);
+        if let Some(cid) = bad_cid {
+            self.counters.bad_cids_posted += 1;
+            group.push((cqid, Completion { sq_id: sqid, cid, ..Completion::default() }));
+        }
+        let c = Completion {
+            dw0: outcome.dw0,
+            dw1: 0,
+            sq_head: 0,
+            sq_id: sqid,
+            cid: cmd.cid,
+            status: outcome.status.0 << 1,
+        };
+        group.push((cqid, c));
+        self.batch.push(group);
+    }
+
+    /// Counts down deferred commands and executes those whose time has come, in fetch order.
+    fn age_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut due = Vec::new();
+        let mut keep = Vec::with_capacity(self.pending.len());
+        for mut p in std::mem::take(&mut self.pending) {
+            if let Release::After(n) = p.release {
+                p.release = Release::After(n.saturating_sub(1));
+                if n <= 1 {
+                    due.push(p);
+                    continue;
+                }
+            }
+            keep.push(p);
+        }
+        self.pending = keep;
+        for p in due {
+            self.execute(p);
+        }
+    }
+
+    /// Executes every pending command now (held, delayed or deferred) and ends `Hold`
+    /// injections. Returns how many ran.
+    pub fn release_held(&mut self) -> usize {
+        self.injections.retain(|i| !matches!(i, Injection::Hold(_)));
+        let all = std::mem::take(&mut self.pending);
+        let n = all.len();
+        for p in all {
+            self.execute(p);
+        }
+        self.flush_batch();
+        n
+    }
+
+    /// Posts the current batch: admin CQEs in order, I/O CQEs in the configured order.
+    pub fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let (admin, mut io): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.batch).into_iter().partition(|g| g[0].1.sq_id == 0);
+        match self.cfg.completion {
+            CompletionMode::Reversed => io.reverse(),
+            CompletionMode::Shuffled { .. } => {
+                for i in (1..io.len()).rev() {
+                    let j = (self.next_random() % (i as u64 + 1)) as usize;
+                    io.swap(i, j);
+                }
+            }
+            CompletionMode::Inline | CompletionMode::Deferred { .. } => {}
+        }
+        for (cqid, c) in admin.into_iter().chain(io).flatten() {
+            self.post(cqid, c);
+        }
+    }
+
+    /// Posts one CQE, or holds it while the CQ is full (or older CQEs are already held).
+    fn post(&mut self, cqid: u16, c: Completion) {
+        let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(|q| q.as_mut()) else {
+            return; // The CQ was deleted (or the controller reset) meanwhile.
+        };
+        if !cq.backlog.is_empty() || cq.is_full() {
+            cq.backlog.push_back(c);
+            self.counters.cq_full_holds += 1;
+            return;
+        }
+        self.write_cqe(cqid, c);
+    }
+
+    /// Posts held CQEs while there is room.
+    fn drain_backlog(&mut self, cqid: u16) {
+        loop {
+            let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(|q| q.as_mut()) else {
+                return;
+            };
+            if cq.is_full() {
+                return;
+            }
+            let Some(c) = cq.backlog.pop_front() else { return };
+            self.write_cqe(cqid, c);
+        }
+    }
+
+    /// Writes a CQE at the tail with the current phase tag and advances the tail.
+    fn write_cqe(&mut self, cqid: u16, mut c: Completion) {
+        // SQ head as of posting: every entry before it has been fetched and may be reused.
+        if let Some(sq) = self.sqs.get(usize::from(c.sq_id)).and_then(|s| s.as_ref()) {
+            c.sq_head = sq.head as u16;
+        }
+        let Some(cq) = self.cqs[usize::from(cqid)].as_mut() else { return };
+        c.status = (c.status & !1) | u16::from(cq.phase);
+        let addr = cq.base + u64::from(cq.tail) * 16;
+        let slot = cq.tail;
+        cq.tail = (cq.tail + 1) % cq.size;
+        if cq.tail == 0 {
+            cq.phase = !cq.phase;
+        }
+        let b = c.to_bytes();
+        let what = format!("posting CQ {cqid} entry {slot}");
+        // Dword 3 (CID, status, phase) last: a driver polling the phase tag on another thread
+        // must never see the new phase with stale dwords 0-2.
+        if self.dma_write(addr, &b[..12], &what).is_ok() {
+            let _ = self.dma_write(addr + 12, &b[12..], &what);
+        }
+        self.counters.completions_posted += 1;
+    }
+}
