@@ -539,7 +539,11 @@ impl<D: PciDevice> BlkQueue<D> {
                         return Err(Pending { op, pos, range, view });
                     };
                     let ptr = st.parts.bounce.ptr(&b);
-                    piece = self.plan(st, ptr, len.min(self.limits.bounce_size));
+                    piece = self.plan(
+                        st,
+                        ptr,
+                        len.min(self.limits.bounce_size).min(self.limits.max_transfer),
+                    );
                     if piece == 0 {
                         st.parts.bounce.free(b).expect("bounce slot of this queue");
                         view.complete(Err(Error::new(ErrorKind::Dma, Origin::Virtio)));

@@ -269,6 +269,21 @@ impl VirtioBlkModel {
         }
     }
 
+    /// Writes a used-ring entry naming descriptor `id` on queue `q`, as a buggy device would
+    /// (the driver must count it and ignore it).
+    pub fn inject_stray_completion(&self, q: u16, id: u32) {
+        let mut st = self.state();
+        let m = self.inner.mapper.clone();
+        let mq = &mut st.queues[usize::from(q)];
+        let slot = u64::from(mq.used_idx & (mq.size - 1));
+        let used = mq.used;
+        mq.used_idx = mq.used_idx.wrapping_add(1);
+        let idx = mq.used_idx;
+        m.write_le32(mfio_dma::Iova(used + 4 + 8 * slot), id).expect("used ring mapped");
+        m.write_le32(mfio_dma::Iova(used + 8 + 8 * slot), 0).expect("used ring mapped");
+        m.write_le16(mfio_dma::Iova(used + 2), idx).expect("used ring mapped");
+    }
+
     /// Notify register writes so far.
     pub fn notifies(&self) -> u64 {
         self.state().notifies

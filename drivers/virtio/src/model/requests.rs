@@ -89,18 +89,15 @@ fn walk(
     let size = mq.size;
     let indirect_ok = st.driver_features & feature::INDIRECT_DESC != 0;
     let mut id = head;
-    let mut seen = 0u32;
     let mut indirect = false;
     loop {
         if id >= size {
             return Err(Violation(format!("queue {q}: descriptor id {id} >= queue size {size}")));
         }
         if std::mem::replace(&mut busy[usize::from(id)], true) {
-            return Err(Violation(format!("queue {q}: descriptor {id} is in two chains at once")));
-        }
-        seen += 1;
-        if seen > u32::from(size) {
-            return Err(Violation(format!("queue {q}: descriptor chain from {head} loops")));
+            return Err(Violation(format!(
+                "queue {q}: descriptor {id} used twice (a loop, or in two chains at once)"
+            )));
         }
         let (addr, len, flags, next) = read_desc(m, mq.desc, u64::from(id))?;
         if flags & !(ring::DESC_F_NEXT | ring::DESC_F_WRITE | ring::DESC_F_INDIRECT) != 0 {
