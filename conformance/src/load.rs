@@ -95,6 +95,16 @@ impl Histogram {
         self.sum += u128::from(v);
     }
 
+    /// Adds `other`'s values to this histogram.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.total += other.total;
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+    }
+
     /// Values recorded.
     pub fn count(&self) -> u64 {
         self.total
@@ -149,6 +159,27 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    /// Combines the results of runs that went on at the same time (one per queue).
+    pub fn merge(results: &[LoadResult]) -> LoadResult {
+        let mut m = LoadResult {
+            ios: 0,
+            errors: 0,
+            first_error: None,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+            latency: Histogram::default(),
+        };
+        for r in results {
+            m.ios += r.ios;
+            m.errors += r.errors;
+            m.first_error = m.first_error.or(r.first_error);
+            m.bytes += r.bytes;
+            m.elapsed = m.elapsed.max(r.elapsed);
+            m.latency.merge(&r.latency);
+        }
+        m
+    }
+
     /// I/Os per second.
     pub fn iops(&self) -> f64 {
         self.ios as f64 / self.elapsed.as_secs_f64().max(1e-9)

@@ -52,6 +52,7 @@ pub struct Controller<D: PciDevice> {
     version: u32,
     admin: Mutex<AdminQueue>,
     identify: IdentifyController,
+    identify_raw: Vec<u8>,
     namespaces: Vec<Namespace>,
     granted: u16,
     qids: Mutex<Vec<bool>>,
@@ -90,12 +91,14 @@ impl<D: PciDevice> Controller<D> {
         enable(&dev, cap, &admin)?;
 
         let t = opts.admin_timeout;
-        let identify = IdentifyController::parse(&admin.identify(&dev, cns::CONTROLLER, 0, t)?);
+        let identify_raw = admin.identify(&dev, cns::CONTROLLER, 0, t)?;
+        let identify = IdentifyController::parse(&identify_raw);
         tracing::info!(model = %identify.mn, serial = %identify.sn, fw = %identify.fr, mdts = identify.mdts, "identified");
         let mut namespaces = Vec::new();
         for nsid in admin.active_namespaces(&dev, t)? {
             let data = admin.identify(&dev, cns::NAMESPACE, nsid, t)?;
-            if let Some(ns) = Namespace::from_identify(nsid, IdentifyNamespace::parse(&data)) {
+            if let Some(ns) = Namespace::from_identify(nsid, IdentifyNamespace::parse(&data), data)
+            {
                 namespaces.push(ns);
             }
         }
@@ -109,6 +112,7 @@ impl<D: PciDevice> Controller<D> {
             version,
             admin: Mutex::new(admin),
             identify,
+            identify_raw,
             namespaces,
             granted,
             qids: Mutex::new(vec![false; usize::from(granted) + 1]),
@@ -136,6 +140,11 @@ impl<D: PciDevice> Controller<D> {
     /// Identify Controller data.
     pub fn identify(&self) -> &IdentifyController {
         &self.identify
+    }
+
+    /// The raw 4 KiB Identify Controller data structure.
+    pub fn identify_raw(&self) -> &[u8] {
+        &self.identify_raw
     }
 
     /// The active namespaces.

@@ -13,16 +13,23 @@ pub struct Namespace {
     pub blocks: u64,
     /// The Identify Namespace data.
     pub identify: IdentifyNamespace,
+    /// The raw 4 KiB Identify Namespace data structure.
+    pub identify_raw: Vec<u8>,
 }
 
 impl Namespace {
-    pub(crate) fn from_identify(nsid: u32, identify: IdentifyNamespace) -> Option<Self> {
+    pub(crate) fn from_identify(
+        nsid: u32,
+        identify: IdentifyNamespace,
+        identify_raw: Vec<u8>,
+    ) -> Option<Self> {
         let block_size = identify.block_size();
         (block_size != 0 && identify.nsze != 0).then_some(Self {
             nsid,
             block_size,
             blocks: identify.nsze,
             identify,
+            identify_raw,
         })
     }
 

@@ -1,0 +1,207 @@
+//! bench: closed-loop load, fio-style figures.
+
+use crate::output::json;
+use crate::target::{open_file, open_nvme, parse, parse_size, Spec};
+use crate::{with_ctrl, Format};
+use clap::{Args, ValueEnum};
+use mfio::{FromDevice, ToDevice, Window};
+use mfio_conformance::load::{self, LoadResult, LoadSpec, Pattern};
+use mfio_nvme::{Controller, ControllerOptions};
+use mfio_pci::PciDevice;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What kind of I/O.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Rw {
+    /// Random reads.
+    Randread,
+    /// Random writes.
+    Randwrite,
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+}
+
+/// `nvme-cat bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// PCI address, `model[:...]` or `file:PATH`.
+    device: String,
+    /// Namespace ID (NVMe).
+    #[arg(short = 'n', long, default_value_t = 1)]
+    nsid: u32,
+    /// I/O pattern.
+    #[arg(long, value_enum, default_value_t = Rw::Randread)]
+    rw: Rw,
+    /// Bytes per I/O (K/M suffixes allowed).
+    #[arg(long, default_value = "4K")]
+    bs: String,
+    /// I/Os in flight per queue.
+    #[arg(long, default_value_t = 32)]
+    qd: usize,
+    /// Queues, one thread each (NVMe).
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5.0)]
+    time: f64,
+    /// Stop after this many I/Os per queue (before --time if reached first).
+    #[arg(long)]
+    ios: Option<u64>,
+    /// Bytes of the device to spread I/O over (default: all of it).
+    #[arg(long)]
+    span: Option<String>,
+    /// Use ordinary (bounced) buffers instead of DMA memory.
+    #[arg(long)]
+    bounce: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Format,
+}
+
+fn spec(a: &BenchArgs, seed: u64) -> Result<LoadSpec, String> {
+    Ok(LoadSpec {
+        pattern: match a.rw {
+            Rw::Randread | Rw::Randwrite => Pattern::Random,
+            Rw::Read | Rw::Write => Pattern::Sequential,
+        },
+        block: parse_size(&a.bs)? as usize,
+        qd: a.qd.max(1),
+        duration: Some(Duration::from_secs_f64(a.time.max(0.001))),
+        ios: a.ios,
+        span: match &a.span {
+            Some(s) => parse_size(s)?,
+            None => u64::MAX,
+        },
+        seed,
+    })
+}
+
+fn is_write(a: &BenchArgs) -> bool {
+    matches!(a.rw, Rw::Randwrite | Rw::Write)
+}
+
+/// Runs the benchmark.
+pub fn run(a: &BenchArgs) -> Result<(), String> {
+    let block = parse_size(&a.bs)? as usize;
+    let result = match parse(&a.device)? {
+        Spec::File(p) => {
+            let dev = open_file(&p)?;
+            let s = spec(a, 1)?;
+            if is_write(a) {
+                load::run::<_, ToDevice, _>(&dev, &s, || vec![0u8; block])
+            } else {
+                load::run::<_, FromDevice, _>(&dev, &s, || vec![0u8; block])
+            }
+        }
+        _ => {
+            let opts = ControllerOptions {
+                io_queues: a.queues.max(1),
+                queue_depth: (a.qd + 1).clamp(2, 4096) as u16,
+                ..Default::default()
+            };
+            let nvme = open_nvme(&a.device, opts)?;
+            with_ctrl!(&nvme, |c| nvme_bench(c, a, block))?
+        }
+    };
+    report(a, block, &result);
+    if result.ios == 0 {
+        return Err(match result.first_error {
+            Some(e) => format!("every I/O failed: {e}"),
+            None => "no I/O completed".to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn nvme_bench<D: PciDevice + Send + Sync + 'static>(
+    c: &Arc<Controller<D>>,
+    a: &BenchArgs,
+    block: usize,
+) -> Result<LoadResult, String> {
+    let queues = a.queues.max(1);
+    let results: Vec<Result<LoadResult, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..queues)
+            .map(|t| {
+                let c = c.clone();
+                scope.spawn(move || -> Result<LoadResult, String> {
+                    let q = c.io_queue(a.nsid).map_err(|e| e.to_string())?;
+                    let s = spec(a, 1 + u64::from(t))?;
+                    let space = c.device().dma();
+                    let r = match (is_write(a), a.bounce) {
+                        (false, false) => load::run::<_, FromDevice, _>(&q, &s, || {
+                            Window::new(
+                                space.alloc(block).expect("DMA memory for the benchmark"),
+                                0,
+                                block,
+                            )
+                            .expect("window inside its buffer")
+                        }),
+                        (true, false) => load::run::<_, ToDevice, _>(&q, &s, || {
+                            Window::new(
+                                space.alloc(block).expect("DMA memory for the benchmark"),
+                                0,
+                                block,
+                            )
+                            .expect("window inside its buffer")
+                        }),
+                        (false, true) => load::run::<_, FromDevice, _>(&q, &s, || vec![0u8; block]),
+                        (true, true) => load::run::<_, ToDevice, _>(&q, &s, || vec![0u8; block]),
+                    };
+                    Ok(r)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a bench thread panicked".into())))
+            .collect()
+    });
+    let results: Vec<LoadResult> = results.into_iter().collect::<Result<_, _>>()?;
+    Ok(LoadResult::merge(&results))
+}
+
+fn report(a: &BenchArgs, block: usize, r: &LoadResult) {
+    let h = &r.latency;
+    let us = |ns: u64| ns as f64 / 1000.0;
+    match a.output {
+        Format::Json => json(&json!({
+            "device": a.device, "rw": format!("{:?}", a.rw).to_lowercase(), "bs": block, "qd": a.qd,
+            "queues": a.queues, "ios": r.ios, "errors": r.errors, "seconds": r.elapsed.as_secs_f64(),
+            "iops": r.iops(), "mbps": r.mbps(),
+            "first_error": r.first_error.map(|e| e.to_string()),
+            "lat_ns": {
+                "mean": h.mean(), "p50": h.percentile(50.0), "p90": h.percentile(90.0),
+                "p99": h.percentile(99.0), "p99.9": h.percentile(99.9), "max": h.max(),
+            },
+        })),
+        Format::Normal => {
+            println!(
+                "{}: {:?} bs={} qd={} queues={}: {} IOs in {:.2} s",
+                a.device,
+                a.rw,
+                block,
+                a.qd,
+                a.queues,
+                r.ios,
+                r.elapsed.as_secs_f64()
+            );
+            println!("  iops={:.0} bw={:.1} MB/s errors={}", r.iops(), r.mbps(), r.errors);
+            println!(
+                "  lat (usec): mean={:.1} p50={:.1} p90={:.1} p99={:.1} p99.9={:.1} max={:.1}",
+                us(h.mean()),
+                us(h.percentile(50.0)),
+                us(h.percentile(90.0)),
+                us(h.percentile(99.0)),
+                us(h.percentile(99.9)),
+                us(h.max())
+            );
+            if let Some(e) = r.first_error {
+                println!("  first error: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What DEVICE names: a VFIO-bound PCI function, the in-process model, or an image file.
+
+use mfio::backends::{FileBackend, FileOptions};
+use mfio_nvme::model::{ModelConfig, NamespaceConfig, NvmeModel};
+use mfio_nvme::{Controller, ControllerOptions};
+use mfio_pci::{PciAddress, Sysfs, VfioPci};
+use std::sync::Arc;
+
+/// A parsed DEVICE argument.
+pub enum Spec {
+    /// A PCI function, opened through VFIO.
+    Pci(PciAddress),
+    /// The in-process NVMe model.
+    Model(ModelConfig),
+    /// An image file or block device.
+    File(String),
+}
+
+/// An NVMe controller behind any device backing.
+pub enum Nvme {
+    /// Through VFIO.
+    Vfio(Arc<Controller<VfioPci>>),
+    /// The model.
+    Model(Arc<Controller<NvmeModel>>),
+}
+
+/// Parses DEVICE.
+pub fn parse(s: &str) -> Result<Spec, String> {
+    if let Some(path) = s.strip_prefix("file:") {
+        return Ok(Spec::File(path.to_string()));
+    }
+    if s == "model" || s.starts_with("model:") {
+        return model_config(s.strip_prefix("model").unwrap_or("").trim_start_matches(':'))
+            .map(Spec::Model);
+    }
+    let full = if s.matches(':').count() == 1 { format!("0000:{s}") } else { s.to_string() };
+    match full.parse::<PciAddress>() {
+        Ok(a) => Ok(Spec::Pci(a)),
+        Err(_) if std::path::Path::new(s).exists() => Ok(Spec::File(s.to_string())),
+        Err(e) => Err(format!(
+            "{e}; DEVICE is a PCI address (0000:00:04.0), `model[:ns=64M/512,...]` or `file:PATH`"
+        )),
+    }
+}
+
+/// `ns=SIZE/LBA,SIZE/LBA` (SIZE with K/M/G), `mdts=N`, separated by `;`.
+fn model_config(opts: &str) -> Result<ModelConfig, String> {
+    let mut cfg = ModelConfig {
+        namespaces: vec![
+            NamespaceConfig::new((64 << 20) / 512, 512),
+            NamespaceConfig::new((16 << 20) / 4096, 4096),
+        ],
+        mdts: 7,
+        ..ModelConfig::default()
+    };
+    for kv in opts.split(';').filter(|s| !s.is_empty()) {
+        let (k, v) =
+            kv.split_once('=').ok_or_else(|| format!("model option `{kv}`: expected KEY=VALUE"))?;
+        match k {
+            "ns" => {
+                cfg.namespaces = v
+                    .split(',')
+                    .map(|n| {
+                        let (size, lba) = n.split_once('/').unwrap_or((n, "512"));
+                        let lba: u32 = lba.parse().map_err(|_| format!("LBA size `{lba}`"))?;
+                        if lba != 512 && lba != 4096 {
+                            return Err(format!("LBA size {lba}: the model offers 512 or 4096"));
+                        }
+                        let bytes = parse_size(size)?;
+                        Ok(NamespaceConfig::new((bytes / u64::from(lba)).max(1), lba))
+                    })
+                    .collect::<Result<_, String>>()?
+            }
+            "mdts" => cfg.mdts = v.parse().map_err(|_| format!("mdts `{v}`"))?,
+            "null" => cfg.null_io = v == "1" || v == "true",
+            _ => return Err(format!("unknown model option `{k}` (ns, mdts, null)")),
+        }
+    }
+    Ok(cfg)
+}
+
+/// `4096`, `64K`, `16M`, `2G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{s}` is not a size (e.g. 4096, 64K, 16M, 2G)"))
+}
+
+/// Opens DEVICE as an NVMe controller.
+pub fn open_nvme(device: &str, opts: ControllerOptions) -> Result<Nvme, String> {
+    match parse(device)? {
+        Spec::Model(cfg) => {
+            let ctrl = Controller::new(NvmeModel::new(cfg), opts).map_err(|e| e.to_string())?;
+            Ok(Nvme::Model(ctrl))
+        }
+        Spec::Pci(addr) => {
+            check_is_nvme(addr)?;
+            let dev = VfioPci::open(addr).map_err(|e| e.to_string())?;
+            let ctrl = Controller::new(dev, opts).map_err(|e| format!("{addr}: {e}"))?;
+            Ok(Nvme::Vfio(ctrl))
+        }
+        Spec::File(p) => Err(format!(
+            "{p} is an image file, not an NVMe controller: this command needs a controller \
+             (a PCI address or `model`); read, write and bench work on files"
+        )),
+    }
+}
+
+/// Refuses a function that is not an NVMe controller, naming what it is.
+fn check_is_nvme(addr: PciAddress) -> Result<(), String> {
+    let f = Sysfs::system().function(addr).map_err(|e| e.to_string())?;
+    if f.class >> 8 != 0x0108 {
+        return Err(format!(
+            "{addr} is not an NVMe controller (class {:#08x}, vendor {:04x} device {:04x})",
+            f.class, f.vendor, f.device
+        ));
+    }
+    Ok(())
+}
+
+/// Opens an image file for block I/O.
+pub fn open_file(path: &str) -> Result<FileBackend, String> {
+    FileBackend::open_with(path, &FileOptions::default()).map_err(|e| format!("{path}: {e}"))
+}
