@@ -1,0 +1,208 @@
+//! Guest test of the virtio-blk driver (`mfio-virtio`) on QEMU's virtio-blk-pci through VFIO.
+//!
+//! Run by `scripts/vm-tests.sh` in IOMMU and no-IOMMU mode. Opens `MFIO_VIRTIO_PCI`, brings
+//! the driver up with every queue the device has, prints the negotiated features (in IOMMU
+//! mode ACCESS_PLATFORM must be among them: QEMU then translates its DMA through the vIOMMU),
+//! reads the image's marker in sector 0, runs the shared conformance suite, then GET_ID,
+//! flush, write zeroes, discard, zero copy from DMA memory, and one queue per thread.
+//! Every step prints a line; any failure exits 1.
+#![forbid(unsafe_code)]
+
+use mfio::{block_on, BlockDevice, ReadAt, Window, WriteAt};
+use mfio_conformance::{run_all, Config, Rng};
+use mfio_pci::{IommuMode, PciDevice, VfioPci};
+use mfio_virtio::spec::feature;
+use mfio_virtio::{BlkQueue, Options, VirtioBlk};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+type R<T> = Result<T, String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => {
+            println!("guest-virtio: PASS");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("guest-virtio: FAIL: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> R<()> {
+    let addr = std::env::var("MFIO_VIRTIO_PCI").unwrap_or_else(|_| "0000:00:05.0".into());
+    let pci = VfioPci::open_str(&addr).map_err(|e| format!("open {addr}: {e}"))?;
+    let mode = pci.mode();
+    match std::env::var("MFIO_IOMMU_MODE").as_deref() {
+        Ok("iommu") => ensure!(mode == IommuMode::Type1, "opened in {mode:?}, expected type1"),
+        Ok("noiommu") => {
+            ensure!(mode == IommuMode::NoIommu, "opened in {mode:?}, expected no-IOMMU")
+        }
+        _ => {}
+    }
+    let opts = Options { queues: 0, ..Options::default() };
+    let dev = Arc::new(VirtioBlk::new(pci, &opts).map_err(|e| format!("bring-up: {e}"))?);
+    let info = dev.info().clone();
+    println!(
+        "{addr}: mode {mode:?}, negotiated features {:#018x} [{}]",
+        dev.features(),
+        dev.feature_names()
+    );
+    println!(
+        "{addr}: {} sectors, block {} B, seg_max {:?}, size_max {:?}, {} queue(s) set up, discard {} / write-zeroes {} sectors max",
+        info.capacity_sectors,
+        info.block_size,
+        info.seg_max,
+        info.size_max,
+        dev.queue_count(),
+        info.max_discard_sectors,
+        info.max_write_zeroes_sectors
+    );
+    ensure!(dev.features() & feature::VERSION_1 != 0, "VERSION_1 not negotiated");
+    if mode == IommuMode::Type1 {
+        ensure!(
+            dev.features() & feature::ACCESS_PLATFORM != 0,
+            "ACCESS_PLATFORM not negotiated under an IOMMU"
+        );
+    }
+
+    let q = dev.queue(0).map_err(|e| e.to_string())?;
+    let mut first = vec![0u8; info.block_size as usize];
+    q.read_all_blocking(0, &mut first).map_err(|e| format!("read of sector 0: {e}"))?;
+    let marker = b"MFIO-VM VBLK LBA0";
+    ensure!(
+        first.starts_with(marker),
+        "sector 0 starts {:?}, not the image's marker",
+        String::from_utf8_lossy(&first[..marker.len()])
+    );
+    println!("sector 0: {:?}", String::from_utf8_lossy(marker));
+    let id = q.get_id_blocking().map_err(|e| format!("GET_ID: {e}"))?;
+    let id = String::from_utf8_lossy(&id).trim_end_matches('\0').to_string();
+    println!("GET_ID: {id:?}");
+
+    let cfg =
+        Config { rounds: 60, area: 8 << 20, wrap_ios: 400, queue_depth: 48, ..Config::default() };
+    let failed: Vec<_> = run_all(&q, &cfg, "virtio-blk")
+        .into_iter()
+        .filter_map(|o| o.result.err().map(|e| (o.name, e)))
+        .collect();
+    ensure!(failed.is_empty(), "conformance: {failed:?}");
+    let s = q.stats();
+    println!("queue 0 stats: {s:?}");
+    ensure!(s.unknown_completions == 0, "unknown completions from a healthy device");
+    ensure!(
+        s.notifies < s.requests,
+        "no batching: {} notifies for {} requests",
+        s.notifies,
+        s.requests
+    );
+
+    extra_requests(&q)?;
+    zero_copy(&dev, &q)?;
+    drop(q);
+    threads(&dev)?;
+    Ok(())
+}
+
+fn extra_requests<D: PciDevice>(q: &BlkQueue<D>) -> R<()> {
+    let bs = q.block_size() as usize;
+    let pos = 64 * bs as u64;
+    let data = Rng::new(7).bytes(8 * bs);
+    q.write_all_blocking(pos, &data).map_err(|e| format!("write: {e}"))?;
+    q.flush_blocking().map_err(|e| format!("flush: {e}"))?;
+    match q.write_zeroes_blocking(pos + bs as u64, 2 * bs as u64, false) {
+        Ok(()) => {
+            let mut back = vec![0xffu8; 8 * bs];
+            q.read_all_blocking(pos, &mut back).map_err(|e| format!("read: {e}"))?;
+            ensure!(back[..bs] == data[..bs], "write zeroes touched the block before its range");
+            ensure!(back[bs..3 * bs].iter().all(|&b| b == 0), "write zeroes left data");
+            ensure!(
+                back[3 * bs..] == data[3 * bs..],
+                "write zeroes touched blocks after its range"
+            );
+            println!("flush, write zeroes: ok");
+        }
+        Err(e) if e.kind() == mfio::ErrorKind::Unsupported => {
+            println!("flush: ok; write zeroes: not offered by the device")
+        }
+        Err(e) => return Err(format!("write zeroes: {e}")),
+    }
+    match q.discard_blocking(pos + 4 * bs as u64, 4 * bs as u64) {
+        Ok(()) => println!("discard: ok"),
+        Err(e) if e.kind() == mfio::ErrorKind::Unsupported => println!("discard: not offered"),
+        Err(e) => return Err(format!("discard: {e}")),
+    }
+    let e = q.discard_blocking(q.capacity(), bs as u64).err();
+    ensure!(
+        e.is_some_and(
+            |e| e.kind() == mfio::ErrorKind::OutOfRange || e.kind() == mfio::ErrorKind::Unsupported
+        ),
+        "discard past the end: {e:?}"
+    );
+    Ok(())
+}
+
+fn zero_copy<D: PciDevice>(dev: &VirtioBlk<D>, q: &BlkQueue<D>) -> R<()> {
+    let before = q.stats().bounced;
+    let len = 256 << 10;
+    let buf = dev.device().dma().alloc(len).map_err(|e| e.to_string())?;
+    let data = Rng::new(11).bytes(len);
+    buf.mem().copy_from_slice(0, &data);
+    let w = Window::new(buf, 0, len).ok_or("window")?;
+    let (r, w) = block_on(q, q.write_all(1 << 20, w));
+    r.map_err(|e| format!("zero-copy write: {e}"))?;
+    let buf = w.into_inner();
+    buf.mem().zero();
+    let (r, w) = block_on(q, q.read_all(1 << 20, Window::new(buf, 0, len).ok_or("window")?));
+    r.map_err(|e| format!("zero-copy read: {e}"))?;
+    let mut back = vec![0u8; len];
+    w.get_ref().mem().copy_to_slice(0, &mut back);
+    ensure!(back == data, "zero-copy round trip differs");
+    ensure!(
+        q.stats().bounced == before,
+        "DMA memory was bounced ({} bounces)",
+        q.stats().bounced - before
+    );
+    println!("zero copy: 256 KiB written and read from DMA memory without bouncing");
+    Ok(())
+}
+
+fn threads<D: PciDevice + Send + Sync + 'static>(dev: &Arc<VirtioBlk<D>>) -> R<()> {
+    let n = dev.queue_count();
+    let handles: Vec<_> = (0..n)
+        .map(|t| {
+            let dev = dev.clone();
+            std::thread::spawn(move || -> R<()> {
+                let q = dev.queue(t).map_err(|e| e.to_string())?;
+                let bs = q.block_size() as u64;
+                let base = (16 << 20) + u64::from(t) * (1 << 20);
+                let mut rng = Rng::new(100 + u64::from(t));
+                for i in 0..32u64 {
+                    let data = rng.bytes(4 * bs as usize);
+                    q.write_all_blocking(base + i * 4 * bs, &data)
+                        .map_err(|e| format!("thread {t}: {e}"))?;
+                    let mut back = vec![0u8; data.len()];
+                    q.read_all_blocking(base + i * 4 * bs, &mut back)
+                        .map_err(|e| format!("thread {t}: {e}"))?;
+                    ensure!(back == data, "thread {t}: block {i} differs");
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for (t, h) in handles.into_iter().enumerate() {
+        h.join().map_err(|_| format!("thread {t} panicked"))??;
+    }
+    println!("{n} queue(s) on {n} thread(s): ok");
+    Ok(())
+}
