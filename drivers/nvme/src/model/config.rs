@@ -41,6 +41,14 @@ pub enum CompletionMode {
         /// Number of later doorbell writes before the command executes (at least 1).
         doorbells: u32,
     },
+    /// Each command is fetched on its doorbell write and executed `micros` microseconds later
+    /// by a background thread of the model (which polls every 100 us). Realistic "slow"
+    /// completion for timeouts and latency, but not deterministic: prefer `Deferred` or
+    /// [`Injection::Hold`](super::Injection::Hold) where a test needs exact control.
+    Timed {
+        /// Delay from fetch to execution.
+        micros: u64,
+    },
 }
 
 /// A model controller's configuration. `Default` is one 16 MiB namespace of 512-byte blocks,

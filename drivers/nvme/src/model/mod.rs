@@ -38,7 +38,8 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use mfio_dma::{CheckingMapper, DmaSpace};
 use mfio_pci::{check_config_access, PciAddress, PciDevice, PciError};
@@ -109,8 +110,17 @@ impl NvmeModel {
         config.validate();
         let mapper = Arc::new(CheckingMapper::new());
         let dma = DmaSpace::new(mapper.clone());
+        let timed = matches!(config.completion, CompletionMode::Timed { .. });
         let state = Mutex::new(State::new(config, mapper.clone()));
-        NvmeModel { inner: Arc::new(Inner { state, mapper, dma }) }
+        let inner = Arc::new(Inner { state, mapper, dma });
+        if timed {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("nvme-model-timer".into())
+                .spawn(move || timer(weak))
+                .expect("spawning the NVMe model's timer thread");
+        }
+        NvmeModel { inner }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -279,6 +289,18 @@ impl NvmeModel {
     fn wide_register(&self, offset: u64) -> bool {
         use crate::spec::regs::{ACQ, ASQ, CAP};
         matches!(offset, CAP | ASQ | ACQ)
+    }
+}
+
+/// The timer thread of [`CompletionMode::Timed`]: executes due commands until the last handle
+/// to the model is dropped. A driver bug it finds (a stray DMA in a data transfer) panics the
+/// next register access instead, since panicking here would only kill this thread.
+fn timer(model: Weak<Inner>) {
+    loop {
+        std::thread::sleep(Duration::from_micros(100));
+        let Some(inner) = model.upgrade() else { return };
+        let mut st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.release_due(Instant::now());
     }
 }
 

@@ -3,6 +3,7 @@
 //! completions.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use super::config::CompletionMode;
 use super::inject::{Injection, ViolationKind};
@@ -56,6 +57,8 @@ pub(crate) enum Release {
     After(u32),
     /// On `release_held`.
     Held,
+    /// When the timer thread sees this instant pass.
+    At(Instant),
 }
 
 /// A command fetched but not yet executed, or executing now, with what to do to its CQE.
@@ -295,6 +298,10 @@ impl State {
             (p.release, self.cfg.completion, sqid != 0)
         {
             p.release = Release::After(doorbells);
+        } else if let (Release::After(0), CompletionMode::Timed { micros }, true) =
+            (p.release, self.cfg.completion, sqid != 0)
+        {
+            p.release = Release::At(Instant::now() + Duration::from_micros(micros));
         }
         if p.release == Release::After(0) {
             self.execute(p);
@@ -376,6 +383,21 @@ impl State {
         }
     }
 
+    /// Executes the timed commands whose instant has passed (the timer thread).
+    pub fn release_due(&mut self, now: Instant) {
+        if !self.ready() || self.fatal() || self.pending.is_empty() {
+            return;
+        }
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| matches!(p.release, Release::At(t) if t <= now));
+        self.pending = keep;
+        for p in due {
+            self.execute(p);
+        }
+        self.flush_batch();
+    }
+
     /// Executes every pending command now (held, delayed or deferred) and ends `Hold`
     /// injections. Returns how many ran.
     pub fn release_held(&mut self) -> usize {
@@ -404,7 +426,9 @@ impl State {
                     io.swap(i, j);
                 }
             }
-            CompletionMode::Inline | CompletionMode::Deferred { .. } => {}
+            CompletionMode::Inline
+            | CompletionMode::Deferred { .. }
+            | CompletionMode::Timed { .. } => {}
         }
         for (cqid, c) in admin.into_iter().chain(io).flatten() {
             self.post(cqid, c);

@@ -553,3 +553,44 @@ fn queue_pairs_on_several_threads() {
     assert_eq!(m.io_commands(READ), 200);
     assert!(m.violations().is_empty());
 }
+
+#[test]
+fn timed_completions_arrive_from_the_timer_thread() {
+    let cfg = ModelConfig {
+        completion: CompletionMode::Timed { micros: 100_000 },
+        ..ModelConfig::default()
+    };
+    let mut h = Host::new(cfg);
+    let mut q = h.create_pair(1, 16);
+    let buf = alloc(&h.m, 4096);
+    let mut r = Host::rw(READ, 0, 1, buf.iova().0, 0);
+    r.cid = 3;
+    let start = std::time::Instant::now();
+    q.push(&r);
+    h.ring_sq(&q);
+    assert!(q.peek().is_none() || start.elapsed().as_millis() >= 100, "not before its time");
+    let c = loop {
+        if let Some(c) = q.pop() {
+            break c;
+        }
+        assert!(start.elapsed().as_secs() < 10, "timed completion never came");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    assert!(start.elapsed().as_millis() >= 100);
+    assert_eq!(c.cid, 3);
+    assert_ok(&c);
+    h.ring_cq(&q);
+    // Admin commands stay inline.
+    let c = h.admin_cmd(Command {
+        cdw10: crate::spec::cns::CONTROLLER,
+        prp1: buf.iova().0,
+        ..Command::new(crate::spec::admin::IDENTIFY, 0)
+    });
+    assert_ok(&c);
+}
+
+#[test]
+fn model_is_send_and_sync() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<NvmeModel>();
+}
