@@ -13,6 +13,9 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Waker};
 
+/// Boxed read packets.
+type Reads<'q> = Pin<Box<Packet<'q, FromDevice, Vec<u8>>>>;
+
 fn up(model: ModelOptions, opts: Options) -> (VirtioBlkModel, VirtioBlk<VirtioBlkModel>) {
     let m = VirtioBlkModel::new(model);
     let dev = VirtioBlk::new(m.clone(), &opts).expect("bring-up");
@@ -178,7 +181,7 @@ fn backpressure_keeps_requests_until_descriptors_free_up() {
     let data = pattern(64 * 4096, 9);
     q.write_all_blocking(0, &data).unwrap();
     m.set_hold(true);
-    let mut packets: Vec<Pin<Box<Packet<'_, FromDevice, Vec<u8>>>>> =
+    let mut packets: Vec<Reads<'_>> =
         (0..64).map(|_| Box::pin(Packet::new(vec![0u8; 4096]))).collect();
     for (i, p) in packets.iter_mut().enumerate() {
         p.as_mut().submit(&q, i as u64 * 4096).unwrap();

@@ -132,6 +132,7 @@ struct State {
     indirect_requests: u64,
     resets: u64,
     violations: Vec<String>,
+    scratch: requests::Scratch,
 }
 
 struct Inner {
@@ -219,6 +220,7 @@ impl VirtioBlkModel {
             indirect_requests: 0,
             resets: 0,
             violations: Vec::new(),
+            scratch: requests::Scratch::default(),
         };
         Self { inner: Arc::new(Inner { opts, mapper, space, state: Mutex::new(state) }) }
     }
@@ -468,7 +470,7 @@ impl VirtioBlkModel {
                         st.driver_features = (st.driver_features & !0xffff_ffff) | (v & 0xffff_ffff)
                     }
                     1 => st.driver_features = (st.driver_features & 0xffff_ffff) | (v << 32),
-                    s => return self.violation(&mut st, format!("driver feature select {s}")),
+                    s => self.violation(&mut st, format!("driver feature select {s}")),
                 }
             }
             common::CONFIG_MSIX_VECTOR | common::QUEUE_MSIX_VECTOR => {}

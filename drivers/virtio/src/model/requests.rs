@@ -12,6 +12,13 @@ fn dma(e: DmaFault) -> Violation {
     Violation(format!("DMA fault: {e}"))
 }
 
+/// Per-batch scratch, kept in the model's state so processing allocates nothing.
+#[derive(Default)]
+pub(super) struct Scratch {
+    busy: Vec<bool>,
+    bufs: Vec<Buf>,
+}
+
 /// One buffer of a chain.
 #[derive(Copy, Clone)]
 struct Buf {
@@ -168,9 +175,9 @@ fn push(bufs: &mut Vec<Buf>, q: usize, addr: u64, len: u32, flags: u16) -> R<()>
 /// Processes every available request of queue `q`.
 pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize) -> R<()> {
     let m = model.inner.mapper.clone();
-    let (size, avail, used) = {
+    let (size, avail) = {
         let mq = &st.queues[q];
-        (mq.size, mq.avail, mq.used)
+        (mq.size, mq.avail)
     };
     let flags = m.read_le16(Iova(avail)).map_err(dma)?;
     if flags & !ring::AVAIL_F_NO_INTERRUPT != 0 {
@@ -189,15 +196,34 @@ pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize) ->
     }
     // Descriptors of the chains in this batch: a driver that reuses one before it was used
     // is caught.
-    let mut busy = vec![false; usize::from(size)];
-    let mut bufs = Vec::new();
+    let mut scratch = std::mem::take(&mut st.scratch);
+    let r = batch(model, st, &m, q, n, &mut scratch);
+    st.scratch = scratch;
+    r
+}
+
+fn batch(
+    model: &VirtioBlkModel,
+    st: &mut State,
+    m: &CheckingMapper,
+    q: usize,
+    n: u16,
+    scratch: &mut Scratch,
+) -> R<()> {
+    let (size, avail, used) = {
+        let mq = &st.queues[q];
+        (mq.size, mq.avail, mq.used)
+    };
+    let Scratch { busy, bufs } = scratch;
+    busy.clear();
+    busy.resize(usize::from(size), false);
     for _ in 0..n {
         let last = st.queues[q].last_avail;
         let slot = u64::from(last & (size - 1));
         let head = m.read_le16(Iova(avail + 4 + 2 * slot)).map_err(dma)?;
         bufs.clear();
-        let indirect = walk(&m, st, q, head, &mut busy, &mut bufs)?;
-        let written = request(model, st, &m, &bufs)?;
+        let indirect = walk(m, st, q, head, busy, bufs)?;
+        let written = request(model, st, m, bufs)?;
         st.requests += 1;
         st.indirect_requests += u64::from(indirect);
         let mq = &mut st.queues[q];
