@@ -1,5 +1,7 @@
 //! What a model controller looks like: namespaces, limits, completion behaviour.
 
+use std::time::Duration;
+
 /// One namespace: its size and block size. NSIDs are given in order from 1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceConfig {
@@ -35,8 +37,10 @@ pub enum CompletionMode {
     },
     /// Each command is fetched on its doorbell write but executed (data moved, CQE posted) only
     /// on the `doorbells`-th doorbell write after it (any SQ or CQ doorbell of the controller),
-    /// or on [`NvmeModel::release_held`](super::NvmeModel::release_held). Deterministic
-    /// "slow" completion: a driver that polls without ringing sees nothing until it rings.
+    /// on [`NvmeModel::release_held`](super::NvmeModel::release_held), or, when the driver
+    /// rings nothing more, after [`ModelConfig::deferred_timeout`] (a real device completes
+    /// eventually; a driver waiting for its last command rings nothing). With that timeout
+    /// off the order is fully deterministic.
     Deferred {
         /// Number of later doorbell writes before the command executes (at least 1).
         doorbells: u32,
@@ -78,6 +82,12 @@ pub struct ModelConfig {
     pub panic_on_violation: bool,
     /// Serial number reported by Identify Controller.
     pub serial: String,
+    /// Deferred commands ([`CompletionMode::Deferred`], [`Injection::Delay`]) still waiting
+    /// this long after their fetch are executed by the model's timer thread. `None`: only
+    /// doorbells and `release_held` release them (deterministic tests). Default 2 ms.
+    ///
+    /// [`Injection::Delay`]: super::Injection::Delay
+    pub deferred_timeout: Option<Duration>,
     /// Identify VWC bit: a volatile write cache is present (Flush then matters). Default on.
     pub volatile_write_cache: bool,
 }
@@ -95,6 +105,7 @@ impl Default for ModelConfig {
             panic_on_violation: true,
             serial: "MFIO-MODEL-0001".to_string(),
             volatile_write_cache: true,
+            deferred_timeout: Some(Duration::from_millis(2)),
         }
     }
 }

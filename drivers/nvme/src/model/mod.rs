@@ -38,7 +38,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 use std::time::{Duration, Instant};
 
 use mfio_dma::{CheckingMapper, DmaSpace};
@@ -55,6 +55,7 @@ struct Inner {
     state: Mutex<State>,
     mapper: Arc<CheckingMapper>,
     dma: Arc<DmaSpace>,
+    timer: Once,
 }
 
 /// The model controller. Cloning gives another handle to the same controller (an `Arc`), so a
@@ -110,17 +111,30 @@ impl NvmeModel {
         config.validate();
         let mapper = Arc::new(CheckingMapper::new());
         let dma = DmaSpace::new(mapper.clone());
-        let timed = matches!(config.completion, CompletionMode::Timed { .. });
+        let timed = match config.completion {
+            CompletionMode::Timed { .. } => true,
+            CompletionMode::Deferred { .. } => config.deferred_timeout.is_some(),
+            _ => false,
+        };
         let state = Mutex::new(State::new(config, mapper.clone()));
-        let inner = Arc::new(Inner { state, mapper, dma });
+        let model = NvmeModel { inner: Arc::new(Inner { state, mapper, dma, timer: Once::new() }) };
         if timed {
-            let weak = Arc::downgrade(&inner);
+            model.start_timer();
+        }
+        model
+    }
+
+    /// Starts the timer thread (once): for timed completions, and to release deferred commands
+    /// a driver has stopped ringing for. Models that need neither have no thread, so a
+    /// benchmark's model costs nothing between doorbells.
+    fn start_timer(&self) {
+        self.inner.timer.call_once(|| {
+            let weak = Arc::downgrade(&self.inner);
             std::thread::Builder::new()
                 .name("nvme-model-timer".into())
                 .spawn(move || timer(weak))
                 .expect("spawning the NVMe model's timer thread");
-        }
-        NvmeModel { inner }
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -153,6 +167,10 @@ impl NvmeModel {
 
     /// Injects an error (see [`Injection`] for which are one-shot).
     pub fn inject(&self, injection: Injection) {
+        if matches!(injection, Injection::Delay { .. }) && self.config().deferred_timeout.is_some()
+        {
+            self.start_timer();
+        }
         self.with(|st| match injection {
             Injection::MediaError { nsid, lba } => {
                 st.media_errors.insert((nsid, lba));

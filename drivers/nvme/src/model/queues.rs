@@ -67,6 +67,8 @@ pub(crate) struct Pending {
     pub sqid: u16,
     pub cmd: Command,
     pub release: Release,
+    /// When it was fetched (for `deferred_timeout`).
+    pub since: Instant,
     pub lose: bool,
     pub bad_cid: Option<u16>,
 }
@@ -253,7 +255,14 @@ impl State {
             return;
         }
 
-        let mut p = Pending { sqid, cmd, release: Release::After(0), lose: false, bad_cid: None };
+        let mut p = Pending {
+            sqid,
+            cmd,
+            release: Release::After(0),
+            since: Instant::now(),
+            lose: false,
+            bad_cid: None,
+        };
         let mut hold = false;
         let mut i = 0;
         while i < self.injections.len() {
@@ -383,14 +392,19 @@ impl State {
         }
     }
 
-    /// Executes the timed commands whose instant has passed (the timer thread).
+    /// Executes the timed commands whose instant has passed, and deferred ones older than
+    /// `deferred_timeout` (the timer thread).
     pub fn release_due(&mut self, now: Instant) {
         if !self.ready() || self.fatal() || self.pending.is_empty() {
             return;
         }
-        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|p| matches!(p.release, Release::At(t) if t <= now));
+        let timeout = self.cfg.deferred_timeout;
+        let (due, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|p| match p.release {
+                Release::At(t) => t <= now,
+                Release::After(_) => timeout.is_some_and(|d| now >= p.since + d),
+                Release::Held => false,
+            });
         self.pending = keep;
         for p in due {
             self.execute(p);

@@ -173,7 +173,7 @@ fn held_commands_complete_on_release_or_abort() {
 
 #[test]
 fn delayed_command_and_sq_deletion_with_held_commands() {
-    let mut h = Host::new(ModelConfig::default());
+    let mut h = Host::new(ModelConfig { deferred_timeout: None, ..ModelConfig::default() });
     let mut q = h.create_pair(1, 16);
     let buf = alloc(&h.m, 4096);
     h.m.inject(Injection::Delay { target: Target::io(), doorbells: 1 });
@@ -197,4 +197,31 @@ fn delayed_command_and_sq_deletion_with_held_commands() {
     assert_eq!(gone.cid, 41);
     assert_status(&gone, sct::GENERIC, g::ABORTED_SQ_DELETION);
     assert_eq!(h.m.pending_commands(), 0);
+}
+
+#[test]
+fn deferred_commands_complete_on_their_own_when_the_driver_goes_quiet() {
+    let cfg = ModelConfig {
+        completion: crate::model::CompletionMode::Deferred { doorbells: 100 },
+        deferred_timeout: Some(std::time::Duration::from_millis(5)),
+        ..ModelConfig::default()
+    };
+    let mut h = Host::new(cfg);
+    let mut q = h.create_pair(1, 16);
+    let buf = alloc(&h.m, 4096);
+    let mut r = Host::rw(READ, 0, 1, buf.iova().0, 0);
+    r.cid = 8;
+    q.push(&r);
+    let start = std::time::Instant::now();
+    h.ring_sq(&q);
+    let c = loop {
+        if let Some(c) = q.pop() {
+            break c;
+        }
+        assert!(start.elapsed().as_secs() < 10, "the deferred command never completed");
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    };
+    assert!(start.elapsed().as_millis() >= 5);
+    assert_eq!(c.cid, 8);
+    h.ring_cq(&q);
 }

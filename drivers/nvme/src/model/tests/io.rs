@@ -337,6 +337,7 @@ fn reversed_and_shuffled_completion_orders() {
 fn deferred_completions_wait_for_later_doorbells() {
     let cfg = ModelConfig {
         completion: CompletionMode::Deferred { doorbells: 2 },
+        deferred_timeout: None,
         ..ModelConfig::default()
     };
     let mut h = Host::new(cfg);
