@@ -37,6 +37,12 @@ impl AdminQueue {
         })
     }
 
+    /// Forgets all ring state (the controller was disabled; it starts the rings afresh).
+    pub(crate) fn reset(&mut self) {
+        self.sq.reset();
+        self.cq.reset();
+    }
+
     /// Runs one admin command to completion.
     pub(crate) fn execute<D: PciDevice>(
         &mut self,

@@ -8,7 +8,7 @@ use crate::spec::{
     cns, log, regs, Cap, Cc, Csts, IdentifyController, IdentifyNamespace, PAGE_SIZE,
 };
 use mfio_pci::PciDevice;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,7 @@ pub struct Controller<D: PciDevice> {
     /// Bumped when the controller is disabled (fatal status, unrecoverable timeout): queues
     /// then fail what they have in flight, since the device no longer touches memory.
     epoch: AtomicU64,
+    enabled: AtomicBool,
 }
 
 impl<D: PciDevice> Controller<D> {
@@ -119,6 +120,7 @@ impl<D: PciDevice> Controller<D> {
             max_transfer,
             opts,
             epoch: AtomicU64::new(0),
+            enabled: AtomicBool::new(true),
         }))
     }
 
@@ -204,12 +206,50 @@ impl<D: PciDevice> Controller<D> {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Disables the controller so it stops all DMA; every queue then fails what it has in
-    /// flight. Used on a fatal status or a command that neither completes nor aborts.
-    pub(crate) fn disable_for_recovery(&self) {
-        tracing::error!("disabling the controller: a command could not be completed or aborted");
-        let _ = disable(&self.dev, self.cap);
+    /// Whether the controller is enabled (false after a failed recovery).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Times the controller was reset since bring-up.
+    pub fn resets(&self) -> u64 {
+        self.epoch() / 2
+    }
+
+    /// Resets the controller: disable (the device stops all DMA), then enable again with fresh
+    /// admin queues. Every I/O queue fails what it had in flight with a `Fatal` error on its
+    /// next poll and re-creates its queue pair on the device, so it works again afterwards.
+    /// The driver calls this itself on a fatal status or a command that neither completes nor
+    /// aborts; call it by hand to recover from anything else.
+    pub fn reset(&self) -> Result<(), NvmeError> {
+        let span = tracing::warn_span!("nvme_reset", dev = %self.dev.address());
+        let _g = span.enter();
+        let mut admin = self.admin();
+        self.enabled.store(false, Ordering::Release);
+        // Odd epoch: a reset in progress (or one that failed). Queues seeing a new epoch fail
+        // everything they hold, which is safe from here on: a disabled controller touches no
+        // memory. The next even epoch means enabled again.
+        self.epoch.fetch_or(1, Ordering::AcqRel);
+        disable(&self.dev, self.cap)?;
+        admin.reset();
+        enable(&self.dev, self.cap, &admin)?;
+        let t = self.opts.admin_timeout;
+        let granted = admin.set_queue_count(&self.dev, self.opts.io_queues.max(1), t)?;
+        if granted < self.granted {
+            tracing::warn!(granted, before = self.granted, "fewer queues granted after reset");
+        }
+        self.enabled.store(true, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        tracing::warn!("controller reset complete");
+        Ok(())
+    }
+
+    /// Recovery from a fatal status or a command that neither completes nor aborts.
+    pub(crate) fn recover(&self) {
+        tracing::error!("controller unresponsive or fatal: resetting it");
+        if let Err(e) = self.reset() {
+            tracing::error!(error = %e, "controller reset failed; I/O fails until the next reset");
+        }
     }
 
     /// SMART / Health Information (log page 02h), controller-wide.

@@ -99,7 +99,10 @@ struct Inner {
     t0: Instant,
     now_ms: u64,
     last_check_ms: u64,
+    /// The controller epoch this queue's rings belong to.
     epoch: u64,
+    /// The queue pair does not exist on the device (a reset failed): requests fail at once.
+    broken: bool,
 }
 
 /// An I/O queue pair on one namespace: an mfio block device at byte offsets.
@@ -196,6 +199,7 @@ impl<D: PciDevice> IoQueue<D> {
                 now_ms: 0,
                 last_check_ms: 0,
                 epoch,
+                broken: false,
             }),
             ns,
             ctrl,
@@ -336,6 +340,13 @@ fn rings(
 impl Inner {
     /// Queues a request behind any already waiting, then submits what fits.
     fn enqueue<D: PciDevice>(&mut self, p: Pending, q: &IoQueue<D>) {
+        if self.broken {
+            let e = Error::new(ErrorKind::Fatal, ORIGIN);
+            return match p {
+                Pending::Read(_, v) => v.fail(e),
+                Pending::Write(_, v) | Pending::Other(_, v) => v.fail(e),
+            };
+        }
         if self.pending.is_empty() {
             if let Err(back) = self.submit(p, q) {
                 self.pending.push_front(back);
@@ -667,7 +678,7 @@ impl<D: PciDevice> IoBackend for IoQueue<D> {
             if inner.epoch != self.ctrl.epoch() {
                 drop(inner);
                 self.recover();
-                return Activity::Idle;
+                return Activity::Busy;
             }
             inner.submit_pending(self);
             if inner.sq.commit(dev) {
@@ -739,14 +750,14 @@ impl<D: PciDevice> IoQueue<D> {
         }
         let csts = self.ctrl.status();
         if csts.cfs() || csts.is_gone() {
-            self.ctrl.disable_for_recovery();
+            self.ctrl.recover();
             return;
         }
         for (cid, already_aborted) in overdue {
             if already_aborted {
                 // Aborted a full deadline ago and still not completed: the only safe way to get
                 // the memory back is to stop the controller.
-                self.ctrl.disable_for_recovery();
+                self.ctrl.recover();
                 return;
             }
             let t = Duration::from_millis(timeout_ms.clamp(100, 5000));
@@ -761,15 +772,36 @@ impl<D: PciDevice> IoQueue<D> {
         }
     }
 
-    /// After the controller was disabled: fail everything this queue holds.
+    /// After a controller reset: fail everything this queue held (safe: the controller was
+    /// disabled, so it no longer touches that memory), then create the queue pair on the
+    /// device again so I/O works once more.
     fn recover(&self) {
-        let failed = {
-            let mut inner = self.inner.borrow_mut();
-            inner.epoch = self.ctrl.epoch();
-            inner.fail_all(Error::new(ErrorKind::Fatal, ORIGIN))
-        };
+        let epoch = self.ctrl.epoch();
+        let failed = self.inner.borrow_mut().fail_all(Error::new(ErrorKind::Fatal, ORIGIN));
         for (io, r) in failed {
             complete(io, r);
+        }
+        let mut inner = self.inner.borrow_mut();
+        inner.epoch = epoch;
+        inner.broken = true;
+        // An odd epoch is a reset in progress: try again once it is done.
+        if epoch % 2 == 1 || !self.ctrl.is_enabled() {
+            return;
+        }
+        let t = self.ctrl.options().admin_timeout;
+        let dev = self.ctrl.device();
+        let entries = inner.sq.entries();
+        let (sq_iova, cq_iova) = (inner.sq.iova(), inner.cq.iova());
+        let mut admin = self.ctrl.admin();
+        let r = admin
+            .create_cq(dev, self.qid, entries, cq_iova, t)
+            .and_then(|()| admin.create_sq(dev, self.qid, entries, sq_iova, t));
+        match r {
+            Ok(()) => {
+                inner.broken = false;
+                tracing::warn!(qid = self.qid, "I/O queue re-created after a controller reset");
+            }
+            Err(e) => tracing::error!(qid = self.qid, error = %e, "cannot re-create the I/O queue"),
         }
     }
 }
@@ -787,9 +819,10 @@ impl<D: PciDevice> Drop for IoQueue<D> {
             self.poll_backend(&mut cx);
         }
         if self.in_flight() > 0 && self.inner.borrow().epoch == self.ctrl.epoch() {
-            self.ctrl.disable_for_recovery();
+            // Stuck commands own memory the device may still write: only a reset ends that.
+            self.ctrl.recover();
         }
-        if self.inner.borrow().epoch == self.ctrl.epoch() {
+        if self.inner.borrow().epoch == self.ctrl.epoch() && !self.inner.borrow().broken {
             let t = self.ctrl.options().admin_timeout;
             let dev = self.ctrl.device();
             let mut admin = self.ctrl.admin();

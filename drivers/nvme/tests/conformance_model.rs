@@ -1,0 +1,110 @@
+//! The shared conformance suite on the driver against the strict controller model, in every
+//! completion mode the model has.
+
+use mfio_nvme::model::{CompletionMode, ModelConfig, NamespaceConfig, NvmeModel};
+use mfio_nvme::{Controller, ControllerOptions, IoQueue};
+use std::sync::Arc;
+
+fn queue(cfg: ModelConfig, nsid: u32, opts: ControllerOptions) -> IoQueue<NvmeModel> {
+    let deferred = matches!(cfg.completion, CompletionMode::Deferred { .. });
+    let model = NvmeModel::new(cfg);
+    if deferred {
+        // A device that completes on its own time, from another thread, while the driver
+        // polls: the model holds completions and this thread lets them go.
+        let m = model.clone();
+        std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < std::time::Duration::from_secs(120) {
+                m.release_held();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        });
+    }
+    let ctrl: Arc<Controller<NvmeModel>> = Controller::new(model, opts).unwrap();
+    ctrl.io_queue(nsid).unwrap()
+}
+
+fn cfg(mode: CompletionMode) -> ModelConfig {
+    ModelConfig {
+        namespaces: vec![NamespaceConfig::new(80_000, 512), NamespaceConfig::new(12_000, 4096)],
+        mdts: 5,
+        completion: mode,
+        ..ModelConfig::default()
+    }
+}
+
+mod inline_512 {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        cfg(CompletionMode::Inline),
+        1,
+        ControllerOptions::default()
+    ));
+}
+
+mod inline_4096 {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        cfg(CompletionMode::Inline),
+        2,
+        ControllerOptions::default()
+    ));
+}
+
+mod reversed {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        cfg(CompletionMode::Reversed),
+        1,
+        ControllerOptions::default()
+    ));
+}
+
+mod shuffled {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        cfg(CompletionMode::Shuffled { seed: 42 }),
+        2,
+        ControllerOptions::default()
+    ));
+}
+
+/// Completions arrive from another thread, late and in batches.
+mod asynchronous {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        cfg(CompletionMode::Deferred { doorbells: 1000 }),
+        1,
+        ControllerOptions::default()
+    ));
+}
+
+/// A small queue and few bounce buffers: everything goes through backpressure.
+mod tight {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        cfg(CompletionMode::Shuffled { seed: 7 }),
+        1,
+        ControllerOptions {
+            queue_depth: 4,
+            bounce_buffers: 1,
+            bounce_size: 8192,
+            ..ControllerOptions::default()
+        }
+    ));
+}
+
+/// No MDTS limit and a large transfer cap: PRP lists chained over several pages.
+mod chained_prp_lists {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        ModelConfig { mdts: 0, ..cfg(CompletionMode::Inline) },
+        1,
+        ControllerOptions {
+            max_transfer: 4 << 20,
+            bounce_size: 4 << 20,
+            bounce_buffers: 2,
+            ..ControllerOptions::default()
+        }
+    ));
+}

@@ -1,0 +1,284 @@
+//! The driver against the strict model: errors per segment, timeouts, aborts, resets,
+//! batching, splitting, zero copy, commands without data, threads.
+
+use mfio::{
+    block_on, BlockDevice, ErrorKind, FromDevice, IoBackend, Origin, Packet, ReadAt, Window,
+    WriteAt,
+};
+use mfio_conformance::Rng;
+use mfio_nvme::model::{Injection, ModelConfig, NamespaceConfig, NvmeModel, Target};
+use mfio_nvme::spec::{self, status};
+use mfio_nvme::{Controller, ControllerOptions, IoQueue};
+use mfio_pci::PciDevice;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+fn setup(
+    cfg: ModelConfig,
+    opts: ControllerOptions,
+) -> (NvmeModel, Arc<Controller<NvmeModel>>, IoQueue<NvmeModel>) {
+    let model = NvmeModel::new(cfg);
+    let ctrl = Controller::new(model.clone(), opts).expect("bring-up on the model");
+    let q = ctrl.io_queue(1).expect("an I/O queue");
+    (model, ctrl, q)
+}
+
+fn basic() -> ModelConfig {
+    ModelConfig {
+        namespaces: vec![NamespaceConfig::new(16384, 512), NamespaceConfig::new(2048, 4096)],
+        mdts: 5,
+        ..ModelConfig::default()
+    }
+}
+
+fn fast_timeouts() -> ControllerOptions {
+    ControllerOptions { io_timeout: Duration::from_millis(300), ..ControllerOptions::default() }
+}
+
+#[test]
+fn bring_up_identifies_controller_and_namespaces() {
+    let (model, ctrl, q) = setup(basic(), ControllerOptions::default());
+    assert_eq!(ctrl.identify().mn, "mfio NVMe model");
+    assert_eq!(ctrl.namespaces().len(), 2);
+    assert_eq!((q.block_size(), q.capacity()), (512, 16384 * 512));
+    let ns2 = ctrl.namespace(2).unwrap();
+    assert_eq!((ns2.block_size, ns2.blocks), (4096, 2048));
+    assert_eq!(ctrl.max_transfer(), 128 << 10, "MDTS 5 with 4 KiB pages");
+    assert!(ctrl.io_queue(3).is_err(), "namespace 3 does not exist");
+    assert!(model.violations().is_empty(), "{:?}", model.violations());
+}
+
+#[test]
+fn a_media_error_fails_only_its_segment() {
+    let opts = ControllerOptions { max_transfer: 4096, ..ControllerOptions::default() };
+    let (model, _ctrl, q) = setup(basic(), opts);
+    let data = Rng::new(1).bytes(64 * 512);
+    q.write_all_blocking(0, &data).unwrap();
+    model.inject(Injection::MediaError { nsid: 1, lba: 20 });
+    let mut back = vec![0u8; 64 * 512];
+    let e = q.read_all_blocking(0, &mut back).unwrap_err();
+    // Commands are 8 blocks each: the one holding LBA 20 (LBAs 16..24) fails; 0..16 succeeded.
+    assert_eq!(e.done, 16 * 512);
+    assert_eq!(e.error.kind(), ErrorKind::Device);
+    assert_eq!(e.error.origin(), Origin::Nvme);
+    assert_eq!(
+        e.error.status(),
+        (u16::from(status::sct::MEDIA) << 8) | u16::from(status::media::UNRECOVERED_READ)
+    );
+    assert_eq!(back[..16 * 512], data[..16 * 512]);
+    // The segments after the failed one still completed (partial success is per segment).
+    assert_eq!(back[24 * 512..], data[24 * 512..]);
+    let msg = e.to_string();
+    assert!(msg.contains("SCT 0x2") && msg.contains("SC 0x81"), "{msg}");
+}
+
+#[test]
+fn io_in_one_round_is_one_doorbell_and_large_io_is_split_at_mdts() {
+    let (model, _ctrl, q) = setup(basic(), ControllerOptions::default());
+    let qid = q.qid();
+    let before = model.sq_doorbells(qid);
+    let futs: Vec<_> = (0..32u64).map(|i| q.read_at(i * 4096, vec![0u8; 4096])).collect();
+    for (r, _) in block_on(&q, futures::future::join_all(futs)) {
+        r.unwrap();
+    }
+    assert_eq!(model.sq_doorbells(qid) - before, 1, "32 reads in one poll: one doorbell");
+    let reads = model.io_commands(spec::io::READ);
+    let (r, _) = block_on(&q, q.read_all(0, vec![0u8; 1 << 20]));
+    r.unwrap();
+    assert_eq!(model.io_commands(spec::io::READ) - reads, 8, "1 MiB at 128 KiB MDTS: 8 commands");
+    assert!(q.stats().sq_doorbells < q.stats().submitted);
+}
+
+#[test]
+fn dma_memory_is_zero_copy_and_heap_memory_bounces() {
+    let (model, ctrl, q) = setup(basic(), ControllerOptions::default());
+    let buf = ctrl.device().dma().alloc(64 << 10).unwrap();
+    let data = Rng::new(3).bytes(64 << 10);
+    buf.mem().copy_from_slice(0, &data);
+    let (r, w) = block_on(&q, q.write_all(8192, Window::new(buf, 0, 64 << 10).unwrap()));
+    r.unwrap();
+    assert_eq!(q.stats().bounced, 0);
+    assert_eq!(model.read_blocks(1, 16, 128), data);
+    let mut back = vec![0u8; 64 << 10];
+    q.read_all_blocking(8192, &mut back).unwrap();
+    assert_eq!(back, data);
+    assert!(q.stats().bounced > 0, "heap memory is not mapped for the device");
+    drop(w);
+}
+
+#[test]
+fn flush_write_zeroes_and_deallocate() {
+    let (model, _ctrl, q) = setup(basic(), ControllerOptions::default());
+    q.write_all_blocking(0, &[0xabu8; 8192]).unwrap();
+    q.flush_blocking().unwrap();
+    assert_eq!(model.io_commands(spec::io::FLUSH), 1);
+    q.write_zeroes_blocking(1024, 2048).unwrap();
+    let got = model.read_blocks(1, 0, 16);
+    assert!(got[..1024].iter().all(|&b| b == 0xab));
+    assert!(got[1024..3072].iter().all(|&b| b == 0));
+    assert!(got[3072..].iter().all(|&b| b == 0xab));
+    q.deallocate_blocking(4096, 4096).unwrap();
+    assert!(model.read_blocks(1, 8, 8).iter().all(|&b| b == 0));
+    assert_eq!(model.io_commands(spec::io::DATASET_MANAGEMENT), 1);
+    // Ranges are checked before anything reaches the controller.
+    assert_eq!(q.write_zeroes_blocking(100, 512).unwrap_err().kind(), ErrorKind::Misaligned);
+    assert_eq!(q.deallocate_blocking(q.capacity(), 512).unwrap_err().kind(), ErrorKind::OutOfRange);
+    // A huge write zeroes is split into commands of at most 65536 blocks.
+    let (model2, _c2, q2) = setup(
+        ModelConfig { namespaces: vec![NamespaceConfig::new(200_000, 512)], ..basic() },
+        ControllerOptions::default(),
+    );
+    q2.write_zeroes_blocking(0, 200_000 * 512).unwrap();
+    assert_eq!(model2.io_commands(spec::io::WRITE_ZEROES), 4);
+}
+
+#[test]
+fn a_stray_completion_is_counted_and_ignored() {
+    let (model, _ctrl, q) = setup(basic(), ControllerOptions::default());
+    model.inject(Injection::BadCid { target: Target::io(), cid: 0x7777 });
+    let mut buf = vec![0u8; 4096];
+    q.read_all_blocking(0, &mut buf).unwrap();
+    assert_eq!(q.stats().stray_completions, 1);
+    q.read_all_blocking(0, &mut buf).unwrap();
+    assert!(model.violations().is_empty(), "{:?}", model.violations());
+}
+
+#[test]
+fn a_held_command_times_out_and_is_aborted() {
+    let (model, ctrl, q) = setup(basic(), fast_timeouts());
+    model.inject(Injection::Hold(Target::io_opcode(spec::io::READ)));
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let e = q.read_all_blocking(0, &mut buf).unwrap_err();
+    assert_eq!(e.error.kind(), ErrorKind::Timeout, "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(q.stats().timeouts, 1);
+    assert_eq!(model.admin_commands(spec::admin::ABORT), 1);
+    assert_eq!(ctrl.resets(), 0, "an abort was enough");
+    // The queue still works.
+    model.clear_injections();
+    q.read_all_blocking(0, &mut buf).unwrap();
+}
+
+#[test]
+fn a_lost_completion_ends_in_a_reset_and_the_queue_works_after() {
+    let (model, ctrl, q) = setup(basic(), fast_timeouts());
+    q.write_all_blocking(0, &[7u8; 4096]).unwrap();
+    model.inject(Injection::LoseCompletion(Target::io_opcode(spec::io::READ)));
+    let mut buf = vec![0u8; 4096];
+    let e = q.read_all_blocking(0, &mut buf).unwrap_err();
+    assert_eq!(e.error.kind(), ErrorKind::Fatal, "{e}");
+    assert_eq!(ctrl.resets(), 1);
+    assert!(ctrl.is_enabled());
+    model.clear_injections();
+    q.read_all_blocking(0, &mut buf).unwrap();
+    assert_eq!(buf, [7u8; 4096], "data survives the reset");
+    assert!(model.violations().is_empty(), "{:?}", model.violations());
+}
+
+#[test]
+fn a_fatal_controller_status_resets_and_every_segment_fails_clearly() {
+    let (model, ctrl, q) = setup(basic(), fast_timeouts());
+    let futs: Vec<_> = (0..8u64).map(|i| q.read_all(i * 4096, vec![0u8; 4096])).collect();
+    model.inject(Injection::Fatal);
+    let results = block_on(&q, futures::future::join_all(futs));
+    for (r, _) in &results {
+        assert_eq!(r.unwrap_err().error.kind(), ErrorKind::Fatal);
+    }
+    assert_eq!(ctrl.resets(), 1);
+    assert!(!model.is_fatal(), "the reset cleared CSTS.CFS");
+    q.read_all_blocking(0, &mut [0u8; 4096]).unwrap();
+}
+
+#[test]
+fn dropping_a_future_with_a_held_command_waits_then_resets() {
+    let (model, ctrl, q) = setup(basic(), fast_timeouts());
+    model.inject(Injection::Hold(Target::io()));
+    {
+        let mut fut = pin!(q.read_at(0, vec![0u8; 4096]));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        q.poll_backend(&mut cx);
+        // Dropped here: the drop drives the queue until the command is aborted.
+    }
+    assert_eq!(q.in_flight(), 0);
+    assert_eq!(ctrl.resets(), 0);
+    model.clear_injections();
+}
+
+#[test]
+fn a_queue_dropped_with_a_stuck_command_resets_the_controller() {
+    let (model, ctrl, q) = setup(basic(), fast_timeouts());
+    model.inject(Injection::LoseCompletion(Target::io()));
+    let mut pkt = pin!(Packet::<FromDevice, _>::new(vec![0u8; 4096]));
+    // Not bound to the queue (no driver), so the queue can go while the packet stays.
+    let view = pkt.as_mut().start(None).unwrap();
+    mfio::PacketIo::send_io(&q, 0, view);
+    q.poll_backend(&mut Context::from_waker(Waker::noop()));
+    drop(q);
+    // The packet's segment was failed when the queue went, after the device was reset.
+    assert!(pkt.is_idle());
+    assert_eq!(
+        block_on(&mfio::backends::MemoryBackend::new(0), pkt.as_ref().wait())
+            .error
+            .map(|e| e.kind()),
+        Some(ErrorKind::Aborted)
+    );
+    assert_eq!(ctrl.resets(), 1);
+    model.clear_injections();
+    let q = ctrl.io_queue(1).unwrap();
+    q.read_all_blocking(0, &mut [0u8; 512]).unwrap();
+}
+
+#[test]
+fn more_requests_than_slots_wait_and_none_is_lost() {
+    let opts =
+        ControllerOptions { queue_depth: 4, bounce_buffers: 2, ..ControllerOptions::default() };
+    let (_model, _ctrl, q) = setup(basic(), opts);
+    let futs: Vec<_> = (0..100u64).map(|i| q.write_all(i * 512, vec![i as u8; 512])).collect();
+    for (r, _) in block_on(&q, futures::future::join_all(futs)) {
+        r.unwrap();
+    }
+    assert!(q.stats().max_pending > 0, "backpressure was exercised");
+    let futs: Vec<_> = (0..100u64).map(|i| q.read_all(i * 512, vec![0u8; 512])).collect();
+    for (i, (r, b)) in block_on(&q, futures::future::join_all(futs)).into_iter().enumerate() {
+        r.unwrap();
+        assert!(b.iter().all(|&x| x == i as u8), "request {i}");
+    }
+}
+
+#[test]
+fn queues_on_several_threads() {
+    let (model, ctrl, q0) = setup(basic(), ControllerOptions::default());
+    drop(q0);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let ctrl = ctrl.clone();
+            s.spawn(move || {
+                let q = ctrl.io_queue(1).unwrap();
+                let mut rng = Rng::new(t);
+                for i in 0..50u64 {
+                    let pos = (t * 1024 + i * 16) * 512;
+                    let data = rng.bytes(8 * 512);
+                    q.write_all_blocking(pos, &data).unwrap();
+                    let mut back = vec![0u8; data.len()];
+                    q.read_all_blocking(pos, &mut back).unwrap();
+                    assert_eq!(back, data);
+                }
+            });
+        }
+    });
+    assert!(model.violations().is_empty(), "{:?}", model.violations());
+}
+
+#[test]
+fn errors_name_the_problem() {
+    // Bad bring-up: the model refuses nothing, so check the error type's messages directly.
+    let e = mfio_nvme::NvmeError::NoNamespace(9);
+    assert!(e.to_string().contains("namespace 9"));
+    let e = mfio_nvme::NvmeError::NotContiguous(16384);
+    assert!(e.to_string().contains("huge pages"));
+}
