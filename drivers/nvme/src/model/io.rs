@@ -83,6 +83,7 @@ impl State {
             let data = self.gather(&segs, len, "reading write data from the host")?;
             self.namespaces[ns].write(off, &data);
         }
+        self.recycle(segs);
         let sectors = len as u64 / 512;
         if read {
             self.smart.host_reads += 1;

@@ -60,7 +60,8 @@ impl State {
             return Err(status(generic::INVALID_PRP_OFFSET));
         }
         let first = len.min((page - prp1 % page) as usize);
-        let mut segs = vec![Seg { iova: prp1, len: first, bucket: false }];
+        let mut segs = self.take_scratch();
+        segs.push(Seg { iova: prp1, len: first, bucket: false });
         let mut rest = len - first;
         if rest == 0 {
             return Ok(segs);
@@ -82,16 +83,18 @@ impl State {
             // A full list page that cannot hold the remaining entries ends in a chain pointer.
             let chained = entries_needed > in_page;
             let count = if chained { in_page } else { entries_needed };
-            let mut raw = vec![0u8; count * 8];
-            if self.dma_read(list, &mut raw, "reading a PRP list").is_err() {
+            // At most one page of entries: a stack buffer, no allocation.
+            let mut raw = [0u8; PAGE_SIZE];
+            if self.dma_read(list, &mut raw[..count * 8], "reading a PRP list").is_err() {
                 return Err(transfer_error());
             }
-            let entries: Vec<u64> = raw
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-                .collect();
-            let data = if chained { &entries[..count - 1] } else { &entries[..] };
-            for &e in data {
+            let entry = |i: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+                u64::from_le_bytes(b)
+            };
+            let data_entries = if chained { count - 1 } else { count };
+            for e in (0..data_entries).map(entry) {
                 if e % page != 0 {
                     return Err(status(generic::INVALID_PRP_OFFSET));
                 }
@@ -99,9 +102,9 @@ impl State {
                 segs.push(Seg { iova: e, len: n, bucket: false });
                 rest -= n;
             }
-            entries_needed -= data.len();
+            entries_needed -= data_entries;
             if chained {
-                let next = entries[count - 1];
+                let next = entry(count - 1);
                 if next % page != 0 {
                     return Err(status(generic::INVALID_PRP_OFFSET));
                 }
@@ -119,7 +122,7 @@ impl State {
         len: usize,
         to_host: bool,
     ) -> Result<Vec<Seg>, Status> {
-        let mut segs = Vec::new();
+        let mut segs = self.take_scratch();
         let mut total = 0usize;
         let mut desc = SglDescriptor::from_dptr(cmd.prp1, cmd.prp2);
         let mut last_list = false;
@@ -181,6 +184,18 @@ impl State {
             *total += d.len as usize;
         }
         Ok(())
+    }
+
+    /// The reusable segment list, emptied.
+    fn take_scratch(&mut self) -> Vec<Seg> {
+        let mut v = std::mem::take(&mut self.scratch);
+        v.clear();
+        v
+    }
+
+    /// Hands a segment list back for reuse.
+    pub fn recycle(&mut self, segs: Vec<Seg>) {
+        self.scratch = segs;
     }
 
     /// Copies `data` to the host through `segs` (a read's data, Identify, a log page).

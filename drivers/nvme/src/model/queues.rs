@@ -73,6 +73,15 @@ pub(crate) struct Pending {
     pub bad_cid: Option<u16>,
 }
 
+/// The CQE(s) of one command, with their CQ: a bogus-CID CQE stays just before the real one
+/// when completions are reordered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Group {
+    pub cqid: u16,
+    pub bogus: Option<Completion>,
+    pub real: Completion,
+}
+
 /// A command's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Outcome {
@@ -217,7 +226,9 @@ impl State {
             let addr = sq.base + u64::from(sq.head) * COMMAND_SIZE as u64;
             let (size, head) = (sq.size, sq.head);
             let mut raw = [0u8; COMMAND_SIZE];
-            if self.dma_read(addr, &mut raw, &format!("fetching SQ {qid} entry {head}")).is_err() {
+            // A fixed description: formatting one per command would allocate on the hot path
+            // (the fault message carries the IOVA).
+            if self.dma_read(addr, &mut raw, "fetching a submission queue entry").is_err() {
                 // A controller that cannot fetch its commands is dead.
                 self.set_fatal();
                 break;
@@ -324,7 +335,7 @@ impl State {
         let same = |c: &Completion| c.sq_id == sqid && c.cid == cid;
         self.pending.iter().any(|p| p.sqid == sqid && p.cmd.cid == cid)
             || (sqid == 0 && self.aers.contains(&cid))
-            || self.batch.iter().flatten().any(|(_, c)| same(c))
+            || self.batch.iter().any(|g| same(&g.real))
             || self.cqs.iter().flatten().any(|cq| cq.backlog.iter().any(same))
     }
 
@@ -352,12 +363,11 @@ impl State {
         else {
             return;
         };
-        let mut group = Vec::with_capacity(2);
-        if let Some(cid) = bad_cid {
+        let bogus = bad_cid.map(|cid| {
             self.counters.bad_cids_posted += 1;
-            group.push((cqid, Completion { sq_id: sqid, cid, ..Completion::default() }));
-        }
-        let c = Completion {
+            Completion { sq_id: sqid, cid, ..Completion::default() }
+        });
+        let real = Completion {
             dw0: outcome.dw0,
             dw1: 0,
             sq_head: 0,
@@ -365,8 +375,7 @@ impl State {
             cid: cmd.cid,
             status: outcome.status.0 << 1,
         };
-        group.push((cqid, c));
-        self.batch.push(group);
+        self.batch.push(Group { cqid, bogus, real });
     }
 
     /// Counts down deferred commands and executes those whose time has come, in fetch order.
@@ -430,8 +439,19 @@ impl State {
         if self.batch.is_empty() {
             return;
         }
-        let (admin, mut io): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.batch).into_iter().partition(|g| g[0].1.sq_id == 0);
+        let mut batch = std::mem::take(&mut self.batch);
+        if !matches!(
+            self.cfg.completion,
+            CompletionMode::Reversed | CompletionMode::Shuffled { .. }
+        ) {
+            // In order, reusing the batch's memory: the I/O path allocates nothing.
+            for g in batch.drain(..) {
+                self.post_group(g);
+            }
+            self.batch = batch;
+            return;
+        }
+        let (admin, mut io): (Vec<_>, Vec<_>) = batch.into_iter().partition(|g| g.real.sq_id == 0);
         match self.cfg.completion {
             CompletionMode::Reversed => io.reverse(),
             CompletionMode::Shuffled { .. } => {
@@ -444,9 +464,16 @@ impl State {
             | CompletionMode::Deferred { .. }
             | CompletionMode::Timed { .. } => {}
         }
-        for (cqid, c) in admin.into_iter().chain(io).flatten() {
-            self.post(cqid, c);
+        for g in admin.into_iter().chain(io) {
+            self.post_group(g);
         }
+    }
+
+    fn post_group(&mut self, g: Group) {
+        if let Some(b) = g.bogus {
+            self.post(g.cqid, b);
+        }
+        self.post(g.cqid, g.real);
     }
 
     /// Posts one CQE, or holds it while the CQ is full (or older CQEs are already held).
@@ -485,17 +512,16 @@ impl State {
         let Some(cq) = self.cqs[usize::from(cqid)].as_mut() else { return };
         c.status = (c.status & !1) | u16::from(cq.phase);
         let addr = cq.base + u64::from(cq.tail) * 16;
-        let slot = cq.tail;
         cq.tail = (cq.tail + 1) % cq.size;
         if cq.tail == 0 {
             cq.phase = !cq.phase;
         }
         let b = c.to_bytes();
-        let what = format!("posting CQ {cqid} entry {slot}");
+        let what = "posting a completion queue entry";
         // Dword 3 (CID, status, phase) last: a driver polling the phase tag on another thread
         // must never see the new phase with stale dwords 0-2.
-        if self.dma_write(addr, &b[..12], &what).is_ok() {
-            let _ = self.dma_write(addr + 12, &b[12..], &what);
+        if self.dma_write(addr, &b[..12], what).is_ok() {
+            let _ = self.dma_write(addr + 12, &b[12..], what);
         }
         self.counters.completions_posted += 1;
     }

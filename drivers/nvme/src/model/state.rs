@@ -10,8 +10,8 @@ use super::config::ModelConfig;
 use super::inject::{Injection, Violation, ViolationKind};
 use super::namespace::Namespace;
 use super::pci::ConfigSpace;
-use super::queues::{Cq, Pending, Sq};
-use crate::spec::{Command, Completion, Status};
+use super::queues::{Cq, Group, Pending, Sq};
+use crate::spec::{Command, Status};
 
 /// Error Information log entries kept (Identify ELPE + 1).
 pub(crate) const ERROR_LOG_ENTRIES: usize = 64;
@@ -97,7 +97,9 @@ pub(crate) struct State {
     pub media_errors: BTreeSet<(u32, u64)>,
     /// Completions made during the current register write, in groups that stay together
     /// when reordered (a bogus-CID CQE and the real one), with their CQ IDs.
-    pub batch: Vec<Vec<(u16, Completion)>>,
+    pub batch: Vec<Group>,
+    /// Reused segment list, so the I/O path does not allocate.
+    pub scratch: Vec<super::prp::Seg>,
     pub counters: Counters,
     pub violations: Vec<Violation>,
     /// The first violation's message, to panic with once the lock is released.
@@ -134,6 +136,7 @@ impl State {
             injections: Vec::new(),
             media_errors: BTreeSet::new(),
             batch: Vec::new(),
+            scratch: Vec::new(),
             counters: Counters {
                 admin_commands: vec![0; 256],
                 io_commands: vec![0; 256],
