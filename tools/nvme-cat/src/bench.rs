@@ -1,8 +1,8 @@
 //! bench: closed-loop load, fio-style figures.
 
 use crate::output::json;
-use crate::target::{open_file, open_nvme, parse, parse_size, Spec};
-use crate::{with_ctrl, Format};
+use crate::target::{is_virtio, open_file, open_nvme, open_virtio, parse, parse_size, Spec};
+use crate::{with_ctrl, with_virtio, Format};
 use clap::{Args, ValueEnum};
 use mfio::{FromDevice, ToDevice, Window};
 use mfio_conformance::load::{self, LoadResult, LoadSpec, Pattern};
@@ -97,6 +97,8 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
                 load::run::<_, FromDevice, _>(&dev, &s, || vec![0u8; block])
             }
         }
+        s @ Spec::VirtioModel(_) => virtio_bench(s, a, block)?,
+        s @ Spec::Pci(addr) if is_virtio(addr) => virtio_bench(s, a, block)?,
         _ => {
             let opts = ControllerOptions {
                 io_queues: a.queues.max(1),
@@ -115,6 +117,49 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+fn virtio_bench(s: Spec, a: &BenchArgs, block: usize) -> Result<LoadResult, String> {
+    let v = open_virtio(s, a.queues.max(1))?;
+    with_virtio!(&v, |v| {
+        let queues = a.queues.max(1).min(v.queue_count());
+        let results: Vec<Result<LoadResult, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..queues)
+                .map(|t| {
+                    let q = v.queue(t);
+                    let space = v.device().dma().clone();
+                    scope.spawn(move || -> Result<LoadResult, String> {
+                        let q = q.map_err(|e| e.to_string())?;
+                        let s = spec(a, 1 + u64::from(t))?;
+                        let dma = || {
+                            Window::new(
+                                space.alloc(block).expect("DMA memory for the benchmark"),
+                                0,
+                                block,
+                            )
+                            .expect("window inside its buffer")
+                        };
+                        Ok(match (is_write(a), a.bounce) {
+                            (false, false) => load::run::<_, FromDevice, _>(&q, &s, dma),
+                            (true, false) => load::run::<_, ToDevice, _>(&q, &s, dma),
+                            (false, true) => {
+                                load::run::<_, FromDevice, _>(&q, &s, || vec![0u8; block])
+                            }
+                            (true, true) => {
+                                load::run::<_, ToDevice, _>(&q, &s, || vec![0u8; block])
+                            }
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("a bench thread panicked".into())))
+                .collect()
+        });
+        let results: Vec<LoadResult> = results.into_iter().collect::<Result<_, _>>()?;
+        Ok(LoadResult::merge(&results))
+    })
 }
 
 fn nvme_bench<D: PciDevice + Send + Sync + 'static>(

@@ -35,3 +35,14 @@ macro_rules! with_ctrl {
         }
     };
 }
+
+/// Runs `$body` with `$v` bound to the virtio-blk device, whatever backs it.
+#[macro_export]
+macro_rules! with_virtio {
+    ($virtio:expr, |$v:ident| $body:expr) => {
+        match $virtio {
+            $crate::target::Virtio::Vfio($v) => $body,
+            $crate::target::Virtio::Model($v) => $body,
+        }
+    };
+}

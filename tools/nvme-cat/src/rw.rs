@@ -1,7 +1,7 @@
 //! read and write: byte or LBA ranges between a device and stdout/stdin or a file.
 
-use crate::target::{open_file, open_nvme, parse, parse_size, Spec};
-use crate::with_ctrl;
+use crate::target::{is_virtio, open_file, open_nvme, open_virtio, parse, parse_size, Spec};
+use crate::{with_ctrl, with_virtio};
 use clap::Args;
 use mfio::{block_on, BlockDevice, IoBufMut, ReadAt, Window, WriteAt};
 use mfio_dma::DmaBuffer;
@@ -58,6 +58,9 @@ pub struct WriteArgs {
     /// Pad the data with zeroes to a whole number of blocks.
     #[arg(long)]
     pad: bool,
+    /// Read the range back after writing and compare.
+    #[arg(long)]
+    verify: bool,
 }
 
 /// A buffer a transfer can move data through: a Vec, or DMA memory (zero copy).
@@ -172,11 +175,12 @@ fn read_range<D: ReadAt + BlockDevice, B: Chunk>(
     out.flush().map_err(|e| format!("output: {e}"))
 }
 
-fn write_range<D: WriteAt + BlockDevice, B: Chunk>(
+fn write_range<D: ReadAt + WriteAt + BlockDevice, B: Chunk>(
     dev: &D,
     start: u64,
     data: &[u8],
     mut buf: B,
+    verify: bool,
 ) -> Result<(), String> {
     let progress = Progress::new(data.len() as u64);
     let mut done = 0usize;
@@ -193,6 +197,15 @@ fn write_range<D: WriteAt + BlockDevice, B: Chunk>(
         progress.show(done as u64);
     }
     progress.end();
+    if verify {
+        let mut back = Vec::with_capacity(data.len());
+        read_range(dev, start, data.len() as u64, buf, &mut back)?;
+        if back != data {
+            let at = back.iter().zip(data).position(|(a, b)| a != b).unwrap_or(0);
+            return Err(format!("verify: byte {} reads back differently", start + at as u64));
+        }
+        eprintln!("verified {} bytes", data.len());
+    }
     Ok(())
 }
 
@@ -210,6 +223,8 @@ pub fn read(a: &ReadArgs) -> Result<(), String> {
             let len = len.unwrap_or(dev.capacity() - start);
             read_range(&dev, start, len, vec![0u8; CHUNK], &mut out)
         }
+        s @ Spec::VirtioModel(_) => read_virtio(s, a, &mut out),
+        s @ Spec::Pci(addr) if is_virtio(addr) => read_virtio(s, a, &mut out),
         _ => {
             let nvme =
                 open_nvme(&a.device, ControllerOptions { io_queues: 1, ..Default::default() })?;
@@ -259,7 +274,19 @@ pub fn write(a: &WriteArgs) -> Result<(), String> {
         Spec::File(p) => {
             let dev = open_file(&p)?;
             let (start, d) = go(u64::from(dev.block_size()), dev.capacity())?;
-            write_range(&dev, start, &d, vec![0u8; CHUNK])
+            write_range(&dev, start, &d, vec![0u8; CHUNK], a.verify)
+        }
+        s @ (Spec::VirtioModel(_) | Spec::Pci(_))
+            if matches!(s, Spec::VirtioModel(_)) || matches!(s, Spec::Pci(a) if is_virtio(a)) =>
+        {
+            let v = open_virtio(s, 1)?;
+            with_virtio!(&v, |v| {
+                let q = v.queue(0).map_err(|e| e.to_string())?;
+                let (start, d) = go(u64::from(q.block_size()), q.capacity())?;
+                let dma = v.device().dma().alloc(CHUNK).map_err(|e| e.to_string())?;
+                write_range(&q, start, &d, Window::new(dma, 0, CHUNK).ok_or("chunk")?, a.verify)?;
+                q.flush_blocking().map_err(|e| format!("flush: {e}"))
+            })
         }
         _ => {
             let nvme =
@@ -268,9 +295,20 @@ pub fn write(a: &WriteArgs) -> Result<(), String> {
                 let q = c.io_queue(a.range.nsid).map_err(|e| e.to_string())?;
                 let (start, d) = go(u64::from(q.block_size()), q.capacity())?;
                 let dma = c.device().dma().alloc(CHUNK).map_err(|e| e.to_string())?;
-                write_range(&q, start, &d, Window::new(dma, 0, CHUNK).ok_or("chunk")?)?;
+                write_range(&q, start, &d, Window::new(dma, 0, CHUNK).ok_or("chunk")?, a.verify)?;
                 q.flush_blocking().map_err(|e| format!("flush: {e}"))
             })
         }
     }
+}
+
+fn read_virtio(s: Spec, a: &ReadArgs, out: &mut dyn Write) -> Result<(), String> {
+    let v = open_virtio(s, 1)?;
+    with_virtio!(&v, |v| {
+        let q = v.queue(0).map_err(|e| e.to_string())?;
+        let (start, len) = resolve(&a.range, u64::from(q.block_size()), q.capacity(), None)?;
+        let len = len.ok_or("give --length or --count (how much to read)")?;
+        let dma = v.device().dma().alloc(CHUNK).map_err(|e| e.to_string())?;
+        read_range(&q, start, len, Window::new(dma, 0, CHUNK).ok_or("chunk")?, out)
+    })
 }

@@ -14,6 +14,16 @@ pub enum Spec {
     Model(ModelConfig),
     /// An image file or block device.
     File(String),
+    /// The in-process virtio-blk model.
+    VirtioModel(mfio_virtio::model::ModelOptions),
+}
+
+/// A virtio-blk device behind any backing.
+pub enum Virtio {
+    /// Through VFIO.
+    Vfio(mfio_virtio::VirtioBlk<VfioPci>),
+    /// The model.
+    Model(mfio_virtio::VirtioBlk<mfio_virtio::model::VirtioBlkModel>),
 }
 
 /// An NVMe controller behind any device backing.
@@ -28,6 +38,9 @@ pub enum Nvme {
 pub fn parse(s: &str) -> Result<Spec, String> {
     if let Some(path) = s.strip_prefix("file:") {
         return Ok(Spec::File(path.to_string()));
+    }
+    if s == "virtio-model" {
+        return Ok(Spec::VirtioModel(mfio_virtio::model::ModelOptions::default()));
     }
     if s == "model" || s.starts_with("model:") {
         return model_config(s.strip_prefix("model").unwrap_or("").trim_start_matches(':'))
@@ -111,6 +124,32 @@ pub fn open_nvme(device: &str, opts: ControllerOptions) -> Result<Nvme, String> 
             "{p} is an image file, not an NVMe controller: this command needs a controller \
              (a PCI address or `model`); read, write and bench work on files"
         )),
+        Spec::VirtioModel(_) => {
+            Err("virtio-model is a virtio-blk device: read, write and bench work on it".into())
+        }
+    }
+}
+
+/// Whether the PCI function at `addr` is a virtio-blk device.
+pub fn is_virtio(addr: PciAddress) -> bool {
+    Sysfs::system().function(addr).is_ok_and(|f| f.is_virtio_blk())
+}
+
+/// Opens a virtio-blk device (PCI address or the model) with `queues` request queues.
+pub fn open_virtio(spec: Spec, queues: u16) -> Result<Virtio, String> {
+    let opts = mfio_virtio::Options { queues, ..Default::default() };
+    match spec {
+        Spec::Pci(addr) => {
+            let dev = VfioPci::open(addr).map_err(|e| e.to_string())?;
+            mfio_virtio::VirtioBlk::new(dev, &opts)
+                .map(Virtio::Vfio)
+                .map_err(|e| format!("{addr}: {e}"))
+        }
+        Spec::VirtioModel(m) => {
+            let dev = mfio_virtio::model::VirtioBlkModel::new(m);
+            mfio_virtio::VirtioBlk::new(dev, &opts).map(Virtio::Model).map_err(|e| e.to_string())
+        }
+        _ => Err("not a virtio-blk device".into()),
     }
 }
 
