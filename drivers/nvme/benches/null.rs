@@ -1,0 +1,95 @@
+//! The NVMe driver against the controller model in null mode (the model validates every
+//! command and PRP but moves no data): 4 KiB random reads on one queue at QD 1, 32 and 128.
+//! IOPS, ns and heap allocations per I/O (a counting allocator), doorbells per I/O.
+//!
+//! Run: `cargo bench -p mfio-nvme --bench null` (`-- --quick` for a short run). The figures
+//! include the model's own work (a lock and IOVA-checked reads per command), so they bound the
+//! driver's cost from above.
+
+use mfio::{FromDevice, Window};
+use mfio_conformance::load::{self, LoadSpec, Pattern};
+use mfio_nvme::model::{ModelConfig, NamespaceConfig, NvmeModel};
+use mfio_nvme::{Controller, ControllerOptions};
+use mfio_pci::PciDevice;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let ios: u64 = if quick { 20_000 } else { 400_000 };
+    let cfg = ModelConfig {
+        namespaces: vec![NamespaceConfig::new((1u64 << 30) / 512, 512)],
+        null_io: true,
+        ..ModelConfig::default()
+    };
+    println!("| QD | IOPS | ns / IO | allocs / IO | SQ doorbells / IO | bounced |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for qd in [1usize, 32, 128] {
+        let model = NvmeModel::new(cfg.clone());
+        let opts = ControllerOptions {
+            queue_depth: (qd as u16 + 1).max(2),
+            io_queues: 1,
+            ..ControllerOptions::default()
+        };
+        let ctrl = Controller::new(model.clone(), opts).expect("bring-up on the model");
+        let q = ctrl.io_queue(1).expect("an I/O queue");
+        let space = ctrl.device().dma().clone();
+        let spec = LoadSpec {
+            pattern: Pattern::Random,
+            block: 4096,
+            qd,
+            duration: None,
+            ios: Some(ios / 10),
+            span: 1 << 30,
+            seed: 1,
+        };
+        let bufs = || Window::new(space.alloc(4096).expect("DMA memory"), 0, 4096).expect("window");
+        // Warm up (pools, queues and the model reach their steady state), then measure.
+        load::run::<_, FromDevice, _>(&q, &spec, bufs);
+        // Allocations per I/O: the difference between a run of N/2 and a run of N I/Os, so the
+        // runs' own setup (packets, DMA buffers) cancels out.
+        let a0 = ALLOCS.load(Ordering::Relaxed);
+        load::run::<_, FromDevice, _>(&q, &LoadSpec { ios: Some(ios / 2), ..spec.clone() }, bufs);
+        let a1 = ALLOCS.load(Ordering::Relaxed);
+        let spec = LoadSpec { ios: Some(ios), ..spec };
+        let before = q.stats();
+        let r = load::run::<_, FromDevice, _>(&q, &spec, bufs);
+        let a2 = ALLOCS.load(Ordering::Relaxed);
+        let after = q.stats();
+        assert_eq!((r.ios, r.errors), (ios, 0), "every I/O completes");
+        let per_io_allocs = ((a2 - a1) as f64 - (a1 - a0) as f64) / (ios - ios / 2) as f64;
+        println!(
+            "| {qd} | {:.0} | {:.0} | {:.3} | {:.3} | {} |",
+            r.iops(),
+            r.elapsed.as_nanos() as f64 / r.ios as f64,
+            per_io_allocs,
+            (after.sq_doorbells - before.sq_doorbells) as f64 / r.ios as f64,
+            after.bounced - before.bounced
+        );
+        assert!(model.violations().is_empty());
+    }
+}
