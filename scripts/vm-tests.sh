@@ -79,11 +79,12 @@ fi
 
 BINDIR="$TARGET_DIR/$PROFILE"
 if [ "$BUILD" = 1 ]; then
-  echo "vm-tests: cargo build -p vm-tests --bins ($PROFILE)"
+  echo "vm-tests: cargo build -p vm-tests -p nvme-cat --bins ($PROFILE)"
   PFLAG=()
   [ "$PROFILE" = release ] && PFLAG=(--release)
   # Never -C target-cpu=native: the guest CPU (TCG) lacks the host's AVX-512.
-  "$CARGO" build -q -p vm-tests --bins ${PFLAG[@]+"${PFLAG[@]}"} || die "cargo build -p vm-tests failed"
+  # nvme-cat too: guest-nvme-cat runs the tool the way a user does.
+  "$CARGO" build -q -p vm-tests -p nvme-cat --bins ${PFLAG[@]+"${PFLAG[@]}"} || die "cargo build -p vm-tests failed"
 fi
 for b in "${BINS[@]}"; do
   [ -x "$BINDIR/$b" ] || die "cargo metadata lists $b but $BINDIR/$b does not exist (build failed?)"

@@ -107,6 +107,11 @@ fn resolve(
     if start % bs != 0 {
         return Err(format!("offset {start} is not a multiple of the block size {bs}"));
     }
+    if let Some(len) = len.filter(|l| l % bs != 0) {
+        if default_len.is_none() {
+            return Err(format!("length {len} is not a multiple of the block size {bs}"));
+        }
+    }
     if let Some(len) = len {
         let end = start.checked_add(len).ok_or("range overflows")?;
         if end > cap {

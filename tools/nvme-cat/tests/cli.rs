@@ -95,6 +95,8 @@ fn read_and_write_round_trip_on_an_image_file() {
     assert_eq!(std::fs::read(&out).unwrap(), data);
     let msg = err(&["read", &dev, "--offset", "1M", "--length", "512"]);
     assert!(msg.contains("out of range"), "{msg}");
+    let msg = err(&["read", "model", "--offset", "0", "--length", "100"]);
+    assert!(msg.contains("not a multiple of the block size 512"), "{msg}");
     std::fs::remove_file(&img).unwrap();
     std::fs::remove_file(&out).unwrap();
 }
