@@ -18,6 +18,12 @@
 #   --out DIR            raw JSON, logs and the tables (default /tmp/mfio-bench-vm.DATE)
 #   --boot-timeout SECS  wall-clock limit of one boot (default: from the number of runs)
 #   --no-build           do not build nvme-cat (release) first
+#   --report DIR         no boots: print the tables again from an earlier run's DIR
+#   --diag               instead of the tables: one boot with QEMU tracing doorbells, notifies,
+#                        interrupts and commands, a few framed runs per contender
+#                        (vm-tests/guest/bench-diag.sh), QEMU's threads' CPU sampled; prints
+#                        device events per I/O and where QEMU's CPU time went, per run. Tracing
+#                        slows QEMU: its IOPS are not comparable with the tables'
 # Needs fio, qemu-img (Debian's qemu-utils, with the nvme block driver) and jq on the host: the
 # guest runs the host's binaries through its 9p root. A run that fails or hangs shows as "fail:
 # reason" or "hang" in its table; it never stops the others, and a boot that dies does not stop
@@ -27,7 +33,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 
-BOOTS=3 TIME=5 MODE=iommu BUILD=1 BOOT_TIMEOUT=""
+BOOTS=3 TIME=5 MODE=iommu BUILD=1 BOOT_TIMEOUT="" DIAG=0 REPORT=
 CONTENDERS=mfio,fio-io_uring,fio-io_uring-poll,fio-libaio,qemu-nvme
 WORKLOADS=rand4k-qd1,rand4k-qd32,rand4k-qd128,seq128k-qd8,seq4k-qd1,seq4k-qd32
 OUT=/tmp/mfio-bench-vm.$(date +%Y%m%d-%H%M%S)
@@ -44,7 +50,9 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --boot-timeout) BOOT_TIMEOUT=$2; shift ;;
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    --diag) DIAG=1 ;;
+    --report) REPORT=$2; shift ;;
+    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
   shift
@@ -52,9 +60,162 @@ done
 [[ "$BOOTS" =~ ^[1-9][0-9]*$ ]] || die "--boots wants a positive number"
 [[ "$TIME" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--time wants seconds"
 case "$MODE" in iommu | noiommu) ;; *) die "--mode is iommu or noiommu" ;; esac
+[ -z "$REPORT" ] || [ -d "$REPORT" ] || die "--report: no directory $REPORT"
 for t in fio qemu-img jq; do
   command -v "$t" >/dev/null || msg "warning: $t not found on the host: its contender will fail (apt-get install -y fio qemu-utils jq)"
 done
+
+# ---- --diag ----------------------------------------------------------------------------------
+# diag: one traced boot. Each guest run is framed by config reads of the host bridge at 0xf0
+# and 0xf4 (pci_cfg_read in the trace); events between them belong to that run.
+diag() {
+  local tr="$OUT/diag-trace.log" cpu="$OUT/diag-cpu.log" sampler rc=0 qpid=""
+  local events=(pci_cfg_read pci_nvme_admin_cmd pci_nvme_mmio_start_success pci_nvme_mmio_stopped pci_nvme_mmio_doorbell_sq pci_nvme_mmio_doorbell_cq pci_nvme_irq_msix
+    pci_nvme_io_cmd pci_nvme_dbbuf_config pci_nvme_shadow_doorbell_sq pci_nvme_shadow_doorbell_cq
+    virtio_queue_notify virtio_notify virtio_blk_handle_read)
+  local qargs=() e
+  for e in "${events[@]}"; do qargs+=(--qemu-arg -trace --qemu-arg "enable=$e"); done
+  qargs+=(--qemu-arg -D --qemu-arg "$tr")
+  # QEMU's threads' CPU ticks every 0.5 s (host clock, as the trace's): which thread is busy
+  # (the vCPU spinning, the main loop emulating the device, the block layer's workers).
+  (
+    for _ in $(seq 120); do
+      qpid=$(pgrep -f "path=$OUT,security_model" | head -n 1 || true)
+      [ -n "$qpid" ] && break
+      sleep 0.5
+    done
+    [ -n "$qpid" ] || exit 0
+    while [ -d "/proc/$qpid" ]; do
+      now=$(date +%s.%N)
+      for t in /proc/"$qpid"/task/*; do
+        # comm may hold spaces: take the fields after the closing parenthesis.
+        awk -v ts="$now" -v tid="${t##*/}" -v comm="$(tr ' ' '_' <"$t/comm")" \
+          '{ sub(/.*\) /, ""); print ts, tid, comm, $12 + $13 }' "$t/stat" 2>/dev/null
+      done
+      sleep 0.5
+    done
+  ) >"$cpu" &
+  sampler=$!
+  flock /tmp/mfio-qemu.lock "$HERE/vm-run.sh" --no-bind --release --mode "$MODE" --out "$OUT" \
+    --timeout 900 "${qargs[@]}" -- bash "$ROOT/vm-tests/guest/bench-diag.sh" --time "$TIME" \
+    >"$OUT/diag.log" 2>&1 || rc=$?
+  wait "$sampler" || true
+  [ "$rc" = 0 ] || msg "the diag boot ended with exit code $rc (see $OUT/diag.log)"
+  # Segments from the trace: counts per run, and each run's host time span.
+  awk '
+    { split($1, a, "@"); sub(/:$/, "", a[2]); ts = a[2] + 0 }
+    / pci_cfg_read / || /:pci_cfg_read / { if ($0 ~ /@0xf0 /) { seg++; on = 1; t0[seg] = ts } else if ($0 ~ /@0xf4 /) { on = 0; t1[seg] = ts }; next }
+    !on { next }
+    /pci_nvme_mmio_doorbell_sq/ { if ($0 !~ /sqid 0 /) c[seg, "sqdb"]++; next }
+    /pci_nvme_mmio_doorbell_cq/ { if ($0 !~ /cqid 0 /) c[seg, "cqdb"]++; next }
+    /pci_nvme_shadow_doorbell/ { c[seg, "shadow"]++; next }
+    /pci_nvme_irq_msix/ { c[seg, "irq"]++; next }
+    /pci_nvme_io_cmd/ { c[seg, "cmds"]++; next }
+    /virtio_blk_handle_read/ { match($0, /vdev 0x[0-9a-f]+/); blk = substr($0, RSTART + 5, RLENGTH - 5); c[seg, "cmds"]++; next }
+    /virtio_queue_notify/ { match($0, /vdev 0x[0-9a-f]+/); c[seg, "notify " substr($0, RSTART + 5, RLENGTH - 5)]++; next }
+    /virtio_notify / || /:virtio_notify / { match($0, /vdev 0x[0-9a-f]+/); c[seg, "virq " substr($0, RSTART + 5, RLENGTH - 5)]++; next }
+    END {
+      for (s = 1; s <= seg; s++)
+        printf "%d\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s, t0[s], t1[s], c[s, "cmds"], c[s, "sqdb"], c[s, "cqdb"],
+          c[s, "shadow"], c[s, "irq"], c[s, "notify " blk], c[s, "virq " blk]
+    }' "$tr" >"$OUT/diag-segments.tsv" || true
+  {
+    echo "Diagnostic boot (QEMU tracing on: IOPS here are slowed by the tracing), $(date -u '+%Y-%m-%d %H:%M UTC'), mode=$MODE, ${TIME}s per run"
+    echo "Events per I/O (I/Os: QEMU's pci_nvme_io_cmd or virtio_blk_handle_read count in the run's window);"
+    echo "QEMU host threads' CPU in the window, in cores (1.00 = one host core busy)."
+    echo
+    echo "| run | IOPS (run's own) | I/Os seen | SQ db / IO | CQ db / IO | shadow db / IO | NVMe MSI-X / IO | virtio notify / IO | virtio irq / IO | vCPU threads | main loop | workers |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    local i=0 label f frc iops seg
+    while IFS=$'\t' read -r label f frc; do
+      i=$((i + 1))
+      iops=-
+      case "$f" in
+        *.json) iops=$(jq -r '(.iops // .jobs[0].read.iops) | floor' "$f" 2>/dev/null || echo -) ;;
+        *.txt) iops=$(awk '/^Sending/ { n = $2 } /^Run completed in/ { printf "%d", n / $4 }' "$f" 2>/dev/null) ;;
+      esac
+      [ "$frc" = 0 ] || iops="rc $frc"
+      seg=$(awk -F'\t' -v i="$i" '$1 == i' "$OUT/diag-segments.tsv")
+      [ -n "$seg" ] || { echo "| $label | ${iops:--} | no trace window | | | | | | | | | |"; continue; }
+      IFS=$'\t' read -r _ t0 t1 n sq cq sh irq vn vi <<<"$seg"
+      # CPU: ticks (1/100 s) per thread between the samples nearest the window's ends.
+      cpus=$(awk -v a="$t0" -v b="$t1" '
+        { if ($1 >= a && !(($2) in first)) { first[$2] = $4; ft[$2] = $1 }
+          if ($1 <= b) { last[$2] = $4; lt[$2] = $1; name[$2] = $3 } }
+        END {
+          for (t in first) { if (lt[t] <= ft[t]) continue; u = (last[t] - first[t]) / 100 / (lt[t] - ft[t])
+            if (name[t] ~ /^CPU_[0-9]+\/TCG/) v += u; else if (name[t] ~ /^qemu-system/) m += u; else w += u }
+          printf "%.2f %.2f %.2f", v, m, w }' "$cpu")
+      read -r cv cm cw <<<"$cpus"
+      per() { awk -v x="$1" -v n="$n" 'BEGIN { if (n > 0) printf "%.2f", x / n; else print "-" }'; }
+      echo "| $label | $iops | $n | $(per "$sq") | $(per "$cq") | $(per "$sh") | $(per "$irq") | $(per "$vn") | $(per "$vi") | $cv | $cm | $cw |"
+    done <"$OUT/diag/order.tsv"
+  } | tee "$OUT/diag.md"
+}
+
+# ---- tables ----------------------------------------------------------------------------------
+# median: the middle of the numbers on stdin (the mean of the two middle ones for an even count).
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+fmt() { awk -v v="$1" -v d="$2" 'BEGIN { if (v == "-" || v == "") print "-"; else printf "%.*f", d, v }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || a == "" || b == "" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
+# report: the tables from $OUT/boot-*/results.tsv, into $OUT/tables.md and stdout.
+report() {
+  local nb dev wl rows ours c mine ok n_ok n_hang n_fail runs why iops p50 p99 pr mr
+  cat "$OUT"/boot-*/results.tsv 2>/dev/null >"$OUT/all.tsv" || true
+  nb=$(find "$OUT" -maxdepth 2 -name results.tsv | wc -l)
+  [ -n "$ACCEL" ] || ACCEL=$(sed -n 's/^accel \([a-z]*\).*/\1/p' "$OUT"/boot-*/versions.txt 2>/dev/null | head -n 1)
+  {
+    echo "Guest benchmark, $(date -u -r "$OUT/all.tsv" '+%Y-%m-%d %H:%M UTC'): accel=${ACCEL:-unknown}, mode=$MODE, $nb boot(s), ${TIME}s per run${TOTAL:+, total ${TOTAL}s}"
+    echo "Host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1), $(uname -r); guest: kernel $(sed -n 2p "$OUT"/boot-1/versions.txt 2>/dev/null), $(sed -n 3p "$OUT"/boot-1/versions.txt 2>/dev/null) vCPUs"
+    echo "Figures: medians across boots of the runs that completed; p50/p99 in µs (fio: clat; qemu-img reports none)."
+    echo "peer/mfio: the contender's IOPS over ours; mfio/peer: ours over the contender's (the targets' form)."
+    for dev in nvme virtio; do
+      for wl in ${WORKLOADS//,/ }; do
+        rows=$(awk -F'\t' -v d="$dev" -v w="$wl" '$1 == d && $2 == w' "$OUT/all.tsv")
+        [ -n "$rows" ] || continue
+        echo
+        echo "### $dev $wl"
+        echo
+        echo "| contender | IOPS | p50 µs | p99 µs | peer/mfio | mfio/peer | runs |"
+        echo "|---|---:|---:|---:|---:|---:|---|"
+        ours=$(awk -F'\t' '$3 == "mfio" && $4 ~ /^ok/ { print $5 }' <<<"$rows" | median)
+        for c in ${CONTENDERS//,/ }; do
+          mine=$(awk -F'\t' -v c="$c" '$3 == c' <<<"$rows")
+          [ -n "$mine" ] || continue
+          ok=$(awk -F'\t' '$4 ~ /^ok/' <<<"$mine")
+          n_ok=$(grep -c . <<<"$ok" || true)
+          n_hang=$(awk -F'\t' '$4 == "hang" { n += ($3 == "qemu-nvme") ? 2 : 1 } $4 ~ /^ok, [0-9]+ hang/ { split($4, x, " "); n += x[2] } END { print n + 0 }' <<<"$mine")
+          n_fail=$(awk -F'\t' '$4 ~ /^fail/' <<<"$mine" | grep -c . || true)
+          runs="$n_ok ok"
+          [ "$n_hang" = 0 ] || runs="$runs, $n_hang hung"
+          [ "$n_fail" = 0 ] || runs="$runs, $n_fail fail"
+          if [ -z "$ok" ]; then
+            # Nothing completed: say why (the first failure's reason, or that it hung).
+            why=$(awk -F'\t' '{ print $4; exit }' <<<"$mine")
+            echo "| $c | $why | - | - | - | - | $runs |"
+            continue
+          fi
+          iops=$(cut -f5 <<<"$ok" | median)
+          p50=$(cut -f6 <<<"$ok" | grep -v '^-$' | median || true)
+          p99=$(cut -f7 <<<"$ok" | grep -v '^-$' | median || true)
+          if [ "$c" = mfio ]; then pr="1.00x" mr="1.00x"; else pr=$(ratio "$iops" "$ours") mr=$(ratio "$ours" "$iops"); fi
+          echo "| $c | $(fmt "$iops" 0) | $(fmt "$p50" 1) | $(fmt "$p99" 1) | $pr | $mr | $runs |"
+        done
+      done
+    done
+    echo
+    echo "runs: completed runs (one per boot), and attempts that hung (a hung qemu-img run is retried once; \"hang\" alone: both attempts hung)."
+  } | tee "$OUT/tables.md"
+}
+ACCEL="" TOTAL=""
+if [ -n "$REPORT" ]; then
+  OUT=$(cd "$REPORT" && pwd)
+  # The settings of that run (written below when it started).
+  # shellcheck source=/dev/null
+  [ -f "$OUT/params.sh" ] && . "$OUT/params.sh"
+  report
+  exit 0
+fi
 
 cd "$ROOT"
 if [ "$BUILD" = 1 ]; then
@@ -63,6 +224,9 @@ if [ "$BUILD" = 1 ]; then
 fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+printf 'TIME=%q MODE=%q CONTENDERS=%q WORKLOADS=%q\n' "$TIME" "$MODE" "$CONTENDERS" "$WORKLOADS" >"$OUT/params.sh"
+
+[ "$DIAG" = 0 ] || { diag; exit 0; }
 
 # A boot's limit: every run's duration plus its start-up (fio and nvme-cat start over 9p, the
 # controller comes up) plus the qemu-img hang allowance, and the boot itself.
@@ -72,7 +236,6 @@ if [ -z "$BOOT_TIMEOUT" ]; then
 fi
 
 T0=$(date +%s)
-ACCEL=""
 for b in $(seq "$BOOTS"); do
   msg "boot $b of $BOOTS (limit ${BOOT_TIMEOUT}s)"
   # One QEMU at a time on this machine: other engineers' guests wait on the same lock.
@@ -88,51 +251,6 @@ for b in $(seq "$BOOTS"); do
 done
 T1=$(date +%s)
 
-# ---- tables ----------------------------------------------------------------------------------
-cat "$OUT"/boot-*/results.tsv 2>/dev/null >"$OUT/all.tsv" || true
-# median: the middle of the numbers on stdin (the mean of the two middle ones for an even count).
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-fmt() { awk -v v="$1" -v d="$2" 'BEGIN { if (v == "-" || v == "") print "-"; else printf "%.*f", d, v }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || a == "" || b == "" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
-
-{
-  echo "Guest benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): accel=${ACCEL:-unknown}, mode=$MODE, $BOOTS boot(s), ${TIME}s per run, total $((T1 - T0))s"
-  echo "Host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1), $(uname -r); guest: kernel $(sed -n 2p "$OUT"/boot-1/versions.txt 2>/dev/null), $(sed -n 3p "$OUT"/boot-1/versions.txt 2>/dev/null) vCPUs, TCG or KVM as above"
-  echo "Figures: medians across boots of the runs that completed; p50/p99 in µs (fio: clat; qemu-img reports none)."
-  echo "peer/mfio: the contender's IOPS over ours; mfio/peer: ours over the contender's (the targets' form)."
-  for dev in nvme virtio; do
-    for wl in ${WORKLOADS//,/ }; do
-      rows=$(awk -F'\t' -v d="$dev" -v w="$wl" '$1 == d && $2 == w' "$OUT/all.tsv")
-      [ -n "$rows" ] || continue
-      echo
-      echo "### $dev $wl"
-      echo
-      echo "| contender | IOPS | p50 µs | p99 µs | peer/mfio | mfio/peer | runs |"
-      echo "|---|---:|---:|---:|---:|---:|---|"
-      ours=$(awk -F'\t' '$3 == "mfio" && $4 ~ /^ok/ { print $5 }' <<<"$rows" | median)
-      for c in ${CONTENDERS//,/ }; do
-        mine=$(awk -F'\t' -v c="$c" '$3 == c' <<<"$rows")
-        [ -n "$mine" ] || continue
-        ok=$(awk -F'\t' '$4 ~ /^ok/' <<<"$mine")
-        n_ok=$(grep -c . <<<"$ok" || true)
-        n_hang=$(awk -F'\t' '$4 == "hang" { n++ } $4 ~ /^ok, [0-9]+ hang/ { split($4, x, " "); n += x[2] } END { print n + 0 }' <<<"$mine")
-        n_fail=$(awk -F'\t' '$4 ~ /^fail/' <<<"$mine" | grep -c . || true)
-        runs="$n_ok ok"
-        [ "$n_hang" = 0 ] || runs="$runs, $n_hang hang"
-        [ "$n_fail" = 0 ] || runs="$runs, $n_fail fail"
-        if [ -z "$ok" ]; then
-          # Nothing completed: say why (the first failure's reason, or that it hung).
-          why=$(awk -F'\t' '{ print $4; exit }' <<<"$mine")
-          echo "| $c | $why | - | - | - | - | $runs |"
-          continue
-        fi
-        iops=$(cut -f5 <<<"$ok" | median)
-        p50=$(cut -f6 <<<"$ok" | grep -v '^-$' | median || true)
-        p99=$(cut -f7 <<<"$ok" | grep -v '^-$' | median || true)
-        if [ "$c" = mfio ]; then pr="1.00x" mr="1.00x"; else pr=$(ratio "$iops" "$ours") mr=$(ratio "$ours" "$iops"); fi
-        echo "| $c | $(fmt "$iops" 0) | $(fmt "$p50" 1) | $(fmt "$p99" 1) | $pr | $mr | $runs |"
-      done
-    done
-  done
-} | tee "$OUT/tables.md"
+TOTAL=$((T1 - T0))
+report
 msg "raw results in $OUT (boot-N/ per boot: JSON, logs; all.tsv; tables.md)"

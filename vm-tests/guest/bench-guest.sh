@@ -139,6 +139,32 @@ run_fio() {
 # qemu WL BS QD: QEMU's userspace NVMe driver (block/nvme.c) through `qemu-img bench`, which
 # reads sequentially only and reports a total time, no latencies. -t none fails here ("Failed
 # to configure NVMe write cache"); -t writeback works. It has been seen hanging about one run in
+# qemu_once FILE COUNT QD BS: one qemu-img bench run. The hangs seen so far came before its
+# first request (no "Sending ..." line: opening the controller never finished), so a run that
+# has not started after 15 s counts as hung at once instead of waiting out the whole timeout.
+qemu_once() {
+  local f=$1 pid _ started=0
+  echo "+ qemu-img bench -f raw -t writeback -c $2 -d $3 -s $4 nvme://$NVME/1" >"$f.cmd"
+  timeout -k 3 "$(awk -v t="$TIME" 'BEGIN { printf "%d", t * 3 + 15 }')" \
+    stdbuf -oL qemu-img bench -f raw -t writeback -c "$2" -d "$3" -s "$4" "nvme://$NVME/1" \
+    >"$f" 2>"$f.err" </dev/null &
+  pid=$!
+  for _ in $(seq 150); do
+    if grep -q '^Sending' "$f" 2>/dev/null || ! kill -0 "$pid" 2>/dev/null; then started=1; break; fi
+    sleep 0.1
+  done
+  if [ "$started" = 0 ]; then
+    echo "no request sent after 15 s: killed" >>"$f.err"
+    # qemu-img is the child of the timeout process started above: end it by its parent's PID,
+    # then the wrapper.
+    pkill -KILL -P "$pid" 2>/dev/null
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 124
+  fi
+  wait "$pid"
+}
+
 # three: the timeout turns that into a "hang"; one hang is retried once, and the entry then says
 # "ok, 1 hang". stdbuf -oL: a hung run's file shows whether it hung before its first request
 # ("Sending ..." missing) or during the run.
@@ -149,8 +175,7 @@ run_qemu() {
   # at least 2000 requests. Its "Run completed in" time excludes opening the controller.
   count=$(awk -F'\t' -v w="$wl" -v t="$TIME" '$1 == "nvme" && $2 == w && $3 == "mfio" && $5 != "-" { c = int($5 * t / 3) } END { if (c < 2000) c = 2000; print c }' "$RES")
   for try in 1 2; do
-    run_limited "$(awk -v t="$TIME" 'BEGIN { printf "%d", t * 3 + 15 }')" "$f" \
-      stdbuf -oL qemu-img bench -f raw -t writeback -c "$count" -d "$qd" -s "$bs" "nvme://$NVME/1"
+    qemu_once "$f" "$count" "$qd" "$bs"
     rc=$?
     [ "$rc" = 124 ] || [ "$rc" = 137 ] || break
     hangs=$((hangs + 1))
