@@ -97,7 +97,7 @@ diag() {
   ) >"$cpu" &
   sampler=$!
   flock /tmp/mfio-qemu.lock "$HERE/vm-run.sh" --no-bind --release --mode "$MODE" --out "$OUT" \
-    --timeout 900 "${qargs[@]}" -- bash "$ROOT/vm-tests/guest/bench-diag.sh" --time "$TIME" \
+    --timeout 900 --env "MFIO_BENCH_NVME_CAT=$OUT/bin/nvme-cat" "${qargs[@]}" -- bash "$ROOT/vm-tests/guest/bench-diag.sh" --time "$TIME" \
     >"$OUT/diag.log" 2>&1 || rc=$?
   wait "$sampler" || true
   [ "$rc" = 0 ] || msg "the diag boot ended with exit code $rc (see $OUT/diag.log)"
@@ -225,8 +225,16 @@ fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 printf 'TIME=%q MODE=%q CONTENDERS=%q WORKLOADS=%q\n' "$TIME" "$MODE" "$CONTENDERS" "$WORKLOADS" >"$OUT/params.sh"
-
+# Every boot runs this copy of nvme-cat: others rebuild target/release in the same checkout, and
+# a run's boots must measure one build. The source state goes with it.
+mkdir -p "$OUT/bin"
+cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/nvme-cat" "$OUT/bin/nvme-cat" || die "no target/release/nvme-cat (drop --no-build)"
+{
+  git -C "$ROOT" rev-parse HEAD
+  git -C "$ROOT" status --short --untracked-files=no
+} >"$OUT/source.txt" 2>&1 || true
 [ "$DIAG" = 0 ] || { diag; exit 0; }
+
 
 # A boot's limit: every run's duration plus its start-up (fio and nvme-cat start over 9p, the
 # controller comes up) plus the qemu-img hang allowance, and the boot itself.
@@ -242,7 +250,8 @@ for b in $(seq "$BOOTS"); do
   # --no-bind: the devices start on the kernel's drivers; bench-guest.sh rebinds them.
   rc=0
   flock /tmp/mfio-qemu.lock "$HERE/vm-run.sh" --no-bind --release --mode "$MODE" --out "$OUT" \
-    --timeout "$BOOT_TIMEOUT" -- bash "$ROOT/vm-tests/guest/bench-guest.sh" --time "$TIME" \
+    --timeout "$BOOT_TIMEOUT" --env "MFIO_BENCH_NVME_CAT=$OUT/bin/nvme-cat" \
+    -- bash "$ROOT/vm-tests/guest/bench-guest.sh" --time "$TIME" \
     --contenders "$CONTENDERS" --workloads "$WORKLOADS" --boot "$b" \
     >"$OUT/boot-$b.log" 2>&1 || rc=$?
   [ "$rc" = 0 ] || msg "boot $b ended with exit code $rc (see $OUT/boot-$b.log); its finished runs still count"

@@ -35,6 +35,8 @@ while [ $# -gt 0 ]; do
 done
 NVME=${MFIO_NVME_PCI:?not in the bench guest}
 VIRTIO=${MFIO_VIRTIO_PCI:?not in the bench guest}
+# bench-vm.sh's snapshot of nvme-cat (one build for every boot), else the workspace's.
+NVME_CAT=${MFIO_BENCH_NVME_CAT:-nvme-cat}
 OUT=$MFIO_VM_OUT/boot-$BOOT
 mkdir -p "$OUT"
 RES=$OUT/results.tsv
@@ -106,7 +108,7 @@ blockdev() {
 # mfio DEVICE ADDR WL RW BS QD: nvme-cat bench on the VFIO-bound function (DMA buffers).
 run_mfio() {
   local dev=$1 addr=$2 wl=$3 rw=$4 bs=$5 qd=$6 f="$OUT/$1.$3.mfio.json" rc
-  run_limited "$RUN_TIMEOUT" "$f" nvme-cat bench "$addr" --rw "$rw" --bs "$bs" --qd "$qd" --queues 1 --time "$TIME" -o json
+  run_limited "$RUN_TIMEOUT" "$f" "$NVME_CAT" bench "$addr" --rw "$rw" --bs "$bs" --qd "$qd" --queues 1 --time "$TIME" -o json
   rc=$?
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then record "$dev" "$wl" mfio hang - - -; return; fi
   if [ "$rc" != 0 ] || ! jq -e '.errors == 0' "$f" >/dev/null 2>&1; then
@@ -250,7 +252,7 @@ log "contenders $CONTENDERS, ${TIME}s per run, timeout ${RUN_TIMEOUT}s, accel ${
   nproc
   fio --version
   qemu-img --version | head -n 1
-  nvme-cat --version 2>/dev/null || true
+  "$NVME_CAT" --version 2>/dev/null || true
 } >"$OUT/versions.txt" 2>&1
 bench_device nvme "$NVME" nvme /sys/module/nvme/parameters/poll_queues
 bench_device virtio "$VIRTIO" virtio-pci /sys/module/virtio_blk/parameters/poll_queues

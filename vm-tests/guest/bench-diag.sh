@@ -1,0 +1,84 @@
+#!/bin/bash
+# Runs in the guest, started by scripts/bench-vm.sh --diag, while QEMU traces doorbells, notifies
+# and interrupts: a few short runs of each contender, each framed by markers in QEMU's trace
+# (a one-byte read of the host bridge's config space at offset 0xf0 before, 0xf4 after), so the
+# host can count device events per I/O for each run.
+#
+#   bench-diag.sh --time SECONDS
+#
+# Writes $MFIO_VM_OUT/diag/: RUN.json (or .txt) per run and order.tsv (run label, output file),
+# in the order of the markers.
+set -uo pipefail # not -e: a failed run is a result to record, not a reason to stop
+
+TIME=3
+[ "${1:-}" = --time ] && TIME=$2
+NVME=${MFIO_NVME_PCI:?not in the bench guest}
+VIRTIO=${MFIO_VIRTIO_PCI:?not in the bench guest}
+# bench-vm.sh's snapshot of nvme-cat (one build for every boot), else the workspace's.
+NVME_CAT=${MFIO_BENCH_NVME_CAT:-nvme-cat}
+OUT=$MFIO_VM_OUT/diag
+mkdir -p "$OUT"
+: >"$OUT/order.tsv"
+HB=/sys/bus/pci/devices/0000:00:00.0/config
+mark() { dd if="$HB" bs=1 skip=$(($1)) count=1 status=none >/dev/null; }
+log() { echo "bench-diag: $*" >&2; }
+
+# run LABEL FILE CMD...: one framed run under a timeout (qemu-img has been seen hanging).
+run() {
+  local label=$1 f=$2
+  shift 2
+  sleep 0.5
+  mark 0xf0
+  timeout -k 3 $((TIME * 3 + 15)) "$@" >"$f" 2>"$f.err" </dev/null
+  local rc=$?
+  mark 0xf4
+  printf '%s\t%s\t%s\n' "$label" "$f" "$rc" >>"$OUT/order.tsv"
+  log "$label: rc $rc"
+}
+bind() { # bind ADDR DRIVER (see bench-guest.sh)
+  local d=/sys/bus/pci/devices/$1
+  echo "$2" >"$d/driver_override"
+  [ -e "$d/driver" ] && echo "$1" >"$d/driver/unbind"
+  echo "$1" >/sys/bus/pci/drivers_probe
+}
+blockdev() {
+  local _ b
+  for _ in $(seq 50); do
+    b=$(find "/sys/bus/pci/devices/$1/" -maxdepth 4 \( -name 'nvme*n1' -o -name 'vd*' \) 2>/dev/null | head -n 1)
+    if [ -n "$b" ] && [ -b "/dev/${b##*/}" ]; then echo "/dev/${b##*/}"; return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+fio_job() { # fio_job BDEV QD EXTRA...
+  local b=$1 qd=$2
+  shift 2
+  fio --name=d --filename="$b" --direct=1 --rw=randread --bs=4k --iodepth="$qd" --numjobs=1 \
+    --time_based --runtime="$TIME" --norandommap --randrepeat=0 --output-format=json "$@"
+}
+
+for dev in nvme virtio; do
+  if [ "$dev" = nvme ]; then
+    addr=$NVME drv=nvme
+    echo 1 >/sys/module/nvme/parameters/poll_queues
+  else
+    addr=$VIRTIO drv=virtio-pci
+    echo 1 >/sys/module/virtio_blk/parameters/poll_queues
+  fi
+  bind "$addr" "$drv"
+  if b=$(blockdev "$addr"); then
+    for qd in 1 32; do
+      run "$dev fio-io_uring qd$qd" "$OUT/$dev.fio-io_uring.qd$qd.json" fio_job "$b" "$qd" --ioengine=io_uring
+      run "$dev fio-io_uring-poll qd$qd" "$OUT/$dev.fio-io_uring-poll.qd$qd.json" fio_job "$b" "$qd" --ioengine=io_uring --hipri=1
+    done
+  fi
+  bind "$addr" vfio-pci
+  for qd in 1 32; do
+    run "$dev mfio qd$qd" "$OUT/$dev.mfio.qd$qd.json" "$NVME_CAT" bench "$addr" --rw randread --bs 4K --qd "$qd" --time "$TIME" -o json
+  done
+  if [ "$dev" = nvme ]; then
+    run "nvme qemu-nvme seq4k qd1" "$OUT/nvme.qemu-nvme.qd1.txt" stdbuf -oL qemu-img bench -f raw -t writeback -c $((TIME * 3000)) -d 1 -s 4096 "nvme://$NVME/1"
+    run "nvme qemu-nvme seq4k qd32" "$OUT/nvme.qemu-nvme.qd32.txt" stdbuf -oL qemu-img bench -f raw -t writeback -c $((TIME * 6000)) -d 32 -s 4096 "nvme://$NVME/1"
+  fi
+done
+log "all runs done"
