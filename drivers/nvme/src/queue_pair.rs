@@ -97,7 +97,11 @@ struct Inner {
     pending: VecDeque<Pending>,
     stats: QueueStats,
     t0: Instant,
+    /// Milliseconds since `t0`, refreshed every `CLOCK_POLLS` busy polls: reading the clock
+    /// can cost a system call and an HPET read (a VM exit in a guest without a stable TSC),
+    /// far more than a poll, and deadlines are seconds.
     now_ms: u64,
+    polls: u32,
     last_check_ms: u64,
     /// The controller epoch this queue's rings belong to.
     epoch: u64,
@@ -197,6 +201,7 @@ impl<D: PciDevice> IoQueue<D> {
                 stats: QueueStats::default(),
                 t0: Instant::now(),
                 now_ms: 0,
+                polls: 0,
                 last_check_ms: 0,
                 epoch,
                 broken: false,
@@ -313,6 +318,9 @@ impl<D: PciDevice> IoQueue<D> {
 }
 
 const ORIGIN: Origin = Origin::Nvme;
+
+/// Busy polls between clock reads (see `Inner::now_ms`).
+const CLOCK_POLLS: u32 = 1024;
 
 /// The queue's rings. Without huge pages in no-IOMMU mode, memory is contiguous to the device
 /// only within a 4 KiB page: then fall back to 64 entries, whose SQ fills exactly one page.
@@ -701,8 +709,9 @@ impl<D: PciDevice> IoBackend for IoQueue<D> {
         }
         let mut inner = self.inner.borrow_mut();
         if reaped > 0 {
-            inner.cq.commit(dev);
-            inner.stats.cq_doorbells += 1;
+            if inner.cq.commit_lazy(dev) {
+                inner.stats.cq_doorbells += 1;
+            }
             if !inner.pending.is_empty() {
                 inner.submit_pending(self);
                 if inner.sq.commit(dev) {
@@ -712,7 +721,10 @@ impl<D: PciDevice> IoBackend for IoQueue<D> {
         }
         let busy = inner.free.len() < inner.slots.len() || !inner.pending.is_empty();
         if busy {
-            inner.now_ms = inner.t0.elapsed().as_millis() as u64;
+            inner.polls = inner.polls.wrapping_add(1);
+            if inner.polls % CLOCK_POLLS == 0 {
+                inner.now_ms = inner.t0.elapsed().as_millis() as u64;
+            }
             if inner.now_ms >= inner.last_check_ms + 100 {
                 inner.last_check_ms = inner.now_ms;
                 drop(inner);
