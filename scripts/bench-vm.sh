@@ -7,7 +7,8 @@
 # Usage: scripts/bench-vm.sh [options]
 #   --boots N            guest boots (default 3); every boot measures every contender, and the
 #                        tables show medians across boots (guest figures vary 15-20 % per boot)
-#   --time SECONDS       duration of each run (default 5)
+#   --time SECONDS       duration of each run (default 4: 37 runs a boot at about 1.5 s start-up
+#                        each, so 3 boots take about 11 minutes; 5 s took 15 minutes)
 #   --contenders LIST    comma-separated (default all): mfio, fio-io_uring, fio-io_uring-poll,
 #                        fio-libaio, qemu-nvme
 #   --workloads LIST     comma-separated (default rand4k-qd1,rand4k-qd32,rand4k-qd128,
@@ -18,6 +19,8 @@
 #   --out DIR            raw JSON, logs and the tables (default /tmp/mfio-bench-vm.DATE)
 #   --boot-timeout SECS  wall-clock limit of one boot (default: from the number of runs)
 #   --no-build           do not build nvme-cat (release) first
+#   --append ARGS        extra guest kernel arguments (e.g. "clocksource=tsc tsc=reliable": the
+#                        guest otherwise falls back to hpet under TCG, see docs/benchmarks.md)
 #   --report DIR         no boots: print the tables again from an earlier run's DIR
 #   --diag               instead of the tables: one boot with QEMU tracing doorbells, notifies,
 #                        interrupts and commands, a few framed runs per contender
@@ -33,7 +36,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 
-BOOTS=3 TIME=5 MODE=iommu BUILD=1 BOOT_TIMEOUT="" DIAG=0 REPORT=
+BOOTS=3 TIME=4 MODE=iommu BUILD=1 BOOT_TIMEOUT="" DIAG=0 REPORT="" APPEND=""
 CONTENDERS=mfio,fio-io_uring,fio-io_uring-poll,fio-libaio,qemu-nvme
 WORKLOADS=rand4k-qd1,rand4k-qd32,rand4k-qd128,seq128k-qd8,seq4k-qd1,seq4k-qd32
 OUT=/tmp/mfio-bench-vm.$(date +%Y%m%d-%H%M%S)
@@ -52,7 +55,8 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --diag) DIAG=1 ;;
     --report) REPORT=$2; shift ;;
-    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+    --append) APPEND="$APPEND $2"; shift ;;
+    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
   shift
@@ -72,15 +76,19 @@ diag() {
   local tr="$OUT/diag-trace.log" cpu="$OUT/diag-cpu.log" sampler rc=0 qpid=""
   local events=(pci_cfg_read pci_nvme_admin_cmd pci_nvme_mmio_start_success pci_nvme_mmio_stopped pci_nvme_mmio_doorbell_sq pci_nvme_mmio_doorbell_cq pci_nvme_irq_msix
     pci_nvme_io_cmd pci_nvme_dbbuf_config pci_nvme_shadow_doorbell_sq pci_nvme_shadow_doorbell_cq
-    virtio_queue_notify virtio_notify virtio_blk_handle_read)
+    virtio_queue_notify virtio_notify virtio_notify_irqfd virtio_blk_handle_read)
   local qargs=() e
   for e in "${events[@]}"; do qargs+=(--qemu-arg -trace --qemu-arg "enable=$e"); done
-  qargs+=(--qemu-arg -D --qemu-arg "$tr")
+  # -msg timestamp=on: the log backend then prefixes each event with PID@SECONDS (host clock).
+  # debug-threads=on names QEMU's threads ("CPU 0/TCG", "worker"), for the CPU split.
+  qargs+=(--qemu-arg -D --qemu-arg "$tr" --qemu-arg -msg --qemu-arg timestamp=on
+    --qemu-arg -name --qemu-arg debug-threads=on)
   # QEMU's threads' CPU ticks every 0.5 s (host clock, as the trace's): which thread is busy
   # (the vCPU spinning, the main loop emulating the device, the block layer's workers).
   (
     for _ in $(seq 120); do
-      qpid=$(pgrep -f "path=$OUT,security_model" | head -n 1 || true)
+      # QEMU itself, not the timeout wrapper whose command line holds the same path.
+      qpid=$(pgrep -f "^qemu-system-x86_64 .*path=$OUT,security_model" | head -n 1 || true)
       [ -n "$qpid" ] && break
       sleep 0.5
     done
@@ -97,14 +105,14 @@ diag() {
   ) >"$cpu" &
   sampler=$!
   flock /tmp/mfio-qemu.lock "$HERE/vm-run.sh" --no-bind --release --mode "$MODE" --out "$OUT" \
-    --timeout 900 --env "MFIO_BENCH_NVME_CAT=$OUT/bin/nvme-cat" "${qargs[@]}" -- bash "$ROOT/vm-tests/guest/bench-diag.sh" --time "$TIME" \
+    ${APPEND:+--append "$APPEND"} --timeout 900 --env "MFIO_BENCH_NVME_CAT=$OUT/bin/nvme-cat" "${qargs[@]}" -- bash "$ROOT/vm-tests/guest/bench-diag.sh" --time "$TIME" \
     >"$OUT/diag.log" 2>&1 || rc=$?
   wait "$sampler" || true
   [ "$rc" = 0 ] || msg "the diag boot ended with exit code $rc (see $OUT/diag.log)"
   # Segments from the trace: counts per run, and each run's host time span.
   awk '
-    { split($1, a, "@"); sub(/:$/, "", a[2]); ts = a[2] + 0 }
-    / pci_cfg_read / || /:pci_cfg_read / { if ($0 ~ /@0xf0 /) { seg++; on = 1; t0[seg] = ts } else if ($0 ~ /@0xf4 /) { on = 0; t1[seg] = ts }; next }
+    { ts = 0; if (split($1, a, "@") == 2) { sub(/:.*/, "", a[2]); ts = a[2] + 0 } }
+    /pci_cfg_read mch / { if ($0 ~ /@0xf0 /) { seg++; on = 1; t0[seg] = ts } else if ($0 ~ /@0xf4 /) { on = 0; t1[seg] = ts }; next }
     !on { next }
     /pci_nvme_mmio_doorbell_sq/ { if ($0 !~ /sqid 0 /) c[seg, "sqdb"]++; next }
     /pci_nvme_mmio_doorbell_cq/ { if ($0 !~ /cqid 0 /) c[seg, "cqdb"]++; next }
@@ -113,7 +121,7 @@ diag() {
     /pci_nvme_io_cmd/ { c[seg, "cmds"]++; next }
     /virtio_blk_handle_read/ { match($0, /vdev 0x[0-9a-f]+/); blk = substr($0, RSTART + 5, RLENGTH - 5); c[seg, "cmds"]++; next }
     /virtio_queue_notify/ { match($0, /vdev 0x[0-9a-f]+/); c[seg, "notify " substr($0, RSTART + 5, RLENGTH - 5)]++; next }
-    /virtio_notify / || /:virtio_notify / { match($0, /vdev 0x[0-9a-f]+/); c[seg, "virq " substr($0, RSTART + 5, RLENGTH - 5)]++; next }
+    /virtio_notify(_irqfd)? vdev / { match($0, /vdev 0x[0-9a-f]+/); c[seg, "virq " substr($0, RSTART + 5, RLENGTH - 5)]++; next }
     END {
       for (s = 1; s <= seg; s++)
         printf "%d\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s, t0[s], t1[s], c[s, "cmds"], c[s, "sqdb"], c[s, "cqdb"],
@@ -124,7 +132,7 @@ diag() {
     echo "Events per I/O (I/Os: QEMU's pci_nvme_io_cmd or virtio_blk_handle_read count in the run's window);"
     echo "QEMU host threads' CPU in the window, in cores (1.00 = one host core busy)."
     echo
-    echo "| run | IOPS (run's own) | I/Os seen | SQ db / IO | CQ db / IO | shadow db / IO | NVMe MSI-X / IO | virtio notify / IO | virtio irq / IO | vCPU threads | main loop | workers |"
+    echo "| run | IOPS (run's own) | I/Os seen | SQ db / IO | CQ db / IO | shadow db / IO | NVMe MSI-X / IO | virtio notify / IO | virtio irq / IO | vCPU threads | main loop | other threads |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     local i=0 label f frc iops seg
     while IFS=$'\t' read -r label f frc; do
@@ -150,6 +158,9 @@ diag() {
       per() { awk -v x="$1" -v n="$n" 'BEGIN { if (n > 0) printf "%.2f", x / n; else print "-" }'; }
       echo "| $label | $iops | $n | $(per "$sq") | $(per "$cq") | $(per "$sh") | $(per "$irq") | $(per "$vn") | $(per "$vi") | $cv | $cm | $cw |"
     done <"$OUT/diag/order.tsv"
+    echo
+    echo "Guest clock:"
+    sed 's/^/    /' "$OUT/diag/clock.txt" 2>/dev/null
   } | tee "$OUT/diag.md"
 }
 
@@ -165,7 +176,7 @@ report() {
   nb=$(find "$OUT" -maxdepth 2 -name results.tsv | wc -l)
   [ -n "$ACCEL" ] || ACCEL=$(sed -n 's/^accel \([a-z]*\).*/\1/p' "$OUT"/boot-*/versions.txt 2>/dev/null | head -n 1)
   {
-    echo "Guest benchmark, $(date -u -r "$OUT/all.tsv" '+%Y-%m-%d %H:%M UTC'): accel=${ACCEL:-unknown}, mode=$MODE, $nb boot(s), ${TIME}s per run${TOTAL:+, total ${TOTAL}s}"
+    echo "Guest benchmark, $(date -u -r "$OUT/all.tsv" '+%Y-%m-%d %H:%M UTC'): accel=${ACCEL:-unknown}, mode=$MODE${APPEND:+, kernel args:$APPEND}, $nb boot(s), ${TIME}s per run${TOTAL:+, total ${TOTAL}s}"
     echo "Host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1), $(uname -r); guest: kernel $(sed -n 2p "$OUT"/boot-1/versions.txt 2>/dev/null), $(sed -n 3p "$OUT"/boot-1/versions.txt 2>/dev/null) vCPUs"
     echo "Figures: medians across boots of the runs that completed; p50/p99 in µs (fio: clat; qemu-img reports none)."
     echo "peer/mfio: the contender's IOPS over ours; mfio/peer: ours over the contender's (the targets' form)."
@@ -224,7 +235,7 @@ if [ "$BUILD" = 1 ]; then
 fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-printf 'TIME=%q MODE=%q CONTENDERS=%q WORKLOADS=%q\n' "$TIME" "$MODE" "$CONTENDERS" "$WORKLOADS" >"$OUT/params.sh"
+printf 'TIME=%q MODE=%q CONTENDERS=%q WORKLOADS=%q APPEND=%q\n' "$TIME" "$MODE" "$CONTENDERS" "$WORKLOADS" "$APPEND" >"$OUT/params.sh"
 # Every boot runs this copy of nvme-cat: others rebuild target/release in the same checkout, and
 # a run's boots must measure one build. The source state goes with it.
 mkdir -p "$OUT/bin"
@@ -250,7 +261,7 @@ for b in $(seq "$BOOTS"); do
   # --no-bind: the devices start on the kernel's drivers; bench-guest.sh rebinds them.
   rc=0
   flock /tmp/mfio-qemu.lock "$HERE/vm-run.sh" --no-bind --release --mode "$MODE" --out "$OUT" \
-    --timeout "$BOOT_TIMEOUT" --env "MFIO_BENCH_NVME_CAT=$OUT/bin/nvme-cat" \
+    ${APPEND:+--append "$APPEND"} --timeout "$BOOT_TIMEOUT" --env "MFIO_BENCH_NVME_CAT=$OUT/bin/nvme-cat" \
     -- bash "$ROOT/vm-tests/guest/bench-guest.sh" --time "$TIME" \
     --contenders "$CONTENDERS" --workloads "$WORKLOADS" --boot "$b" \
     >"$OUT/boot-$b.log" 2>&1 || rc=$?

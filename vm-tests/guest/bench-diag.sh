@@ -50,12 +50,31 @@ blockdev() {
   done
   return 1
 }
-fio_job() { # fio_job BDEV QD EXTRA...
+fio_job() { # fio_job BDEV QD EXTRA...: the fio command line in FIO (run() needs a command)
   local b=$1 qd=$2
   shift 2
-  fio --name=d --filename="$b" --direct=1 --rw=randread --bs=4k --iodepth="$qd" --numjobs=1 \
-    --time_based --runtime="$TIME" --norandommap --randrepeat=0 --output-format=json "$@"
+  FIO=(fio --name=d --filename="$b" --direct=1 --rw=randread --bs=4k --iodepth="$qd" --numjobs=1
+    --time_based --runtime="$TIME" --norandommap --randrepeat=0 --output-format=json "$@")
 }
+
+# The guest's clock: a polling driver and fio read it per I/O (latency), and under TCG the TSC
+# may be declared unstable, leaving hpet or acpi_pm (a system call and an emulated device read
+# per clock read). Cost of one clock read, against a loop of the same shape without it.
+{
+  echo "clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) (available: $(cat /sys/devices/system/clocksource/clocksource0/available_clocksource))"
+  dmesg | grep -iE 'clocksource|tsc' | tail -n 8
+  python3 -c '
+import time
+n = 20000
+t0 = time.perf_counter_ns()
+for _ in range(n): time.monotonic_ns()
+t1 = time.perf_counter_ns()
+for _ in range(n): abs(1)
+t2 = time.perf_counter_ns()
+print("clock_gettime(CLOCK_MONOTONIC) from Python: %.0f ns per call, loop without it %.0f ns" % ((t1 - t0) / n, (t2 - t1) / n))
+' 2>&1
+} >"$OUT/clock.txt"
+cat "$OUT/clock.txt" >&2
 
 for dev in nvme virtio; do
   if [ "$dev" = nvme ]; then
@@ -68,11 +87,25 @@ for dev in nvme virtio; do
   bind "$addr" "$drv"
   if b=$(blockdev "$addr"); then
     for qd in 1 32; do
-      run "$dev fio-io_uring qd$qd" "$OUT/$dev.fio-io_uring.qd$qd.json" fio_job "$b" "$qd" --ioengine=io_uring
-      run "$dev fio-io_uring-poll qd$qd" "$OUT/$dev.fio-io_uring-poll.qd$qd.json" fio_job "$b" "$qd" --ioengine=io_uring --hipri=1
+      fio_job "$b" "$qd" --ioengine=io_uring
+      run "$dev fio-io_uring qd$qd" "$OUT/$dev.fio-io_uring.qd$qd.json" "${FIO[@]}"
+      fio_job "$b" "$qd" --ioengine=io_uring --hipri=1
+      run "$dev fio-io_uring-poll qd$qd" "$OUT/$dev.fio-io_uring-poll.qd$qd.json" "${FIO[@]}"
+    done
+  fi
+  # System calls per I/O (strace -c, outside the trace windows): the I/O path of a userspace
+  # driver should make none; fio's show what the kernel path costs in crossings.
+  if [ -n "${b:-}" ] && [ "$dev" = nvme ]; then
+    for e in io_uring io_uring-poll; do
+      x=(--ioengine=io_uring)
+      [ "$e" = io_uring-poll ] && x+=(--hipri=1)
+      strace -f -c -o "$OUT/$dev.strace.fio-$e.qd1.txt" fio --name=s --filename="$b" --direct=1 --rw=randread --bs=4k \
+        --iodepth=1 --time_based --runtime=2 --output-format=json "${x[@]}" >"$OUT/$dev.strace.fio-$e.qd1.json" 2>/dev/null
     done
   fi
   bind "$addr" vfio-pci
+  strace -f -c -o "$OUT/$dev.strace.mfio.qd1.txt" "$NVME_CAT" bench "$addr" --rw randread --bs 4K --qd 1 --time 2 -o json \
+    >"$OUT/$dev.strace.mfio.qd1.json" 2>/dev/null
   for qd in 1 32; do
     run "$dev mfio qd$qd" "$OUT/$dev.mfio.qd$qd.json" "$NVME_CAT" bench "$addr" --rw randread --bs 4K --qd "$qd" --time "$TIME" -o json
   done

@@ -143,7 +143,7 @@ run_fio() {
 # to configure NVMe write cache"); -t writeback works. It has been seen hanging about one run in
 # qemu_once FILE COUNT QD BS: one qemu-img bench run. The hangs seen so far came before its
 # first request (no "Sending ..." line: opening the controller never finished), so a run that
-# has not started after 15 s counts as hung at once instead of waiting out the whole timeout.
+# has not started after 10 s counts as hung at once instead of waiting out the whole timeout.
 qemu_once() {
   local f=$1 pid _ started=0
   echo "+ qemu-img bench -f raw -t writeback -c $2 -d $3 -s $4 nvme://$NVME/1" >"$f.cmd"
@@ -151,12 +151,12 @@ qemu_once() {
     stdbuf -oL qemu-img bench -f raw -t writeback -c "$2" -d "$3" -s "$4" "nvme://$NVME/1" \
     >"$f" 2>"$f.err" </dev/null &
   pid=$!
-  for _ in $(seq 150); do
+  for _ in $(seq 100); do
     if grep -q '^Sending' "$f" 2>/dev/null || ! kill -0 "$pid" 2>/dev/null; then started=1; break; fi
     sleep 0.1
   done
   if [ "$started" = 0 ]; then
-    echo "no request sent after 15 s: killed" >>"$f.err"
+    echo "no request sent after 10 s: killed" >>"$f.err"
     # qemu-img is the child of the timeout process started above: end it by its parent's PID,
     # then the wrapper.
     pkill -KILL -P "$pid" 2>/dev/null
