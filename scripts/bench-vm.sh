@@ -7,8 +7,10 @@
 # Usage: scripts/bench-vm.sh [options]
 #   --boots N            guest boots (default 3); every boot measures every contender, and the
 #                        tables show medians across boots (guest figures vary 15-20 % per boot)
-#   --time SECONDS       duration of each run (default 4: 37 runs a boot at about 1.5 s start-up
-#                        each, so 3 boots take about 11 minutes; 5 s took 15 minutes)
+#   --time SECONDS       duration of each run (default 4). A boot runs 37, each with about
+#                        1.5 s of start-up, plus qemu-img's hangs (10 s each): 3 boots took
+#                        14.2 min at 4 s and 14.9 min at 5 s; --time 3 or fewer --contenders
+#                        for a quicker look
 #   --contenders LIST    comma-separated (default all): mfio, fio-io_uring, fio-io_uring-poll,
 #                        fio-libaio, qemu-nvme
 #   --workloads LIST     comma-separated (default rand4k-qd1,rand4k-qd32,rand4k-qd128,
