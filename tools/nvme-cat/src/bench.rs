@@ -102,7 +102,9 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         _ => {
             let opts = ControllerOptions {
                 io_queues: a.queues.max(1),
-                queue_depth: (a.qd + 1).clamp(2, 4096) as u16,
+                // At least 64 entries: with a tiny ring the lazy CQ head doorbell fires on
+                // every completion (half of a 2-entry ring is one entry).
+                queue_depth: (a.qd + 1).clamp(64, 4096) as u16,
                 ..Default::default()
             };
             let nvme = open_nvme(&a.device, opts)?;
