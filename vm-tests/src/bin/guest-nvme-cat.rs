@@ -9,19 +9,10 @@
 use std::io::Write;
 use std::process::{Command, ExitCode, Stdio};
 
-type R<T> = Result<T, String>;
+use vm_tests::R;
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => {
-            println!("guest-nvme-cat: PASS");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("guest-nvme-cat: FAIL: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    vm_tests::run_main("guest-nvme-cat", run)
 }
 
 fn nvme_cat(args: &[&str], stdin: &[u8]) -> R<Vec<u8>> {

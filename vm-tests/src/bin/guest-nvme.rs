@@ -14,27 +14,10 @@ use mfio_pci::{PciAddress, VfioPci};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-type R<T> = Result<T, String>;
-
-macro_rules! ensure {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
-}
+use vm_tests::{ensure, R};
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => {
-            println!("guest-nvme: PASS");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("guest-nvme: FAIL: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    vm_tests::run_main("guest-nvme", run)
 }
 
 fn run() -> R<()> {

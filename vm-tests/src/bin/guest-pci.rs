@@ -20,27 +20,10 @@ use std::time::{Duration, Instant};
 use mfio_dma::{DmaBuffer, PagePolicy, PAGE_SIZE};
 use mfio_pci::{IommuMode, PciAddress, PciDevice, Sysfs, VfioPci, CAP_ID_VENDOR};
 
-type R<T> = Result<T, String>;
-
-macro_rules! ensure {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
-}
+use vm_tests::{ensure, R};
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => {
-            println!("guest-pci: PASS");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("guest-pci: FAIL: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    vm_tests::run_main("guest-pci", run)
 }
 
 fn expected_mode() -> R<Option<IommuMode>> {

@@ -16,27 +16,10 @@ use mfio_virtio::{BlkQueue, Options, VirtioBlk};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-type R<T> = Result<T, String>;
-
-macro_rules! ensure {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
-}
+use vm_tests::{ensure, R};
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => {
-            println!("guest-virtio: PASS");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("guest-virtio: FAIL: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    vm_tests::run_main("guest-virtio", run)
 }
 
 fn run() -> R<()> {
