@@ -241,12 +241,15 @@ where
     }
     while in_flight > 0 {
         dev.poll_backend(&mut cx);
+        // One clock read per round with completions, shared by all of them: a clock read can
+        // cost a system call and an emulated timer read (hpet in a TCG guest).
+        let mut round_now = None;
         for (i, p) in packets.iter_mut().enumerate() {
             if !busy[i] {
                 continue;
             }
             let Poll::Ready(t) = p.poll_done(&mut cx) else { continue };
-            let now = Instant::now();
+            let now = *round_now.get_or_insert_with(Instant::now);
             busy[i] = false;
             in_flight -= 1;
             match t.error {
