@@ -67,6 +67,12 @@ where
     if prp1 & 3 != 0 || len == 0 {
         return Err(PrpError::Misaligned);
     }
+    // Fast path, the common case: one contiguous piece spanning at most two pages.
+    let end_in_first = (prp1 % page) as usize + len;
+    if first.len >= len && end_in_first <= 2 * PAGE_SIZE {
+        let prp2 = if end_in_first <= PAGE_SIZE { 0 } else { (prp1 & !(page - 1)) + page };
+        return Ok((prp1, prp2));
+    }
     let total_entries = ((prp1 % page) as usize + len).div_ceil(PAGE_SIZE);
     let list_entries = total_entries - 1;
     if list_entries > list.capacity() {
