@@ -163,58 +163,55 @@ impl AdminQueue {
         Ok(sq.min(cq).min(wanted.max(1)))
     }
 
-    /// Creates I/O completion queue `qid` (physically contiguous, polled: no interrupts).
-    pub(crate) fn create_cq<D: PciDevice>(
+    /// Creates I/O queue pair `qid`: the completion queue, then the submission queue that
+    /// completes into it (both physically contiguous, polled: no interrupts). If the SQ is
+    /// refused, the CQ is deleted again, so a failure leaves nothing behind.
+    pub(crate) fn create_queue_pair<D: PciDevice>(
         &mut self,
         dev: &D,
         qid: u16,
         entries: u16,
-        iova: u64,
+        sq_iova: u64,
+        cq_iova: u64,
         timeout: Duration,
     ) -> Result<(), NvmeError> {
-        let mut cmd = Command::new(admin::CREATE_CQ, 0);
-        cmd.prp1 = iova;
-        cmd.cdw10 = (u32::from(entries - 1) << 16) | u32::from(qid);
-        cmd.cdw11 = 1; // PC: physically contiguous; IEN = 0: polled
-        self.execute(dev, cmd, timeout).map(drop)
+        let size = u32::from(entries - 1) << 16;
+        let mut cq = Command::new(admin::CREATE_CQ, 0);
+        cq.prp1 = cq_iova;
+        cq.cdw10 = size | u32::from(qid);
+        cq.cdw11 = 1; // PC: physically contiguous; IEN = 0: polled
+        self.execute(dev, cq, timeout)?;
+        let mut sq = Command::new(admin::CREATE_SQ, 0);
+        sq.prp1 = sq_iova;
+        sq.cdw10 = size | u32::from(qid);
+        sq.cdw11 = (u32::from(qid) << 16) | 1; // CQID, PC
+        if let Err(e) = self.execute(dev, sq, timeout) {
+            let _ = self.delete_queue(dev, admin::DELETE_CQ, qid, timeout);
+            return Err(e);
+        }
+        Ok(())
     }
 
-    /// Creates I/O submission queue `qid`, completing into CQ `qid`.
-    pub(crate) fn create_sq<D: PciDevice>(
-        &mut self,
-        dev: &D,
-        qid: u16,
-        entries: u16,
-        iova: u64,
-        timeout: Duration,
-    ) -> Result<(), NvmeError> {
-        let mut cmd = Command::new(admin::CREATE_SQ, 0);
-        cmd.prp1 = iova;
-        cmd.cdw10 = (u32::from(entries - 1) << 16) | u32::from(qid);
-        cmd.cdw11 = (u32::from(qid) << 16) | 1; // CQID, PC
-        self.execute(dev, cmd, timeout).map(drop)
-    }
-
-    /// Deletes I/O submission queue `qid` (outstanding commands are aborted by the controller).
-    pub(crate) fn delete_sq<D: PciDevice>(
+    /// Deletes I/O queue pair `qid`: the SQ (the controller aborts what it still holds), then
+    /// the CQ.
+    pub(crate) fn delete_queue_pair<D: PciDevice>(
         &mut self,
         dev: &D,
         qid: u16,
         timeout: Duration,
     ) -> Result<(), NvmeError> {
-        let mut cmd = Command::new(admin::DELETE_SQ, 0);
-        cmd.cdw10 = u32::from(qid);
-        self.execute(dev, cmd, timeout).map(drop)
+        self.delete_queue(dev, admin::DELETE_SQ, qid, timeout)?;
+        self.delete_queue(dev, admin::DELETE_CQ, qid, timeout)
     }
 
-    /// Deletes I/O completion queue `qid`.
-    pub(crate) fn delete_cq<D: PciDevice>(
+    fn delete_queue<D: PciDevice>(
         &mut self,
         dev: &D,
+        opcode: u8,
         qid: u16,
         timeout: Duration,
     ) -> Result<(), NvmeError> {
-        let mut cmd = Command::new(admin::DELETE_CQ, 0);
+        let mut cmd = Command::new(opcode, 0);
         cmd.cdw10 = u32::from(qid);
         self.execute(dev, cmd, timeout).map(drop)
     }

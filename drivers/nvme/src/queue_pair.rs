@@ -143,15 +143,14 @@ impl<D: PciDevice> IoQueue<D> {
         let mut prp_pool = DmaPool::new(space, prp_pages * PAGE_SIZE, nslots, PAGE_SIZE)?;
         let bounce_pool =
             DmaPool::new(space, bounce_size, opts.bounce_buffers.clamp(1, nslots), PAGE_SIZE)?;
-        {
-            let t = opts.admin_timeout;
-            let mut admin = ctrl.admin();
-            admin.create_cq(dev, qid, entries, cq.iova(), t)?;
-            if let Err(e) = admin.create_sq(dev, qid, entries, sq.iova(), t) {
-                let _ = admin.delete_cq(dev, qid, t);
-                return Err(e);
-            }
-        }
+        ctrl.admin().create_queue_pair(
+            dev,
+            qid,
+            entries,
+            sq.iova(),
+            cq.iova(),
+            opts.admin_timeout,
+        )?;
         let mut translator = space.translator();
         let mut slots = Vec::with_capacity(nslots);
         for _ in 0..nslots {
@@ -804,10 +803,7 @@ impl<D: PciDevice> IoQueue<D> {
         let dev = self.ctrl.device();
         let entries = inner.sq.entries();
         let (sq_iova, cq_iova) = (inner.sq.iova(), inner.cq.iova());
-        let mut admin = self.ctrl.admin();
-        let r = admin
-            .create_cq(dev, self.qid, entries, cq_iova, t)
-            .and_then(|()| admin.create_sq(dev, self.qid, entries, sq_iova, t));
+        let r = self.ctrl.admin().create_queue_pair(dev, self.qid, entries, sq_iova, cq_iova, t);
         match r {
             Ok(()) => {
                 inner.broken = false;
@@ -837,9 +833,7 @@ impl<D: PciDevice> Drop for IoQueue<D> {
         if self.inner.borrow().epoch == self.ctrl.epoch() && !self.inner.borrow().broken {
             let t = self.ctrl.options().admin_timeout;
             let dev = self.ctrl.device();
-            let mut admin = self.ctrl.admin();
-            let _ = admin.delete_sq(dev, self.qid, t);
-            let _ = admin.delete_cq(dev, self.qid, t);
+            let _ = self.ctrl.admin().delete_queue_pair(dev, self.qid, t);
         }
         self.ctrl.release_qid(self.qid);
     }

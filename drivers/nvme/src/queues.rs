@@ -31,11 +31,9 @@ impl SubmissionQueue {
         entries: u16,
         dstrd: u8,
     ) -> Result<Self, NvmeError> {
-        let len = usize::from(entries) * COMMAND_SIZE;
-        let mem = space.alloc(len)?;
-        mem.mem().zero();
+        let (mem, iova) = ring(space, usize::from(entries) * COMMAND_SIZE)?;
         Ok(Self {
-            iova: ring_iova(&mem, len)?,
+            iova,
             mem,
             entries,
             tail: 0,
@@ -117,11 +115,9 @@ impl CompletionQueue {
         entries: u16,
         dstrd: u8,
     ) -> Result<Self, NvmeError> {
-        let len = usize::from(entries) * COMPLETION_SIZE;
-        let mem = space.alloc(len)?;
-        mem.mem().zero();
+        let (mem, iova) = ring(space, usize::from(entries) * COMPLETION_SIZE)?;
         Ok(Self {
-            iova: ring_iova(&mem, len)?,
+            iova,
             mem,
             entries,
             head: 0,
@@ -194,7 +190,11 @@ impl CompletionQueue {
     }
 }
 
-/// Rings are created physically contiguous (PC=1): the device must see them as one range.
-fn ring_iova(mem: &DmaBuffer, len: usize) -> Result<u64, NvmeError> {
-    mem.contiguous_iova(0, len).map(|i| i.get()).ok_or(NvmeError::NotContiguous(len))
+/// Zeroed ring memory and its IOVA. Rings are created physically contiguous (PC=1): the device
+/// must see them as one range.
+fn ring(space: &Arc<DmaSpace>, len: usize) -> Result<(DmaBuffer, u64), NvmeError> {
+    let mem = space.alloc(len)?;
+    mem.mem().zero();
+    let iova = mem.contiguous_iova(0, len).ok_or(NvmeError::NotContiguous(len))?.get();
+    Ok((mem, iova))
 }
