@@ -4,8 +4,9 @@ use crate::output::json;
 use crate::target::{is_virtio, open_file, open_nvme, open_virtio, parse, parse_size, Spec};
 use crate::{with_ctrl, with_virtio, Format};
 use clap::{Args, ValueEnum};
-use mfio::{FromDevice, ToDevice, Window};
+use mfio::{BlockDevice, FromDevice, ReadAt, ToDevice, Window, WriteAt};
 use mfio_conformance::load::{self, LoadResult, LoadSpec, Pattern};
+use mfio_dma::DmaSpace;
 use mfio_nvme::{Controller, ControllerOptions};
 use mfio_pci::PciDevice;
 use serde_json::json;
@@ -124,43 +125,10 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
 fn virtio_bench(s: Spec, a: &BenchArgs, block: usize) -> Result<LoadResult, String> {
     let v = open_virtio(s, a.queues.max(1))?;
     with_virtio!(&v, |v| {
-        let queues = a.queues.max(1).min(v.queue_count());
-        let results: Vec<Result<LoadResult, String>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..queues)
-                .map(|t| {
-                    let q = v.queue(t);
-                    let space = v.device().dma().clone();
-                    scope.spawn(move || -> Result<LoadResult, String> {
-                        let q = q.map_err(|e| e.to_string())?;
-                        let s = spec(a, 1 + u64::from(t))?;
-                        let dma = || {
-                            Window::new(
-                                space.alloc(block).expect("DMA memory for the benchmark"),
-                                0,
-                                block,
-                            )
-                            .expect("window inside its buffer")
-                        };
-                        Ok(match (is_write(a), a.bounce) {
-                            (false, false) => load::run::<_, FromDevice, _>(&q, &s, dma),
-                            (true, false) => load::run::<_, ToDevice, _>(&q, &s, dma),
-                            (false, true) => {
-                                load::run::<_, FromDevice, _>(&q, &s, || vec![0u8; block])
-                            }
-                            (true, true) => {
-                                load::run::<_, ToDevice, _>(&q, &s, || vec![0u8; block])
-                            }
-                        })
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err("a bench thread panicked".into())))
-                .collect()
-        });
-        let results: Vec<LoadResult> = results.into_iter().collect::<Result<_, _>>()?;
-        Ok(LoadResult::merge(&results))
+        let queues = (0..a.queues.max(1).min(v.queue_count()))
+            .map(|t| v.queue(t).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        run_queues(queues, v.device().dma(), a, block)
     })
 }
 
@@ -169,36 +137,41 @@ fn nvme_bench<D: PciDevice + Send + Sync + 'static>(
     a: &BenchArgs,
     block: usize,
 ) -> Result<LoadResult, String> {
-    let queues = a.queues.max(1);
+    let queues = (0..a.queues.max(1))
+        .map(|_| c.io_queue(a.nsid).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    run_queues(queues, c.device().dma(), a, block)
+}
+
+/// Runs the load on every queue at once, one thread each (queues are `Send`, not `Sync`), with
+/// DMA buffers from `space` (zero copy) unless `--bounce`; merges the results.
+fn run_queues<Q>(
+    queues: Vec<Q>,
+    space: &Arc<DmaSpace>,
+    a: &BenchArgs,
+    block: usize,
+) -> Result<LoadResult, String>
+where
+    Q: ReadAt + WriteAt + BlockDevice + Send,
+{
     let results: Vec<Result<LoadResult, String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..queues)
-            .map(|t| {
-                let c = c.clone();
+        let handles: Vec<_> = queues
+            .into_iter()
+            .enumerate()
+            .map(|(t, q)| {
                 scope.spawn(move || -> Result<LoadResult, String> {
-                    let q = c.io_queue(a.nsid).map_err(|e| e.to_string())?;
-                    let s = spec(a, 1 + u64::from(t))?;
-                    let space = c.device().dma();
-                    let r = match (is_write(a), a.bounce) {
-                        (false, false) => load::run::<_, FromDevice, _>(&q, &s, || {
-                            Window::new(
-                                space.alloc(block).expect("DMA memory for the benchmark"),
-                                0,
-                                block,
-                            )
-                            .expect("window inside its buffer")
-                        }),
-                        (true, false) => load::run::<_, ToDevice, _>(&q, &s, || {
-                            Window::new(
-                                space.alloc(block).expect("DMA memory for the benchmark"),
-                                0,
-                                block,
-                            )
-                            .expect("window inside its buffer")
-                        }),
-                        (false, true) => load::run::<_, FromDevice, _>(&q, &s, || vec![0u8; block]),
-                        (true, true) => load::run::<_, ToDevice, _>(&q, &s, || vec![0u8; block]),
+                    let s = spec(a, 1 + t as u64)?;
+                    let dma = || {
+                        let buf = space.alloc(block).expect("DMA memory for the benchmark");
+                        Window::new(buf, 0, block).expect("window inside its buffer")
                     };
-                    Ok(r)
+                    let heap = || vec![0u8; block];
+                    Ok(match (is_write(a), a.bounce) {
+                        (false, false) => load::run::<_, FromDevice, _>(&q, &s, dma),
+                        (true, false) => load::run::<_, ToDevice, _>(&q, &s, dma),
+                        (false, true) => load::run::<_, FromDevice, _>(&q, &s, heap),
+                        (true, true) => load::run::<_, ToDevice, _>(&q, &s, heap),
+                    })
                 })
             })
             .collect();
