@@ -34,6 +34,8 @@ struct State {
     alloc: IovaAllocator,
     /// IOVA start -> (virtual start, length).
     maps: BTreeMap<u64, (usize, usize)>,
+    /// Map every page at its own IOVA (see [`CheckingMapper::scattered`]).
+    scatter: bool,
 }
 
 /// Records every mapping and gives device models bounds-checked access by IOVA.
@@ -59,9 +61,20 @@ impl CheckingMapper {
             state: Mutex::new(State {
                 alloc: IovaAllocator::new(&[(CHECKING_IOVA_BASE, CHECKING_IOVA_LAST)], 0),
                 maps: BTreeMap::new(),
+                scatter: false,
             }),
             faults: AtomicU64::new(0),
         }
+    }
+
+    /// A mapper that maps every 4 KiB page at its own IOVA, each followed by a guard page, as
+    /// physical pages are in no-IOMMU mode without huge pages: memory is contiguous to the
+    /// device only within a page, so drivers must describe it page by page (PRP lists, SGL
+    /// segments) or bounce it, and rings larger than a page cannot be created.
+    pub fn scattered() -> CheckingMapper {
+        let m = CheckingMapper::new();
+        m.state().scatter = true;
+        m
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -167,10 +180,25 @@ impl DmaMapper for CheckingMapper {
     unsafe fn map(&self, virt: VirtAddr, len: usize) -> Result<Vec<MappedChunk>, DmaError> {
         check_page_range(virt, len)?;
         let mut st = self.state();
-        // The guard page after the mapping stays allocated but unmapped.
-        let iova = st.alloc.alloc(len as u64 + PAGE_SIZE as u64, PAGE_SIZE as u64)?;
-        st.maps.insert(iova.0, (virt.0, len));
-        Ok(vec![MappedChunk { virt, iova, len }])
+        let piece = if st.scatter { PAGE_SIZE } else { len };
+        let mut chunks = Vec::with_capacity(len / piece);
+        for off in (0..len).step_by(piece) {
+            // The guard page after each mapping stays allocated but unmapped.
+            let iova = match st.alloc.alloc(piece as u64 + PAGE_SIZE as u64, PAGE_SIZE as u64) {
+                Ok(i) => i,
+                Err(e) => {
+                    for c in chunks.drain(..) {
+                        let MappedChunk { iova, len, .. } = c;
+                        st.maps.remove(&iova.0);
+                        let _ = st.alloc.free(iova, len as u64 + PAGE_SIZE as u64);
+                    }
+                    return Err(e);
+                }
+            };
+            st.maps.insert(iova.0, (virt.0 + off, piece));
+            chunks.push(MappedChunk { virt: VirtAddr(virt.0 + off), iova, len: piece });
+        }
+        Ok(chunks)
     }
 
     fn unmap(&self, chunks: &[MappedChunk]) -> Result<(), DmaError> {
@@ -225,6 +253,23 @@ mod tests {
         drop(b);
         assert!(m.read(ib, &mut [0]).is_err(), "unmapped on drop");
         assert_eq!(m.mappings().len(), 1);
+    }
+
+    #[test]
+    fn scattered_maps_every_page_apart() {
+        let m = Arc::new(CheckingMapper::scattered());
+        let space = DmaSpace::new(m.clone());
+        let a = space.alloc(3 * PAGE_SIZE).unwrap();
+        assert_eq!(m.mappings().len(), 3);
+        assert!(a.contiguous_iova(0, PAGE_SIZE).is_some());
+        assert!(a.contiguous_iova(0, PAGE_SIZE + 1).is_none(), "pages are apart to the device");
+        let (p0, p1) = (a.iova_at(0).unwrap(), a.iova_at(PAGE_SIZE).unwrap());
+        assert!(p1.0 > p0.0 + PAGE_SIZE as u64, "a guard page between them");
+        a.mem().write_le32(PAGE_SIZE, 9);
+        assert_eq!(m.read_le32(p1).unwrap(), 9);
+        assert!(m.read(Iova(p0.0 + PAGE_SIZE as u64 - 2), &mut [0; 4]).is_err());
+        drop(a);
+        assert!(m.mappings().is_empty());
     }
 
     #[test]

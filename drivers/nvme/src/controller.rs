@@ -4,6 +4,7 @@ use crate::admin::{AdminQueue, ErrorLogEntry, SmartLog, ADMIN_ENTRIES};
 use crate::error::NvmeError;
 use crate::namespace::Namespace;
 use crate::queue_pair::IoQueue;
+use crate::sgl::SglAlignment;
 use crate::spec::{
     cns, log, regs, Cap, Cc, Csts, IdentifyController, IdentifyNamespace, PAGE_SIZE,
 };
@@ -29,6 +30,22 @@ pub struct ControllerOptions {
     pub admin_timeout: Duration,
     /// Bound on each I/O command before it is aborted.
     pub io_timeout: Duration,
+    /// How I/O commands describe their data (PRPs, SGLs, or PRPs with SGLs as the fallback).
+    pub data_pointer: DataPointer,
+}
+
+/// How I/O commands describe their data to the controller.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum DataPointer {
+    /// PRPs, the cheapest for the common case; SGLs, when the controller offers them, for
+    /// memory PRPs cannot describe (pieces that do not meet at page boundaries, odd offsets),
+    /// which would otherwise bounce.
+    #[default]
+    Auto,
+    /// PRPs only: memory they cannot describe bounces.
+    Prp,
+    /// SGLs for every read and write (bring-up fails if the controller does not offer them).
+    Sgl,
 }
 
 impl Default for ControllerOptions {
@@ -41,6 +58,7 @@ impl Default for ControllerOptions {
             bounce_size: 128 << 10,
             admin_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
+            data_pointer: DataPointer::Auto,
         }
     }
 }
@@ -102,6 +120,13 @@ impl<D: PciDevice> Controller<D> {
             {
                 namespaces.push(ns);
             }
+        }
+        if opts.data_pointer == DataPointer::Sgl && SglAlignment::from_sgls(identify.sgls).is_none()
+        {
+            return Err(NvmeError::Unsupported(
+                "SGLs were asked for (DataPointer::Sgl) but the controller does not offer them \
+                 (Identify SGLS = 0): use DataPointer::Auto or Prp",
+            ));
         }
         let granted = admin.set_queue_count(&dev, opts.io_queues.max(1), t)?;
         let mdts_limit = identify.max_transfer(cap.mps_min()).unwrap_or(usize::MAX);

@@ -63,6 +63,9 @@ pub enum NvmeError {
          (`scripts/setup.sh config`) or use a queue depth of at most 64"
     )]
     NotContiguous(usize),
+    /// The options ask for a feature the controller does not offer.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// No I/O queue is left (all the controller granted are in use).
     #[error("no I/O queue left: the controller granted {0}")]
     NoQueue(u16),

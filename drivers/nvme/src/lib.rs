@@ -3,7 +3,7 @@
 //! Where things happen:
 //! - bring-up, identify and queue creation: `controller.rs` ([`Controller::new`]);
 //! - a command is built in `queue_pair.rs` (I/O, `submit_rw`) and `admin.rs` (admin), with its
-//!   data pointer from `prp.rs`;
+//!   data pointer from `prp.rs` (or `sgl.rs`);
 //! - it is submitted in `queues.rs` (`SubmissionQueue::push`; the doorbell in `commit`, once per
 //!   batch, from [`IoQueue`]'s `poll_backend`);
 //! - it completes in `queue_pair.rs` (`poll_backend` drains the CQ by phase tag, `finish`).
@@ -21,9 +21,10 @@ mod namespace;
 pub mod prp;
 mod queue_pair;
 mod queues;
+pub mod sgl;
 
 pub use admin::{ErrorLogEntry, SmartLog};
-pub use controller::{Controller, ControllerOptions};
+pub use controller::{Controller, ControllerOptions, DataPointer};
 pub use error::NvmeError;
 pub use namespace::Namespace;
 pub use queue_pair::{IoQueue, QueueStats};

@@ -8,10 +8,12 @@
 //! controller completes it: the device never writes memory given back to the caller.
 
 use crate::controller::Controller;
+use crate::controller::DataPointer;
 use crate::error::NvmeError;
 use crate::namespace::Namespace;
-use crate::prp::{self, PrpList};
+use crate::prp::{self, PrpError, PrpList};
 use crate::queues::{CompletionQueue, SubmissionQueue};
+use crate::sgl::{self, SglAlignment};
 use crate::spec::{self, Command, Completion, PAGE_SIZE};
 use mfio::{
     Activity, BlockDevice, Error, ErrorKind, FromDevice, IoBackend, Origin, PacketIo, PacketView,
@@ -83,6 +85,8 @@ pub struct QueueStats {
     pub timeouts: u64,
     /// Most requests waiting for a slot at once.
     pub max_pending: u64,
+    /// Commands whose data was described by an SGL (the rest used PRPs).
+    pub sgl: u64,
 }
 
 struct Inner {
@@ -94,6 +98,7 @@ struct Inner {
     prp_pool: DmaPool,
     bounce_pool: DmaPool,
     translator: Translator,
+    dptr: DataPointers,
     pending: VecDeque<Pending>,
     stats: QueueStats,
     t0: Instant,
@@ -138,8 +143,10 @@ impl<D: PciDevice> IoQueue<D> {
         let max_transfer = ctrl.max_transfer() / ns.block_size as usize * ns.block_size as usize;
         let bounce_size = (opts.bounce_size.max(PAGE_SIZE) / PAGE_SIZE * PAGE_SIZE)
             .min(max_transfer.next_multiple_of(PAGE_SIZE));
-        // Enough list entries for the largest transfer starting at any offset in a page.
-        let prp_pages = prp::list_pages_for(max_transfer.div_ceil(PAGE_SIZE) + 1);
+        // Enough list entries for the largest transfer starting at any offset in a page, as
+        // PRPs or as SGL descriptors for memory scattered page by page.
+        let pieces = max_transfer.div_ceil(PAGE_SIZE) + 1;
+        let prp_pages = prp::list_pages_for(pieces).max(sgl::pages_for(pieces));
         let mut prp_pool = DmaPool::new(space, prp_pages * PAGE_SIZE, nslots, PAGE_SIZE)?;
         let bounce_pool =
             DmaPool::new(space, bounce_size, opts.bounce_buffers.clamp(1, nslots), PAGE_SIZE)?;
@@ -182,6 +189,12 @@ impl<D: PciDevice> IoQueue<D> {
             bounce_size,
             "I/O queue created"
         );
+        let sgl = SglAlignment::from_sgls(ctrl.identify().sgls);
+        let dptr = match opts.data_pointer {
+            DataPointer::Auto => DataPointers { prefer_sgl: false, sgl },
+            DataPointer::Prp => DataPointers { prefer_sgl: false, sgl: None },
+            DataPointer::Sgl => DataPointers { prefer_sgl: true, sgl },
+        };
         let epoch = ctrl.epoch();
         Ok(Self {
             qid,
@@ -196,6 +209,7 @@ impl<D: PciDevice> IoQueue<D> {
                 prp_pool,
                 bounce_pool,
                 translator,
+                dptr,
                 pending: VecDeque::with_capacity(4 * nslots),
                 stats: QueueStats::default(),
                 t0: Instant::now(),
@@ -413,13 +427,10 @@ impl Inner {
             let idx = self.free.pop().expect("has_room checked a free slot");
             let s = &self.slots[usize::from(idx)];
             let list = PrpList { mem: self.prp_pool.mem(&s.prp), page_iovas: &s.prp_iovas };
-            let zero_copy = prp::build(
-                self.translator.segments(piece.as_ptr(), piece.len()),
-                piece.len(),
-                &list,
-            );
-            let (prp1, prp2, bounce, piece, rest) = match zero_copy {
-                Ok((p1, p2)) => (p1, p2, None, piece, rest),
+            let zero_copy =
+                describe(&mut self.translator, self.dptr, piece.as_ptr(), piece.len(), &list);
+            let (dptr, bounce, piece, rest) = match zero_copy {
+                Ok(d) => (d, None, piece, rest),
                 Err(_) => {
                     // Bounce: at most one bounce buffer per command.
                     let Some(b) = self.bounce_pool.alloc() else {
@@ -442,21 +453,21 @@ impl Inner {
                         (r2, r) => r2.or(r),
                     };
                     P::fill_bounce(&piece, &self.bounce_pool.mem(&b));
-                    // Bounce buffers are whole, page-aligned pages: always PRP-able, whether
-                    // the device sees them as one range or as scattered pages (no-IOMMU).
-                    let bounce_segs =
-                        self.translator.segments(self.bounce_pool.ptr(&b), piece.len());
-                    let (p1, p2) = prp::build(bounce_segs, piece.len(), &list)
-                        .expect("page-aligned mapped bounce pages always fit in PRPs");
+                    // Bounce buffers are whole, page-aligned pages: always PRP-able (and
+                    // SGL-able), whether the device sees them as one range or as scattered
+                    // pages (no-IOMMU).
+                    let ptr = self.bounce_pool.ptr(&b);
+                    let d = describe(&mut self.translator, self.dptr, ptr, piece.len(), &list)
+                        .expect("page-aligned mapped bounce pages always fit in PRPs and SGLs");
                     self.stats.bounced += 1;
-                    (p1, p2, Some(b), piece, rest)
+                    (d, Some(b), piece, rest)
                 }
             };
             let bs = u64::from(q.ns.block_size);
             let mut cmd =
                 Command::rw(P::OPCODE, q.ns.nsid, pos / bs, (piece.len() as u64 / bs) as u32);
-            cmd.prp1 = prp1;
-            cmd.prp2 = prp2;
+            (cmd.prp1, cmd.prp2, cmd.flags) = dptr;
+            self.stats.sgl += u64::from(cmd.flags & Command::PSDT_SGL != 0);
             let len = piece.len();
             self.start(idx, &mut cmd, P::slot_io(piece), bounce);
             pos += len as u64;
@@ -602,6 +613,35 @@ fn cid_of(idx: u16, generation: u16, slot_bits: u32) -> u16 {
         idx
     } else {
         idx | (generation << slot_bits)
+    }
+}
+
+/// How a queue describes data: PRPs, SGLs (when the controller has them), or PRPs first.
+#[derive(Copy, Clone, Debug)]
+struct DataPointers {
+    prefer_sgl: bool,
+    sgl: Option<SglAlignment>,
+}
+
+/// The data pointer `(DPTR1, DPTR2, PSDT flags)` for `len` bytes at `ptr`: PRPs, or an SGL when
+/// asked for or when PRPs cannot describe the memory (and the controller offers SGLs).
+fn describe(
+    t: &mut Translator,
+    how: DataPointers,
+    ptr: *const u8,
+    len: usize,
+    list: &PrpList<'_>,
+) -> Result<(u64, u64, u8), PrpError> {
+    let with_sgl = |t: &mut Translator, align| {
+        sgl::build(t.segments(ptr, len), len, list, align).map(|(a, b)| (a, b, Command::PSDT_SGL))
+    };
+    match (how.prefer_sgl, how.sgl) {
+        (true, Some(align)) => with_sgl(t, align),
+        (_, sgl) => match prp::build(t.segments(ptr, len), len, list) {
+            Ok((a, b)) => Ok((a, b, 0)),
+            Err(e @ PrpError::Unmapped) => Err(e),
+            Err(e) => sgl.map_or(Err(e), |align| with_sgl(t, align)),
+        },
     }
 }
 

@@ -108,3 +108,48 @@ mod chained_prp_lists {
         }
     ));
 }
+
+/// Every read and write described by an SGL (the model offers SGLs), with chained PRP-sized
+/// list pages replaced by SGL segments.
+mod sgl_inline {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        ModelConfig { sgl: true, ..cfg(CompletionMode::Inline) },
+        1,
+        ControllerOptions { data_pointer: mfio_nvme::DataPointer::Sgl, ..Default::default() }
+    ));
+}
+
+mod sgl_shuffled_4096 {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        ModelConfig { sgl: true, ..cfg(CompletionMode::Shuffled { seed: 7 }) },
+        2,
+        ControllerOptions { data_pointer: mfio_nvme::DataPointer::Sgl, ..Default::default() }
+    ));
+}
+
+/// Memory scattered page by page, as in no-IOMMU mode without huge pages: 64-entry queues (a
+/// ring must fit in one page), PRP lists of scattered pages, and with SGLs a descriptor per page
+/// in chained segments.
+mod scattered_prp {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        ModelConfig { scattered_dma: true, mdts: 9, ..cfg(CompletionMode::Inline) },
+        1,
+        ControllerOptions { bounce_size: 2 << 20, ..Default::default() }
+    ));
+}
+
+mod scattered_sgl {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        ModelConfig { scattered_dma: true, sgl: true, mdts: 9, ..cfg(CompletionMode::Reversed) },
+        1,
+        ControllerOptions {
+            data_pointer: mfio_nvme::DataPointer::Sgl,
+            bounce_size: 2 << 20,
+            ..Default::default()
+        }
+    ));
+}

@@ -70,6 +70,11 @@ pub struct ModelConfig {
     pub mqes: u16,
     /// Offer SGLs for I/O commands (Identify SGLS = 1, no alignment requirement). Default off.
     pub sgl: bool,
+    /// Map the driver's DMA memory page by page at scattered IOVAs, as no-IOMMU mode without
+    /// huge pages does (see [`CheckingMapper::scattered`]). Default off.
+    ///
+    /// [`CheckingMapper::scattered`]: mfio_dma::CheckingMapper::scattered
+    pub scattered_dma: bool,
     /// When I/O completions are posted. Default inline.
     pub completion: CompletionMode,
     /// Null I/O: reads and writes validate everything (NSID, range, MDTS, the whole PRP/SGL
@@ -100,6 +105,7 @@ impl Default for ModelConfig {
             max_queues: 16,
             mqes: 1023,
             sgl: false,
+            scattered_dma: false,
             completion: CompletionMode::Inline,
             null_io: false,
             panic_on_violation: true,

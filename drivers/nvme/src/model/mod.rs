@@ -109,7 +109,11 @@ impl NvmeModel {
     /// namespace, `max_queues` outside 1..=1535).
     pub fn new(config: ModelConfig) -> NvmeModel {
         config.validate();
-        let mapper = Arc::new(CheckingMapper::new());
+        let mapper = Arc::new(if config.scattered_dma {
+            CheckingMapper::scattered()
+        } else {
+            CheckingMapper::new()
+        });
         let dma = DmaSpace::new(mapper.clone());
         let timed = match config.completion {
             CompletionMode::Timed { .. } => true,
