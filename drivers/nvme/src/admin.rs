@@ -29,8 +29,10 @@ pub(crate) struct AdminQueue {
 impl AdminQueue {
     pub(crate) fn new(space: &Arc<DmaSpace>, dstrd: u8) -> Result<Self, NvmeError> {
         Ok(Self {
-            sq: SubmissionQueue::new(space, 0, ADMIN_ENTRIES, dstrd)?,
-            cq: CompletionQueue::new(space, 0, ADMIN_ENTRIES, dstrd)?,
+            // The admin queue always rings its registers, as Linux and SPDK do (QEMU mirrors
+            // admin register writes into the shadow page for exactly such hosts).
+            sq: SubmissionQueue::new(space, 0, ADMIN_ENTRIES, dstrd, None)?,
+            cq: CompletionQueue::new(space, 0, ADMIN_ENTRIES, dstrd, None)?,
             next_cid: 0,
             page: space.alloc(PAGE_SIZE)?,
             stray: 0,
@@ -147,6 +149,19 @@ impl AdminQueue {
         let mut cmd = Command::new(admin::GET_FEATURES, 0);
         cmd.cdw10 = u32::from(fid);
         Ok(self.execute(dev, cmd, timeout)?.dw0)
+    }
+
+    /// Doorbell Buffer Config: gives the controller the shadow doorbell and EventIdx pages.
+    pub(crate) fn doorbell_buffer_config<D: PciDevice>(
+        &mut self,
+        dev: &D,
+        (shadow, event): (u64, u64),
+        timeout: Duration,
+    ) -> Result<(), NvmeError> {
+        let mut cmd = Command::new(admin::DOORBELL_BUFFER_CONFIG, 0);
+        cmd.prp1 = shadow;
+        cmd.prp2 = event;
+        self.execute(dev, cmd, timeout).map(|_| ())
     }
 
     /// Number of Queues: asks for `wanted` I/O queue pairs; returns how many were granted.

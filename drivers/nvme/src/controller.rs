@@ -4,6 +4,7 @@ use crate::admin::{AdminQueue, ErrorLogEntry, SmartLog, ADMIN_ENTRIES};
 use crate::error::NvmeError;
 use crate::namespace::Namespace;
 use crate::queue_pair::IoQueue;
+use crate::queues::ShadowDoorbells;
 use crate::sgl::SglAlignment;
 use crate::spec::{
     cns, log, regs, Cap, Cc, Csts, IdentifyController, IdentifyNamespace, PAGE_SIZE,
@@ -32,6 +33,10 @@ pub struct ControllerOptions {
     pub io_timeout: Duration,
     /// How I/O commands describe their data (PRPs, SGLs, or PRPs with SGLs as the fallback).
     pub data_pointer: DataPointer,
+    /// Use shadow doorbells (Doorbell Buffer Config) when the controller offers them (OACS bit
+    /// 8; emulated controllers such as QEMU's): I/O queues then write doorbell registers only
+    /// when the controller's EventIdx asks for it. Default on.
+    pub shadow_doorbells: bool,
 }
 
 /// How I/O commands describe their data to the controller.
@@ -59,6 +64,7 @@ impl Default for ControllerOptions {
             admin_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
             data_pointer: DataPointer::Auto,
+            shadow_doorbells: true,
         }
     }
 }
@@ -73,6 +79,8 @@ pub struct Controller<D: PciDevice> {
     identify_raw: Vec<u8>,
     namespaces: Vec<Namespace>,
     granted: u16,
+    /// Shadow doorbell pages, when the controller took them.
+    shadow: Option<Arc<ShadowDoorbells>>,
     qids: Mutex<Vec<bool>>,
     max_transfer: usize,
     opts: ControllerOptions,
@@ -129,9 +137,30 @@ impl<D: PciDevice> Controller<D> {
             ));
         }
         let granted = admin.set_queue_count(&dev, opts.io_queues.max(1), t)?;
+        let shadow = if opts.shadow_doorbells
+            && identify.oacs & IdentifyController::OACS_DOORBELL_BUFFER_CONFIG != 0
+        {
+            let pages = Arc::new(ShadowDoorbells::new(dev.dma())?);
+            match admin.doorbell_buffer_config(&dev, pages.iovas(), t) {
+                Ok(()) => Some(pages),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Doorbell Buffer Config failed: registers only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mdts_limit = identify.max_transfer(cap.mps_min()).unwrap_or(usize::MAX);
         let max_transfer = opts.max_transfer.min(mdts_limit).max(PAGE_SIZE);
-        tracing::info!(namespaces = namespaces.len(), granted, max_transfer, "controller ready");
+        let shadowed = shadow.is_some();
+        tracing::info!(
+            namespaces = namespaces.len(),
+            granted,
+            max_transfer,
+            shadowed,
+            "controller ready"
+        );
         Ok(Arc::new(Self {
             dev,
             cap,
@@ -141,6 +170,7 @@ impl<D: PciDevice> Controller<D> {
             identify_raw,
             namespaces,
             granted,
+            shadow,
             qids: Mutex::new(vec![false; usize::from(granted) + 1]),
             max_transfer,
             opts,
@@ -192,6 +222,16 @@ impl<D: PciDevice> Controller<D> {
     /// Largest transfer per command, in bytes.
     pub fn max_transfer(&self) -> usize {
         self.max_transfer
+    }
+
+    /// The shadow doorbell pages, when the controller uses them.
+    pub(crate) fn shadow_doorbells(&self) -> Option<&Arc<ShadowDoorbells>> {
+        self.shadow.as_ref()
+    }
+
+    /// Whether I/O queues use shadow doorbells (Doorbell Buffer Config was accepted).
+    pub fn uses_shadow_doorbells(&self) -> bool {
+        self.shadow.is_some()
     }
 
     /// The options the controller was brought up with.
@@ -260,6 +300,11 @@ impl<D: PciDevice> Controller<D> {
         enable(&self.dev, self.cap, &admin)?;
         let t = self.opts.admin_timeout;
         let granted = admin.set_queue_count(&self.dev, self.opts.io_queues.max(1), t)?;
+        if let Some(pages) = &self.shadow {
+            // A reset forgets the buffers: give them again, zeroed, before any queue returns.
+            pages.clear();
+            admin.doorbell_buffer_config(&self.dev, pages.iovas(), t)?;
+        }
         if granted < self.granted {
             tracing::warn!(granted, before = self.granted, "fewer queues granted after reset");
         }

@@ -12,7 +12,7 @@ use crate::controller::DataPointer;
 use crate::error::NvmeError;
 use crate::namespace::Namespace;
 use crate::prp::{self, PrpError, PrpList};
-use crate::queues::{CompletionQueue, SubmissionQueue};
+use crate::queues::{CompletionQueue, ShadowDoorbells, SubmissionQueue};
 use crate::sgl::{self, SglAlignment};
 use crate::spec::{self, Command, Completion, PAGE_SIZE};
 use mfio::{
@@ -137,7 +137,7 @@ impl<D: PciDevice> IoQueue<D> {
         let dev = ctrl.device();
         let space = dev.dma();
         let entries = opts.queue_depth.clamp(2, ctrl.cap().max_queue_entries().min(4096) as u16);
-        let (sq, cq) = rings(space, qid, entries, ctrl.cap().dstrd())?;
+        let (sq, cq) = rings(space, qid, entries, ctrl.cap().dstrd(), ctrl.shadow_doorbells())?;
         let entries = sq.entries();
         let nslots = usize::from(entries - 1);
         let max_transfer = ctrl.max_transfer() / ns.block_size as usize * ns.block_size as usize;
@@ -342,11 +342,12 @@ fn rings(
     qid: u16,
     entries: u16,
     dstrd: u8,
+    shadow: Option<&Arc<ShadowDoorbells>>,
 ) -> Result<(SubmissionQueue, CompletionQueue), NvmeError> {
     let make = |n| -> Result<_, NvmeError> {
         Ok((
-            SubmissionQueue::new(space, qid, n, dstrd)?,
-            CompletionQueue::new(space, qid, n, dstrd)?,
+            SubmissionQueue::new(space, qid, n, dstrd, shadow)?,
+            CompletionQueue::new(space, qid, n, dstrd, shadow)?,
         ))
     };
     match make(entries) {

@@ -4,13 +4,105 @@
 //! the controller was last told), so [`SubmissionQueue::commit`] rings the doorbell once per
 //! batch. The completion queue reads each entry's last dword with Acquire to test the phase
 //! tag before it reads the rest of the entry.
+//!
+//! With shadow doorbells (Doorbell Buffer Config, for emulated controllers), a new index goes
+//! to the shadow page in memory and the register is written only when the controller's
+//! EventIdx says it is waiting to be told: an MMIO write is a VM exit, a memory write is not.
 
 use crate::error::NvmeError;
-use crate::spec::{regs, Command, Completion, COMMAND_SIZE, COMPLETION_SIZE};
+use crate::spec::{regs, Command, Completion, COMMAND_SIZE, COMPLETION_SIZE, PAGE_SIZE};
 use mfio_dma::{DmaBuffer, DmaSpace};
 use mfio_pci::PciDevice;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
+
+/// The shadow doorbell and EventIdx pages given to the controller by Doorbell Buffer Config.
+/// Both mirror the doorbell registers' layout (SQ y tail at slot 2y, CQ y head at 2y + 1).
+pub(crate) struct ShadowDoorbells {
+    /// The host's indexes (written by the driver, read by the controller).
+    shadow: DmaBuffer,
+    /// The controller's EventIdx per doorbell (written by the controller).
+    event: DmaBuffer,
+}
+
+impl ShadowDoorbells {
+    pub(crate) fn new(space: &Arc<DmaSpace>) -> Result<Self, NvmeError> {
+        let (shadow, _) = ring(space, PAGE_SIZE)?;
+        let (event, _) = ring(space, PAGE_SIZE)?;
+        Ok(Self { shadow, event })
+    }
+
+    /// The pages' IOVAs: PRP1 and PRP2 of Doorbell Buffer Config.
+    pub(crate) fn iovas(&self) -> (u64, u64) {
+        (self.shadow.iova().get(), self.event.iova().get())
+    }
+
+    /// Zeroes both pages (before they are given to a freshly reset controller).
+    pub(crate) fn clear(&self) {
+        self.shadow.mem().zero();
+        self.event.mem().zero();
+    }
+}
+
+/// How a queue tells the controller a new index: the register, or the shadow page and the
+/// register only when the controller's EventIdx asks for it.
+pub(crate) struct Doorbell {
+    reg: u64,
+    shadow: Option<(Arc<ShadowDoorbells>, usize)>,
+}
+
+impl Doorbell {
+    /// The doorbell at BAR0 offset `reg`, shadowed when `shadow` is given.
+    pub(crate) fn new(reg: u64, shadow: Option<&Arc<ShadowDoorbells>>) -> Self {
+        let off = (reg - regs::DOORBELL_BASE) as usize;
+        Self { reg, shadow: shadow.filter(|_| off + 4 <= PAGE_SIZE).map(|s| (s.clone(), off)) }
+    }
+
+    /// Whether the index goes through the shadow page.
+    pub(crate) fn is_shadowed(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    /// Tells the controller the index moved from `old` to `new` (mod `entries`). Returns whether
+    /// the register was written.
+    fn ring<D: PciDevice>(&self, dev: &D, old: u16, new: u16, entries: u16) -> bool {
+        let Some((pages, off)) = &self.shadow else {
+            dev.write32(0, self.reg, u32::from(new));
+            return true;
+        };
+        pages.shadow.mem().write_le32(*off, u32::from(new));
+        // The shadow store must be visible before the EventIdx load (store-load ordering, a
+        // full fence): otherwise the controller could go idle at an EventIdx we read stale, and
+        // neither side would see the other's update.
+        fence(Ordering::SeqCst);
+        let event = pages.event.mem().read_le32(*off);
+        if !need_event(event, old, new, entries) {
+            return false;
+        }
+        dev.write32(0, self.reg, u32::from(new));
+        true
+    }
+
+    /// Sets the shadow index to zero (the queue starts afresh on the device).
+    fn reset(&self) {
+        if let Some((pages, off)) = &self.shadow {
+            pages.shadow.mem().write_le32(*off, 0);
+            pages.event.mem().write_le32(*off, 0);
+        }
+    }
+}
+
+/// Whether moving an index from `old` to `new` passes the controller's EventIdx `event`, i.e.
+/// `event` lies in `[old, new)` on the ring of `entries`. An EventIdx outside the ring (a
+/// confused controller) always rings: a spurious doorbell is harmless, a missing one hangs.
+pub(crate) fn need_event(event: u32, old: u16, new: u16, entries: u16) -> bool {
+    let n = u32::from(entries);
+    if event >= n {
+        return true;
+    }
+    let (old, new) = (u32::from(old), u32::from(new));
+    (new + n - event - 1) % n < (new + n - old) % n
+}
 
 /// A submission queue: commands for the controller.
 pub(crate) struct SubmissionQueue {
@@ -21,7 +113,7 @@ pub(crate) struct SubmissionQueue {
     committed_tail: u16,
     /// How far the controller has consumed (from completions' SQ head field).
     head: u16,
-    doorbell: u64,
+    doorbell: Doorbell,
 }
 
 impl SubmissionQueue {
@@ -30,6 +122,7 @@ impl SubmissionQueue {
         qid: u16,
         entries: u16,
         dstrd: u8,
+        shadow: Option<&Arc<ShadowDoorbells>>,
     ) -> Result<Self, NvmeError> {
         let (mem, iova) = ring(space, usize::from(entries) * COMMAND_SIZE)?;
         Ok(Self {
@@ -39,7 +132,7 @@ impl SubmissionQueue {
             tail: 0,
             committed_tail: 0,
             head: 0,
-            doorbell: regs::sq_tail_doorbell(qid, dstrd),
+            doorbell: Doorbell::new(regs::sq_tail_doorbell(qid, dstrd), shadow),
         })
     }
 
@@ -75,9 +168,9 @@ impl SubmissionQueue {
         }
         // The entries must be visible in memory before the controller learns of them.
         fence(Ordering::Release);
-        dev.write32(0, self.doorbell, u32::from(self.tail));
+        let rang = self.doorbell.ring(dev, self.committed_tail, self.tail, self.entries);
         self.committed_tail = self.tail;
-        true
+        rang
     }
 
     /// Records the controller's SQ head from a completion.
@@ -93,6 +186,7 @@ impl SubmissionQueue {
         self.committed_tail = 0;
         self.head = 0;
         self.mem.mem().zero();
+        self.doorbell.reset();
     }
 }
 
@@ -105,7 +199,7 @@ pub(crate) struct CompletionQueue {
     phase: bool,
     /// Entries consumed since the last head doorbell.
     unreported: u16,
-    doorbell: u64,
+    doorbell: Doorbell,
 }
 
 impl CompletionQueue {
@@ -114,6 +208,7 @@ impl CompletionQueue {
         qid: u16,
         entries: u16,
         dstrd: u8,
+        shadow: Option<&Arc<ShadowDoorbells>>,
     ) -> Result<Self, NvmeError> {
         let (mem, iova) = ring(space, usize::from(entries) * COMPLETION_SIZE)?;
         Ok(Self {
@@ -123,7 +218,7 @@ impl CompletionQueue {
             head: 0,
             phase: true,
             unreported: 0,
-            doorbell: regs::cq_head_doorbell(qid, dstrd),
+            doorbell: Doorbell::new(regs::cq_head_doorbell(qid, dstrd), shadow),
         })
     }
 
@@ -163,9 +258,9 @@ impl CompletionQueue {
         if self.unreported == 0 {
             return false;
         }
-        dev.write32(0, self.doorbell, u32::from(self.head));
+        let old = (self.head + self.entries - self.unreported % self.entries) % self.entries;
         self.unreported = 0;
-        true
+        self.doorbell.ring(dev, old, self.head, self.entries)
     }
 
     /// Gives consumed entries back only once half the ring is consumed and unreported.
@@ -174,8 +269,11 @@ impl CompletionQueue {
     /// batch costs an MMIO write (a VM exit under virtualization) per batch, at QD 1 one per
     /// I/O. This never stalls it for good: a controller blocked on a full ring means every
     /// entry is posted, and once the driver has consumed them, at least half are unreported.
+    ///
+    /// With a shadow doorbell every batch updates the shadow (a plain memory write) and the
+    /// EventIdx decides about the register.
     pub(crate) fn commit_lazy<D: PciDevice>(&mut self, dev: &D) -> bool {
-        if self.unreported < self.entries / 2 {
+        if self.unreported < self.entries / 2 && !self.doorbell.is_shadowed() {
             return false;
         }
         self.commit(dev)
@@ -187,6 +285,7 @@ impl CompletionQueue {
         self.phase = true;
         self.unreported = 0;
         self.mem.mem().zero();
+        self.doorbell.reset();
     }
 }
 
@@ -197,4 +296,26 @@ fn ring(space: &Arc<DmaSpace>, len: usize) -> Result<(DmaBuffer, u64), NvmeError
     mem.mem().zero();
     let iova = mem.contiguous_iova(0, len).ok_or(NvmeError::NotContiguous(len))?.get();
     Ok((mem, iova))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::need_event;
+
+    #[test]
+    fn event_index_is_passed_only_when_within_old_to_new() {
+        // Moving 5 -> 8 passes EventIdx 5, 6 and 7, not 8 or 4.
+        assert!(need_event(5, 5, 8, 16) && need_event(7, 5, 8, 16));
+        assert!(!need_event(8, 5, 8, 16) && !need_event(4, 5, 8, 16));
+        // Across the wrap: 14 -> 2 passes 14, 15, 0, 1.
+        for e in [14, 15, 0, 1] {
+            assert!(need_event(e, 14, 2, 16), "{e}");
+        }
+        for e in [2, 3, 13] {
+            assert!(!need_event(e, 14, 2, 16), "{e}");
+        }
+        // No move passes nothing; a nonsense EventIdx always rings.
+        assert!(!need_event(3, 3, 3, 16));
+        assert!(need_event(16, 3, 4, 16));
+    }
 }

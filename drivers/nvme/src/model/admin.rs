@@ -53,6 +53,9 @@ impl State {
             admin::DELETE_CQ => self.delete_cq(cmd),
             admin::GET_LOG_PAGE => self.get_log_page(cmd),
             admin::ABORT => Ok(self.abort(cmd)),
+            admin::DOORBELL_BUFFER_CONFIG if self.cfg.shadow_doorbells => {
+                self.doorbell_buffer_config(cmd)
+            }
             ASYNC_EVENT_REQUEST => {
                 if self.aers.len() > usize::from(AERL) {
                     Err(specific(AER_LIMIT))
@@ -62,7 +65,7 @@ impl State {
                     return None;
                 }
             }
-            // Doorbell Buffer Config (OACS bit 8 clear) and everything else.
+            // Doorbell Buffer Config when not offered, and everything else.
             _ => Err(status(generic::INVALID_OPCODE)),
         };
         Some(r.unwrap_or_else(Outcome::err))
@@ -87,7 +90,11 @@ impl State {
             mdts: self.cfg.mdts,
             cntlid: 1,
             ver: super::registers::VERSION,
-            oacs: 0,
+            oacs: if self.cfg.shadow_doorbells {
+                IdentifyController::OACS_DOORBELL_BUFFER_CONFIG
+            } else {
+                0
+            },
             acl: ACL,
             elpe: (ERROR_LOG_ENTRIES - 1) as u8,
             sqes: 0x66,

@@ -75,6 +75,9 @@ pub struct ModelConfig {
     ///
     /// [`CheckingMapper::scattered`]: mfio_dma::CheckingMapper::scattered
     pub scattered_dma: bool,
+    /// Offer shadow doorbells (Identify OACS bit 8, Doorbell Buffer Config), as QEMU does.
+    /// Default on.
+    pub shadow_doorbells: bool,
     /// When I/O completions are posted. Default inline.
     pub completion: CompletionMode,
     /// Null I/O: reads and writes validate everything (NSID, range, MDTS, the whole PRP/SGL
@@ -106,6 +109,7 @@ impl Default for ModelConfig {
             mqes: 1023,
             sgl: false,
             scattered_dma: false,
+            shadow_doorbells: true,
             completion: CompletionMode::Inline,
             null_io: false,
             panic_on_violation: true,

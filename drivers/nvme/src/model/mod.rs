@@ -34,6 +34,7 @@ mod pci;
 mod prp;
 mod queues;
 mod registers;
+mod shadow;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -97,6 +98,8 @@ pub struct ModelStats {
     pub cq_full_holds: u64,
     /// Doorbell writes ignored because the controller had failed (CSTS.CFS).
     pub ignored_doorbells: u64,
+    /// CQ head updates picked up from the shadow doorbell page (no register write).
+    pub shadow_heads: u64,
     /// DMA accesses outside the mapped ranges.
     pub dma_faults: u64,
 }
@@ -231,6 +234,7 @@ impl NvmeModel {
             bad_cids_posted: c.bad_cids_posted,
             cq_full_holds: c.cq_full_holds,
             ignored_doorbells: c.ignored_doorbells,
+            shadow_heads: c.shadow_heads,
             dma_faults: c.dma_faults,
         }
     }

@@ -136,6 +136,9 @@ impl State {
             return;
         }
         let qid = qid as u16;
+        if !self.check_register_matches_shadow(qid, is_cq, value) {
+            return;
+        }
         if is_cq {
             self.counters.cq_doorbells[usize::from(qid)] += 1;
             if !self.cq_head_doorbell(qid, value) {
@@ -150,6 +153,10 @@ impl State {
         self.age_pending();
         if !is_cq {
             self.process_sq(qid);
+            // Fetched up to the tail: the next submission must ring.
+            if let Some(tail) = self.sqs[usize::from(qid)].as_ref().map(|q| q.tail) {
+                self.set_event_idx(qid, false, tail);
+            }
         }
         self.flush_batch();
     }
@@ -177,6 +184,12 @@ impl State {
             );
             return false;
         }
+        self.apply_cq_head(qid, value)
+    }
+
+    /// Takes a checked CQ head (from the register or the shadow page) and posts held CQEs
+    /// into the freed slots.
+    pub fn apply_cq_head(&mut self, qid: u16, value: u32) -> bool {
         if let Some(cq) = self.cqs[usize::from(qid)].as_mut() {
             cq.head = value;
         }
@@ -478,12 +491,20 @@ impl State {
 
     /// Posts one CQE, or holds it while the CQ is full (or older CQEs are already held).
     fn post(&mut self, cqid: u16, c: Completion) {
-        let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(|q| q.as_mut()) else {
+        if self.cqs.get(usize::from(cqid)).is_none_or(|q| q.is_none()) {
             return; // The CQ was deleted (or the controller reset) meanwhile.
+        }
+        // With shadow doorbells the host's head is in memory, not in a register write.
+        self.refresh_cq_head(cqid);
+        let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(|q| q.as_mut()) else {
+            return;
         };
         if !cq.backlog.is_empty() || cq.is_full() {
             cq.backlog.push_back(c);
             self.counters.cq_full_holds += 1;
+            // Waiting for room: ask for a register write as soon as the head moves.
+            let head = cq.head;
+            self.set_event_idx(cqid, true, head);
             return;
         }
         self.write_cqe(cqid, c);

@@ -164,6 +164,7 @@ impl State {
         self.aers.clear();
         self.batch.clear();
         self.granted = None;
+        self.dbbuf = None;
         self.features = Features::defaults(&self.cfg);
         self.csts = 0;
     }

@@ -68,6 +68,7 @@ pub(crate) struct Counters {
     pub bad_cids_posted: u64,
     pub cq_full_holds: u64,
     pub ignored_doorbells: u64,
+    pub shadow_heads: u64,
     pub dma_faults: u64,
 }
 
@@ -87,6 +88,8 @@ pub(crate) struct State {
     pub cqs: Vec<Option<Cq>>,
     /// (I/O SQs, I/O CQs) granted by Set Features Number of Queues, once set.
     pub granted: Option<(u16, u16)>,
+    /// Shadow doorbell pages (Doorbell Buffer Config), until the next reset.
+    pub dbbuf: Option<super::shadow::Dbbuf>,
     pub features: Features,
     pub namespaces: Vec<Namespace>,
     /// Commands fetched but not yet executed (deferred, delayed, held), in fetch order.
@@ -129,6 +132,7 @@ impl State {
             sqs: (0..nq).map(|_| None).collect(),
             cqs: (0..nq).map(|_| None).collect(),
             granted: None,
+            dbbuf: None,
             features: Features::defaults(&cfg),
             namespaces: cfg.namespaces.iter().map(Namespace::new).collect(),
             pending: Vec::new(),

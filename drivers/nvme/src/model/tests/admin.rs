@@ -105,7 +105,7 @@ fn identify_controller_namespaces_and_list() {
     let id = IdentifyController::parse(&data);
     assert_eq!((id.vid, id.mn.as_str(), id.mdts, id.nn), (0x1b36, "mfio NVMe model", 3, 2));
     assert_eq!(id.oncs, IdentifyController::ONCS_DSM | IdentifyController::ONCS_WRITE_ZEROES);
-    assert_eq!(id.oacs & IdentifyController::OACS_DOORBELL_BUFFER_CONFIG, 0);
+    assert_ne!(id.oacs & IdentifyController::OACS_DOORBELL_BUFFER_CONFIG, 0, "offered by default");
     assert_eq!((id.sqes, id.cqes, id.vwc, id.elpe), (0x66, 0x44, 1, 63));
     assert!(id.supports_sgl());
     assert_eq!(id.max_transfer(4096), Some(32768));
@@ -218,7 +218,27 @@ fn features_number_of_queues_and_cache() {
     assert_eq!(c.dw0, 0x0302_0103);
     let c = h.admin_cmd(Command { cdw10: 0x7e, ..Command::new(admin::GET_FEATURES, 0) });
     assert_status(&c, sct::GENERIC, g::INVALID_FIELD);
+    // Doorbell Buffer Config: null or unaligned pages are an invalid field (unmapped ones are
+    // a driver bug, a violation).
     let c = h.admin_cmd(Command::new(admin::DOORBELL_BUFFER_CONFIG, 0));
+    assert_status(&c, sct::GENERIC, g::INVALID_FIELD);
+    let pages = alloc(&h.m, 8192);
+    let base = pages.iova().0;
+    let dbc = |prp1, prp2| Command { prp1, prp2, ..Command::new(admin::DOORBELL_BUFFER_CONFIG, 0) };
+    assert_status(&h.admin_cmd(dbc(base + 8, base + 4096)), sct::GENERIC, g::INVALID_FIELD);
+    assert_ok(&h.admin_cmd(dbc(base, base + 4096)));
+}
+
+#[test]
+fn doorbell_buffer_config_is_refused_when_not_offered() {
+    let mut h = Host::new(ModelConfig { shadow_doorbells: false, ..ModelConfig::default() });
+    let pages = alloc(&h.m, 8192);
+    let base = pages.iova().0;
+    let c = h.admin_cmd(Command {
+        prp1: base,
+        prp2: base + 4096,
+        ..Command::new(admin::DOORBELL_BUFFER_CONFIG, 0)
+    });
     assert_status(&c, sct::GENERIC, g::INVALID_OPCODE);
 }
 
