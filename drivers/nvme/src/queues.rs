@@ -55,7 +55,12 @@ impl Doorbell {
     /// The doorbell at BAR0 offset `reg`, shadowed when `shadow` is given.
     pub(crate) fn new(reg: u64, shadow: Option<&Arc<ShadowDoorbells>>) -> Self {
         let off = (reg - regs::DOORBELL_BASE) as usize;
-        Self { reg, shadow: shadow.filter(|_| off + 4 <= PAGE_SIZE).map(|s| (s.clone(), off)) }
+        let d =
+            Self { reg, shadow: shadow.filter(|_| off + 4 <= PAGE_SIZE).map(|s| (s.clone(), off)) };
+        // A queue ID used before still has the old queue's index in the shadow page; the
+        // controller would read it as this queue's.
+        d.reset();
+        d
     }
 
     /// Whether the index goes through the shadow page.

@@ -360,6 +360,25 @@ fn shadow_doorbells_replace_cq_head_register_writes() {
     }
 }
 
+/// A queue ID used again after its queue was dropped: the new queue starts from zero in the
+/// shadow page too (a stale shadow head from the old queue would pass the new CQ's tail).
+#[test]
+fn a_queue_id_reused_after_drop_starts_with_fresh_shadow_doorbells() {
+    let (model, ctrl, q) = setup(basic(), ControllerOptions::default());
+    let qid = q.qid();
+    let mut buf = vec![0u8; 4096];
+    for i in 0..37 {
+        q.read_all_blocking(i * 4096, &mut buf).unwrap();
+    }
+    drop(q);
+    let q = ctrl.io_queue(2).unwrap();
+    assert_eq!(q.qid(), qid, "the same queue ID again");
+    for i in 0..5 {
+        q.read_all_blocking(i * 4096, &mut buf).unwrap();
+    }
+    assert!(model.violations().is_empty(), "{:?}", model.violations());
+}
+
 /// A CQ that fills up (bogus CQEs on a tiny queue): the model sets the CQ EventIdx to its head,
 /// and the driver must then write the head register, or the held CQEs never come.
 #[test]

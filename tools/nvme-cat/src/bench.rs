@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use mfio::{BlockDevice, FromDevice, ReadAt, ToDevice, Window, WriteAt};
 use mfio_conformance::load::{self, LoadResult, LoadSpec, Pattern};
 use mfio_dma::DmaSpace;
-use mfio_nvme::{Controller, ControllerOptions};
+use mfio_nvme::{Controller, ControllerOptions, DataPointer};
 use mfio_pci::PciDevice;
 use serde_json::json;
 use std::sync::Arc;
@@ -58,6 +58,12 @@ pub struct BenchArgs {
     /// Use ordinary (bounced) buffers instead of DMA memory.
     #[arg(long)]
     bounce: bool,
+    /// NVMe: write doorbell registers only, even when the controller offers shadow doorbells.
+    #[arg(long)]
+    no_shadow: bool,
+    /// NVMe: describe every I/O with an SGL instead of PRPs.
+    #[arg(long)]
+    sgl: bool,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
@@ -106,6 +112,8 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
                 // At least 64 entries: with a tiny ring the lazy CQ head doorbell fires on
                 // every completion (half of a 2-entry ring is one entry).
                 queue_depth: (a.qd + 1).clamp(64, 4096) as u16,
+                shadow_doorbells: !a.no_shadow,
+                data_pointer: if a.sgl { DataPointer::Sgl } else { DataPointer::Auto },
                 ..Default::default()
             };
             let nvme = open_nvme(&a.device, opts)?;

@@ -3,13 +3,15 @@
 //! Run inside the guest by `scripts/vm-tests.sh` (IOMMU and no-IOMMU mode), or by hand:
 //! `scripts/vm-run.sh [--mode noiommu] -- guest-nvme`. It brings the controller at
 //! `MFIO_NVME_PCI` up with the project's driver, checks Identify, runs the conformance suite on
-//! every namespace, then flush, write zeroes, deallocate, zero-copy DMA buffers, logs, and
-//! queues on several threads. Every step prints a line; any failure exits 1.
+//! every namespace (with shadow doorbells, which QEMU offers), then flush, write zeroes,
+//! deallocate, zero-copy DMA buffers (an odd offset by SGL), logs, and queues on several
+//! threads; then once more with SGLs for every command and register doorbells only. Every
+//! step prints a line; any failure exits 1.
 #![forbid(unsafe_code)]
 
 use mfio::{block_on, BlockDevice, ReadAt, Window, WriteAt};
 use mfio_conformance::{run_all, Config, Rng};
-use mfio_nvme::{Controller, ControllerOptions};
+use mfio_nvme::{Controller, ControllerOptions, DataPointer, QueueStats};
 use mfio_pci::{PciAddress, VfioPci};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,47 +27,32 @@ fn run() -> R<()> {
         .map_err(|_| "MFIO_NVME_PCI is not set (run me through scripts/vm-run.sh)".to_string())?
         .parse()
         .map_err(|e| format!("MFIO_NVME_PCI: {e}"))?;
-    let dev = VfioPci::open(addr).map_err(|e| format!("open {addr}: {e}"))?;
-    println!("{addr}: opened through VFIO, mode {:?}", dev.mode());
-    let opts = ControllerOptions::default();
-    let ctrl = Controller::new(dev, opts).map_err(|e| format!("bring-up: {e}"))?;
+    let ctrl = open(addr, ControllerOptions::default())?;
     let id = ctrl.identify();
     println!(
-        "identify: model {:?} serial {:?} fw {:?} mdts {} nn {} version {:#x}; {} I/O queues granted; max transfer {} KiB",
+        "identify: model {:?} serial {:?} fw {:?} mdts {} nn {} version {:#x} oacs {:#x} sgls {:#x}; {} I/O queues granted; max transfer {} KiB",
         id.mn,
         id.sn,
         id.fr,
         id.mdts,
         id.nn,
         ctrl.version(),
+        id.oacs,
+        id.sgls,
         ctrl.io_queues_granted(),
         ctrl.max_transfer() >> 10
     );
     ensure!(id.mn.starts_with("QEMU NVMe"), "model {:?} is not QEMU's", id.mn);
     ensure!(!ctrl.namespaces().is_empty(), "no active namespace");
+    ensure!(ctrl.uses_shadow_doorbells(), "QEMU offers Doorbell Buffer Config: shadow doorbells");
+    ensure!(id.supports_sgl(), "QEMU offers SGLs");
     for ns in ctrl.namespaces() {
         println!("namespace {}: {} blocks of {} bytes", ns.nsid, ns.blocks, ns.block_size);
     }
 
-    let cfg =
-        Config { rounds: 60, area: 8 << 20, wrap_ios: 400, queue_depth: 48, ..Config::default() };
-    for ns in ctrl.namespaces() {
-        let q = ctrl.io_queue(ns.nsid).map_err(|e| format!("I/O queue on ns {}: {e}", ns.nsid))?;
-        let label = format!("nvme-ns{}", ns.nsid);
-        let failed: Vec<_> = run_all(&q, &cfg, &label)
-            .into_iter()
-            .filter_map(|o| o.result.err().map(|e| (o.name, e)))
-            .collect();
-        ensure!(failed.is_empty(), "conformance on namespace {}: {failed:?}", ns.nsid);
-        let s = q.stats();
-        println!("ns{} stats: {s:?}", ns.nsid);
-        ensure!(s.stray_completions == 0, "stray completions on a healthy controller");
-        ensure!(
-            s.sq_doorbells < s.submitted,
-            "no batching: {} doorbells for {} commands",
-            s.sq_doorbells,
-            s.submitted
-        );
+    let nsids: Vec<u32> = ctrl.namespaces().iter().map(|n| n.nsid).collect();
+    for &nsid in &nsids {
+        conformance(&ctrl, nsid)?;
     }
 
     let q = ctrl.io_queue(1).map_err(|e| e.to_string())?;
@@ -74,7 +61,56 @@ fn run() -> R<()> {
     drop(q);
     logs(&ctrl)?;
     threads(&ctrl)?;
+    drop(ctrl);
+
+    // Again, with every read and write described by an SGL and the doorbell registers only.
+    let opts = ControllerOptions {
+        data_pointer: DataPointer::Sgl,
+        shadow_doorbells: false,
+        ..ControllerOptions::default()
+    };
+    let ctrl = open(addr, opts)?;
+    ensure!(!ctrl.uses_shadow_doorbells(), "shadow doorbells were turned off");
+    let s = conformance(&ctrl, 1)?;
+    ensure!(
+        s.sgl == s.submitted,
+        "SGLs asked for, yet {} of {} used PRPs",
+        s.submitted - s.sgl,
+        s.submitted
+    );
+    let q = ctrl.io_queue(1).map_err(|e| e.to_string())?;
+    zero_copy(&ctrl, &q)?;
+    println!("SGL-only, register doorbells: ok");
     Ok(())
+}
+
+fn open(addr: PciAddress, opts: ControllerOptions) -> R<Arc<Controller<VfioPci>>> {
+    let dev = VfioPci::open(addr).map_err(|e| format!("open {addr}: {e}"))?;
+    println!("{addr}: opened through VFIO, mode {:?}, {opts:?}", dev.mode());
+    Controller::new(dev, opts).map_err(|e| format!("bring-up: {e}").into())
+}
+
+/// The shared conformance suite on one namespace; returns the queue's counters.
+fn conformance<D: mfio_pci::PciDevice>(ctrl: &Arc<Controller<D>>, nsid: u32) -> R<QueueStats> {
+    let cfg =
+        Config { rounds: 60, area: 8 << 20, wrap_ios: 400, queue_depth: 48, ..Config::default() };
+    let q = ctrl.io_queue(nsid).map_err(|e| format!("I/O queue on ns {nsid}: {e}"))?;
+    let label = format!("nvme-ns{nsid}");
+    let failed: Vec<_> = run_all(&q, &cfg, &label)
+        .into_iter()
+        .filter_map(|o| o.result.err().map(|e| (o.name, e)))
+        .collect();
+    ensure!(failed.is_empty(), "conformance on namespace {nsid}: {failed:?}");
+    let s = q.stats();
+    println!("ns{nsid} stats: {s:?}");
+    ensure!(s.stray_completions == 0, "stray completions on a healthy controller");
+    ensure!(
+        s.sq_doorbells < s.submitted,
+        "no batching: {} doorbells for {} commands",
+        s.sq_doorbells,
+        s.submitted
+    );
+    Ok(s)
 }
 
 fn extra_commands<D: mfio_pci::PciDevice>(q: &mfio_nvme::IoQueue<D>) -> R<()> {
@@ -123,12 +159,19 @@ fn zero_copy<D: mfio_pci::PciDevice>(
         "DMA memory was bounced ({} bounces)",
         q.stats().bounced - before
     );
-    // An odd offset inside DMA memory is not PRP-able: it must bounce, and still be right.
+    // An odd offset inside DMA memory is not PRP-able: QEMU offers SGLs, so it is still zero
+    // copy (an SGL Data Block at any byte address), and right.
     let buf = w.into_inner();
-    let (r, _) = block_on(q, q.read_all(1 << 20, Window::new(buf, 2, 4096).ok_or("window")?));
+    buf.mem().zero();
+    let sgl_before = q.stats().sgl;
+    let (r, w) = block_on(q, q.read_all(1 << 20, Window::new(buf, 3, 8192).ok_or("window")?));
     r.map_err(|e| format!("read into DMA memory at an odd offset: {e}"))?;
-    ensure!(q.stats().bounced > before, "an odd-offset buffer was not bounced");
-    println!("zero copy: 256 KiB written and read from DMA memory without bouncing");
+    let mut odd = vec![0u8; 8192];
+    w.get_ref().mem().copy_to_slice(3, &mut odd);
+    ensure!(odd == data[..8192], "read at an odd offset differs");
+    ensure!(q.stats().sgl > sgl_before, "an odd-offset buffer did not use an SGL");
+    ensure!(q.stats().bounced == before, "an odd-offset buffer was bounced");
+    println!("zero copy: 256 KiB from DMA memory, and 8 KiB at an odd offset by SGL, no bounce");
     Ok(())
 }
 

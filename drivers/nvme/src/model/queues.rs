@@ -162,7 +162,7 @@ impl State {
     }
 
     /// Validates and applies a CQ head doorbell, then posts held CQEs into the freed slots.
-    fn cq_head_doorbell(&mut self, qid: u16, value: u32) -> bool {
+    pub(crate) fn cq_head_doorbell(&mut self, qid: u16, value: u32) -> bool {
         let Some(cq) = self.cqs[usize::from(qid)].as_ref() else { return false };
         let (size, head, tail) = (cq.size, cq.head, cq.tail);
         if value >= size {
@@ -187,9 +187,9 @@ impl State {
         self.apply_cq_head(qid, value)
     }
 
-    /// Takes a checked CQ head (from the register or the shadow page) and posts held CQEs
+    /// Takes a checked CQ head and posts held CQEs
     /// into the freed slots.
-    pub fn apply_cq_head(&mut self, qid: u16, value: u32) -> bool {
+    fn apply_cq_head(&mut self, qid: u16, value: u32) -> bool {
         if let Some(cq) = self.cqs[usize::from(qid)].as_mut() {
             cq.head = value;
         }

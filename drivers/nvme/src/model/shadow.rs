@@ -92,6 +92,7 @@ impl State {
             return false;
         }
         self.counters.shadow_heads += 1;
-        self.apply_cq_head(cqid, value)
+        // The same rules as a register write: a stale or runaway shadow head is a driver bug.
+        self.cq_head_doorbell(cqid, value)
     }
 }
