@@ -87,7 +87,7 @@ fn run() -> R<()> {
 fn open(addr: PciAddress, opts: ControllerOptions) -> R<Arc<Controller<VfioPci>>> {
     let dev = VfioPci::open(addr).map_err(|e| format!("open {addr}: {e}"))?;
     println!("{addr}: opened through VFIO, mode {:?}, {opts:?}", dev.mode());
-    Controller::new(dev, opts).map_err(|e| format!("bring-up: {e}").into())
+    Controller::new(dev, opts).map_err(|e| format!("bring-up: {e}"))
 }
 
 /// The shared conformance suite on one namespace; returns the queue's counters.
