@@ -36,7 +36,47 @@ struct State {
     maps: BTreeMap<u64, (usize, usize)>,
     /// Map every page at its own IOVA (see [`CheckingMapper::scattered`]).
     scatter: bool,
+    /// The last few mappings resolved, `(iova start, virtual start, length)`: a device model
+    /// touches a handful (rings, the data buffer, the shadow page) over and over, and this
+    /// spares the tree walk. Emptied on every unmap, so it never outlives a mapping.
+    recent: [(u64, usize, usize); RECENT],
+    next_recent: usize,
 }
+
+impl State {
+    /// The virtual address of `[iova, iova + len)` if one mapping holds all of it, looked up in
+    /// the recent mappings first (refilled round robin on a miss).
+    fn lookup(&mut self, iova: u64, len: usize) -> Option<usize> {
+        let within = |(start, virt, mlen): (u64, usize, usize)| {
+            if mlen == 0 {
+                return None; // an empty slot
+            }
+            let off = iova.checked_sub(start)?;
+            let end = off.checked_add(len as u64)?;
+            (end <= mlen as u64).then_some(virt + off as usize)
+        };
+        if let Some(va) = self.recent.iter().find_map(|&r| within(r)) {
+            return Some(va);
+        }
+        let (&start, &(virt, mlen)) = self.maps.range(..=iova).next_back()?;
+        let va = within((start, virt, mlen))?;
+        self.recent[self.next_recent] = (start, virt, mlen);
+        self.next_recent = (self.next_recent + 1) % RECENT;
+        Some(va)
+    }
+
+    /// Whether one mapping holds `[iova, iova + len)`, without touching the recent ones (data
+    /// buffers checked once each would only push the rings out).
+    fn holds(&self, iova: u64, len: usize) -> bool {
+        self.maps
+            .range(..=iova)
+            .next_back()
+            .is_some_and(|(&s, &(_, l))| iova - s + len as u64 <= l as u64)
+    }
+}
+
+/// Entries in `State::recent`.
+const RECENT: usize = 4;
 
 /// Records every mapping and gives device models bounds-checked access by IOVA.
 ///
@@ -62,6 +102,8 @@ impl CheckingMapper {
                 alloc: IovaAllocator::new(&[(CHECKING_IOVA_BASE, CHECKING_IOVA_LAST)], 0),
                 maps: BTreeMap::new(),
                 scatter: false,
+                recent: [(0, 0, 0); RECENT],
+                next_recent: 0,
             }),
             faults: AtomicU64::new(0),
         }
@@ -84,12 +126,8 @@ impl CheckingMapper {
     /// Resolve `[iova, iova + len)` to a virtual address if one mapping holds all of it.
     fn resolve(&self, iova: Iova, len: usize, kind: &'static str) -> Result<usize, DmaFault> {
         let fault = DmaFault { iova, len, kind };
-        let st = self.state();
-        let hit = st.maps.range(..=iova.0).next_back().and_then(|(&start, &(virt, mlen))| {
-            let off = iova.0 - start;
-            let end = off.checked_add(len as u64)?;
-            (end <= mlen as u64).then_some(virt + off as usize)
-        });
+        let mut st = self.state();
+        let hit = st.lookup(iova.0, len);
         drop(st);
         hit.ok_or_else(|| {
             self.faults.fetch_add(1, Ordering::Relaxed);
@@ -100,11 +138,7 @@ impl CheckingMapper {
 
     /// Whether `[iova, iova + len)` lies within one mapping.
     pub fn is_mapped(&self, iova: Iova, len: usize) -> bool {
-        let st = self.state();
-        st.maps
-            .range(..=iova.0)
-            .next_back()
-            .is_some_and(|(&s, &(_, l))| iova.0 - s + len as u64 <= l as u64)
+        self.state().holds(iova.0, len)
     }
 
     /// The mapped ranges `(iova, len)`, in IOVA order.
@@ -203,6 +237,7 @@ impl DmaMapper for CheckingMapper {
 
     fn unmap(&self, chunks: &[MappedChunk]) -> Result<(), DmaError> {
         let mut st = self.state();
+        st.recent = [(0, 0, 0); RECENT];
         for c in chunks {
             match st.maps.get(&c.iova.0) {
                 Some(&(v, l)) if v == c.virt.0 && l == c.len => {}
@@ -250,6 +285,7 @@ mod tests {
         assert_eq!(m.mappings().len(), 2);
 
         let ib = b.iova();
+        assert!(m.read(ib, &mut [0]).is_ok(), "mapped (and now among the recent mappings)");
         drop(b);
         assert!(m.read(ib, &mut [0]).is_err(), "unmapped on drop");
         assert_eq!(m.mappings().len(), 1);

@@ -275,7 +275,7 @@ impl State {
         }
         let what = format!("I/O SQ {qid}");
         self.check_queue_memory(&what, cmd.prp1, entries as usize * COMMAND_SIZE)?;
-        self.sqs[qid] = Some(Sq { base: cmd.prp1, size: entries, cqid, head: 0, tail: 0 });
+        self.sqs[qid] = Some(Sq::new(cmd.prp1, entries, cqid));
         Ok(Outcome::ok(0))
     }
 

@@ -22,6 +22,28 @@ pub(crate) struct Sq {
     pub head: u32,
     /// Last tail the driver rang.
     pub tail: u32,
+    /// Command IDs fetched whose CQE is not yet written, one bit each: a driver reusing one
+    /// is caught in constant time, whatever the queue depth.
+    pub inflight: Vec<u64>,
+}
+
+impl Sq {
+    pub fn new(base: u64, size: u32, cqid: u16) -> Self {
+        Self { base, size, cqid, head: 0, tail: 0, inflight: vec![0; 1 << 10] }
+    }
+
+    fn cid_busy(&self, cid: u16) -> bool {
+        self.inflight[usize::from(cid >> 6)] & (1 << (cid & 63)) != 0
+    }
+
+    fn set_cid(&mut self, cid: u16, busy: bool) {
+        let (w, b) = (usize::from(cid >> 6), 1u64 << (cid & 63));
+        if busy {
+            self.inflight[w] |= b;
+        } else {
+            self.inflight[w] &= !b;
+        }
+    }
 }
 
 /// A completion queue as the controller tracks it.
@@ -35,8 +57,9 @@ pub(crate) struct Cq {
     pub tail: u32,
     /// Phase tag written in the current lap (starts at 1).
     pub phase: bool,
-    /// CQEs waiting for room (never overwrite an entry the driver has not released).
-    pub backlog: VecDeque<Completion>,
+    /// CQEs waiting for room (never overwrite an entry the driver has not released), each
+    /// with whether it is a command's real CQE (not a bogus one from an injection).
+    pub backlog: VecDeque<(Completion, bool)>,
 }
 
 impl Cq {
@@ -80,6 +103,9 @@ pub(crate) struct Group {
     pub cqid: u16,
     pub bogus: Option<Completion>,
     pub real: Completion,
+    /// Writing `real` ends its command (false for the answer to a CID conflict: the command
+    /// holding that CID is still in flight).
+    pub frees_cid: bool,
 }
 
 /// A command's outcome.
@@ -276,6 +302,9 @@ impl State {
             );
             let st = Status::new(0, generic::CID_CONFLICT).with_dnr();
             self.push_completion(sqid, &cmd, Outcome::err(st), None);
+            if let Some(g) = self.batch.last_mut() {
+                g.frees_cid = false;
+            }
             return;
         }
 
@@ -283,7 +312,9 @@ impl State {
             sqid,
             cmd,
             release: Release::After(0),
-            since: Instant::now(),
+            // Set when the command is deferred: a clock read per command is most of a null
+            // command's cost.
+            since: self.created,
             lose: false,
             bad_cid: None,
         };
@@ -339,17 +370,29 @@ impl State {
         if p.release == Release::After(0) {
             self.execute(p);
         } else {
+            p.since = Instant::now();
             self.pending.push(p);
         }
     }
 
-    /// Whether the driver reused a CID the controller has not completed yet.
-    fn cid_in_flight(&self, sqid: u16, cid: u16) -> bool {
-        let same = |c: &Completion| c.sq_id == sqid && c.cid == cid;
-        self.pending.iter().any(|p| p.sqid == sqid && p.cmd.cid == cid)
-            || (sqid == 0 && self.aers.contains(&cid))
-            || self.batch.iter().any(|g| same(&g.real))
-            || self.cqs.iter().flatten().any(|cq| cq.backlog.iter().any(same))
+    /// Whether the driver reused a CID the controller has not completed yet (fetched, and its
+    /// CQE not yet written); otherwise marks it in flight.
+    fn cid_in_flight(&mut self, sqid: u16, cid: u16) -> bool {
+        let Some(sq) = self.sqs.get_mut(usize::from(sqid)).and_then(|s| s.as_mut()) else {
+            return false;
+        };
+        if sq.cid_busy(cid) {
+            return true;
+        }
+        sq.set_cid(cid, true);
+        false
+    }
+
+    /// A command's CQE was written (or dropped): its CID may be used again.
+    fn cid_done(&mut self, sqid: u16, cid: u16) {
+        if let Some(sq) = self.sqs.get_mut(usize::from(sqid)).and_then(|s| s.as_mut()) {
+            sq.set_cid(cid, false);
+        }
     }
 
     /// Executes a command and queues its CQE (unless lost) in the current batch.
@@ -359,6 +402,7 @@ impl State {
         let Some(outcome) = outcome else { return };
         if p.lose {
             self.counters.completions_lost += 1;
+            self.cid_done(p.sqid, p.cmd.cid);
             return;
         }
         self.push_completion(p.sqid, &p.cmd, outcome, p.bad_cid);
@@ -388,7 +432,7 @@ impl State {
             cid: cmd.cid,
             status: outcome.status.0 << 1,
         };
-        self.batch.push(Group { cqid, bogus, real });
+        self.batch.push(Group { cqid, bogus, real, frees_cid: true });
     }
 
     /// Counts down deferred commands and executes those whose time has come, in fetch order.
@@ -484,13 +528,13 @@ impl State {
 
     fn post_group(&mut self, g: Group) {
         if let Some(b) = g.bogus {
-            self.post(g.cqid, b);
+            self.post(g.cqid, b, false);
         }
-        self.post(g.cqid, g.real);
+        self.post(g.cqid, g.real, g.frees_cid);
     }
 
     /// Posts one CQE, or holds it while the CQ is full (or older CQEs are already held).
-    fn post(&mut self, cqid: u16, c: Completion) {
+    fn post(&mut self, cqid: u16, c: Completion, real: bool) {
         if self.cqs.get(usize::from(cqid)).is_none_or(|q| q.is_none()) {
             return; // The CQ was deleted (or the controller reset) meanwhile.
         }
@@ -500,14 +544,14 @@ impl State {
             return;
         };
         if !cq.backlog.is_empty() || cq.is_full() {
-            cq.backlog.push_back(c);
+            cq.backlog.push_back((c, real));
             self.counters.cq_full_holds += 1;
             // Waiting for room: ask for a register write as soon as the head moves.
             let head = cq.head;
             self.set_event_idx(cqid, true, head);
             return;
         }
-        self.write_cqe(cqid, c);
+        self.write_cqe(cqid, c, real);
     }
 
     /// Posts held CQEs while there is room.
@@ -519,13 +563,16 @@ impl State {
             if cq.is_full() {
                 return;
             }
-            let Some(c) = cq.backlog.pop_front() else { return };
-            self.write_cqe(cqid, c);
+            let Some((c, real)) = cq.backlog.pop_front() else { return };
+            self.write_cqe(cqid, c, real);
         }
     }
 
     /// Writes a CQE at the tail with the current phase tag and advances the tail.
-    fn write_cqe(&mut self, cqid: u16, mut c: Completion) {
+    fn write_cqe(&mut self, cqid: u16, mut c: Completion, real: bool) {
+        if real {
+            self.cid_done(c.sq_id, c.cid);
+        }
         // SQ head as of posting: every entry before it has been fetched and may be reused.
         if let Some(sq) = self.sqs.get(usize::from(c.sq_id)).and_then(|s| s.as_ref()) {
             c.sq_head = sq.head as u16;

@@ -150,7 +150,7 @@ impl State {
             self.set_fatal();
             return;
         }
-        self.sqs[0] = Some(Sq { base: self.asq, size: sqs, cqid: 0, head: 0, tail: 0 });
+        self.sqs[0] = Some(Sq::new(self.asq, sqs, 0));
         self.cqs[0] = Some(Cq::new(self.acq, cqs));
         self.csts |= Csts::RDY;
     }

@@ -88,6 +88,8 @@ pub(crate) struct State {
     pub cqs: Vec<Option<Cq>>,
     /// (I/O SQs, I/O CQs) granted by Set Features Number of Queues, once set.
     pub granted: Option<(u16, u16)>,
+    /// When the model was made (a placeholder instant for commands that run at once).
+    pub created: std::time::Instant,
     /// Shadow doorbell pages (Doorbell Buffer Config), until the next reset.
     pub dbbuf: Option<super::shadow::Dbbuf>,
     pub features: Features,
@@ -133,6 +135,7 @@ impl State {
             cqs: (0..nq).map(|_| None).collect(),
             granted: None,
             dbbuf: None,
+            created: std::time::Instant::now(),
             features: Features::defaults(&cfg),
             namespaces: cfg.namespaces.iter().map(Namespace::new).collect(),
             pending: Vec::new(),
