@@ -5,6 +5,7 @@
 
 use crate::Rng;
 use mfio::{BlockDevice, BufFor, IoBackend, Packet, PacketIo, PacketPerms};
+use mfio_dma::clock::CycleClock;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -205,7 +206,10 @@ where
     let qd = spec.qd.max(1);
     let mut packets: Vec<Pin<Box<Packet<'d, P, B>>>> =
         (0..qd).map(|_| Box::pin(Packet::new(make_buf()))).collect();
-    let mut started = vec![Instant::now(); qd];
+    // Timestamps from the CPU's counter: a clock read per round of completions would otherwise
+    // cost a system call and an HPET read in a TCG guest (see `mfio_dma::clock`).
+    let clock = CycleClock::get();
+    let mut started = vec![clock.now(); qd];
     let mut rng = Rng::new(spec.seed);
     let mut next_seq = 0u64;
     let mut next_pos = |rng: &mut Rng| match spec.pattern {
@@ -227,13 +231,13 @@ where
     };
     let limit_ios = spec.ios.unwrap_or(u64::MAX);
     let t0 = Instant::now();
-    let deadline = spec.duration.map(|d| t0 + d);
+    let deadline = spec.duration.map(|d| clock.now().saturating_add(clock.ticks_in(d)));
     let mut busy = vec![false; qd];
     let mut issued = 0u64;
     let mut in_flight = 0u64;
     for (i, p) in packets.iter_mut().enumerate() {
         if issued < limit_ios && p.as_mut().submit(dev, next_pos(&mut rng)).is_ok() {
-            started[i] = Instant::now();
+            started[i] = clock.now();
             busy[i] = true;
             issued += 1;
             in_flight += 1;
@@ -241,22 +245,21 @@ where
     }
     while in_flight > 0 {
         dev.poll_backend(&mut cx);
-        // One clock read per round with completions, shared by all of them: a clock read can
-        // cost a system call and an emulated timer read (hpet in a TCG guest).
+        // One clock read per round with completions, shared by all of them.
         let mut round_now = None;
         for (i, p) in packets.iter_mut().enumerate() {
             if !busy[i] {
                 continue;
             }
             let Poll::Ready(t) = p.poll_done(&mut cx) else { continue };
-            let now = *round_now.get_or_insert_with(Instant::now);
+            let now = *round_now.get_or_insert_with(|| clock.now());
             busy[i] = false;
             in_flight -= 1;
             match t.error {
                 None => {
                     result.ios += 1;
                     result.bytes += t.len as u64;
-                    result.latency.record(now.duration_since(started[i]).as_nanos() as u64);
+                    result.latency.record(clock.to_ns(now.saturating_sub(started[i])));
                 }
                 Some(e) => {
                     result.errors += 1;

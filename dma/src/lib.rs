@@ -17,6 +17,7 @@
 
 mod addr;
 mod checking;
+pub mod clock;
 mod error;
 mod iova;
 mod mapper;
