@@ -139,9 +139,9 @@ vcol() { # virtio rows: buffers "DMA (zero copy)" and QD
   echo "|---|---:|---:|---:|---:|---:|"
   for mode in registers shadow; do
     for qd in 1 32 128; do
-      # callgrind runs nvme-cat on the model with its defaults: shadow doorbells.
+      # callgrind runs nvme-cat on the model with the driver's defaults: register doorbells.
       ir=-
-      [ "$mode" = shadow ] && ir=${IR[nvme.$qd]:--}
+      [ "$mode" = registers ] && ir=${IR[nvme.$qd]:--}
       echo "| NVMe, null model, $mode doorbells | $qd | $(ncol "$mode" "$qd" 4) | $(ncol "$mode" "$qd" 5) | $(ncol "$mode" "$qd" 6) | $ir |"
     done
   done

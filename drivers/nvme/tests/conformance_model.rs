@@ -153,3 +153,14 @@ mod scattered_sgl {
         }
     ));
 }
+
+/// Shadow doorbells (the model offers them, as QEMU does), completions late from another
+/// thread: the EventIdx protocol under real concurrency.
+mod shadow_asynchronous {
+    use super::*;
+    mfio_conformance::conformance_tests!(queue(
+        cfg(CompletionMode::Deferred { doorbells: 1000 }),
+        1,
+        ControllerOptions { shadow_doorbells: true, queue_depth: 16, ..Default::default() }
+    ));
+}

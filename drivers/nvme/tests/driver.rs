@@ -34,6 +34,10 @@ fn basic() -> ModelConfig {
     }
 }
 
+fn shadow() -> ControllerOptions {
+    ControllerOptions { shadow_doorbells: true, ..ControllerOptions::default() }
+}
+
 fn fast_timeouts() -> ControllerOptions {
     ControllerOptions { io_timeout: Duration::from_millis(300), ..ControllerOptions::default() }
 }
@@ -255,16 +259,24 @@ fn a_lost_completion_ends_in_a_reset_and_the_queue_works_after() {
 
 #[test]
 fn a_fatal_controller_status_resets_and_every_segment_fails_clearly() {
-    let (model, ctrl, q) = setup(basic(), fast_timeouts());
-    let futs: Vec<_> = (0..8u64).map(|i| q.read_all(i * 4096, vec![0u8; 4096])).collect();
-    model.inject(Injection::Fatal);
-    let results = block_on(&q, futures::future::join_all(futs));
-    for (r, _) in &results {
-        assert_eq!(r.unwrap_err().error.kind(), ErrorKind::Fatal);
+    // With shadow doorbells too: the reset forgets them, and the driver gives them again.
+    for shadow_doorbells in [false, true] {
+        let opts = ControllerOptions { shadow_doorbells, ..fast_timeouts() };
+        let (model, ctrl, q) = setup(basic(), opts);
+        let futs: Vec<_> = (0..8u64).map(|i| q.read_all(i * 4096, vec![0u8; 4096])).collect();
+        model.inject(Injection::Fatal);
+        let results = block_on(&q, futures::future::join_all(futs));
+        for (r, _) in &results {
+            assert_eq!(r.unwrap_err().error.kind(), ErrorKind::Fatal);
+        }
+        assert_eq!(ctrl.resets(), 1);
+        assert!(!model.is_fatal(), "the reset cleared CSTS.CFS");
+        for i in 0..300 {
+            q.read_all_blocking(i * 4096, &mut [0u8; 4096]).unwrap();
+        }
+        assert_eq!(ctrl.uses_shadow_doorbells(), shadow_doorbells);
+        assert!(model.violations().is_empty(), "{:?}", model.violations());
     }
-    assert_eq!(ctrl.resets(), 1);
-    assert!(!model.is_fatal(), "the reset cleared CSTS.CFS");
-    q.read_all_blocking(0, &mut [0u8; 4096]).unwrap();
 }
 
 #[test]
@@ -364,7 +376,7 @@ fn shadow_doorbells_replace_cq_head_register_writes() {
 /// shadow page too (a stale shadow head from the old queue would pass the new CQ's tail).
 #[test]
 fn a_queue_id_reused_after_drop_starts_with_fresh_shadow_doorbells() {
-    let (model, ctrl, q) = setup(basic(), ControllerOptions::default());
+    let (model, ctrl, q) = setup(basic(), shadow());
     let qid = q.qid();
     let mut buf = vec![0u8; 4096];
     for i in 0..37 {
@@ -383,7 +395,7 @@ fn a_queue_id_reused_after_drop_starts_with_fresh_shadow_doorbells() {
 /// and the driver must then write the head register, or the held CQEs never come.
 #[test]
 fn a_full_cq_with_shadow_doorbells_asks_for_the_head_register() {
-    let opts = ControllerOptions { queue_depth: 8, ..ControllerOptions::default() };
+    let opts = ControllerOptions { queue_depth: 8, ..shadow() };
     let (model, ctrl, q) = setup(basic(), opts);
     assert!(ctrl.uses_shadow_doorbells());
     for _ in 0..7 {

@@ -58,9 +58,9 @@ pub struct BenchArgs {
     /// Use ordinary (bounced) buffers instead of DMA memory.
     #[arg(long)]
     bounce: bool,
-    /// NVMe: write doorbell registers only, even when the controller offers shadow doorbells.
+    /// NVMe: use shadow doorbells when the controller offers them (Doorbell Buffer Config).
     #[arg(long)]
-    no_shadow: bool,
+    shadow: bool,
     /// NVMe: describe every I/O with an SGL instead of PRPs.
     #[arg(long)]
     sgl: bool,
@@ -112,7 +112,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
                 // At least 64 entries: with a tiny ring the lazy CQ head doorbell fires on
                 // every completion (half of a 2-entry ring is one entry).
                 queue_depth: (a.qd + 1).clamp(64, 4096) as u16,
-                shadow_doorbells: !a.no_shadow,
+                shadow_doorbells: a.shadow,
                 data_pointer: if a.sgl { DataPointer::Sgl } else { DataPointer::Auto },
                 ..Default::default()
             };

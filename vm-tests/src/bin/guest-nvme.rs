@@ -27,7 +27,8 @@ fn run() -> R<()> {
         .map_err(|_| "MFIO_NVME_PCI is not set (run me through scripts/vm-run.sh)".to_string())?
         .parse()
         .map_err(|e| format!("MFIO_NVME_PCI: {e}"))?;
-    let ctrl = open(addr, ControllerOptions::default())?;
+    let shadowed = ControllerOptions { shadow_doorbells: true, ..ControllerOptions::default() };
+    let ctrl = open(addr, shadowed)?;
     let id = ctrl.identify();
     println!(
         "identify: model {:?} serial {:?} fw {:?} mdts {} nn {} version {:#x} oacs {:#x} sgls {:#x}; {} I/O queues granted; max transfer {} KiB",
@@ -63,12 +64,9 @@ fn run() -> R<()> {
     threads(&ctrl)?;
     drop(ctrl);
 
-    // Again, with every read and write described by an SGL and the doorbell registers only.
-    let opts = ControllerOptions {
-        data_pointer: DataPointer::Sgl,
-        shadow_doorbells: false,
-        ..ControllerOptions::default()
-    };
+    // Again, with every read and write described by an SGL and the doorbell registers only
+    // (the default).
+    let opts = ControllerOptions { data_pointer: DataPointer::Sgl, ..ControllerOptions::default() };
     let ctrl = open(addr, opts)?;
     ensure!(!ctrl.uses_shadow_doorbells(), "shadow doorbells were turned off");
     let s = conformance(&ctrl, 1)?;
