@@ -113,6 +113,31 @@ fn dma_memory_is_zero_copy_and_heap_memory_bounces() {
     drop(w);
 }
 
+/// Writes `len` random bytes at `pos` from DMA memory at byte offset `offsets.0` of a buffer,
+/// checks the model's media, reads them back into offset `offsets.1` and compares.
+fn dma_round_trip(
+    model: &NvmeModel,
+    ctrl: &Controller<NvmeModel>,
+    q: &IoQueue<NvmeModel>,
+    pos: u64,
+    len: usize,
+    (w_off, r_off): (usize, usize),
+) {
+    let buf = ctrl.device().dma().alloc(len + 4096).unwrap();
+    let data = Rng::new(len as u64).bytes(len);
+    buf.mem().copy_from_slice(w_off, &data);
+    let (r, buf) = block_on(q, q.write_all(pos, Window::new(buf, w_off, len).unwrap()));
+    r.unwrap();
+    assert_eq!(model.read_blocks(1, pos / 512, (len / 512) as u64), data, "on the media");
+    let buf = buf.into_inner();
+    buf.mem().fill(0, len + 4096, 0);
+    let (r, buf) = block_on(q, q.read_all(pos, Window::new(buf, r_off, len).unwrap()));
+    r.unwrap();
+    let mut back = vec![0u8; len];
+    buf.into_inner().mem().copy_to_slice(r_off, &mut back);
+    assert_eq!(back, data, "read back");
+}
+
 /// DMA memory at an odd offset: PRPs cannot describe it (PRP1 must be dword aligned), so
 /// without SGLs it bounces; with SGLs offered it stays zero copy, in Auto and Sgl modes alike.
 #[test]
@@ -127,20 +152,7 @@ fn odd_offsets_in_dma_memory_use_sgls_when_offered_and_bounce_otherwise() {
         let cfg = ModelConfig { sgl, ..basic() };
         let opts = ControllerOptions { data_pointer: mode, ..ControllerOptions::default() };
         let (model, ctrl, q) = setup(cfg, opts);
-        let len = 40 << 10;
-        let buf = ctrl.device().dma().alloc(len + 4096).unwrap();
-        let data = Rng::new(5).bytes(len);
-        buf.mem().copy_from_slice(1, &data);
-        let (r, buf) = block_on(&q, q.write_all(4096, Window::new(buf, 1, len).unwrap()));
-        r.unwrap();
-        assert_eq!(model.read_blocks(1, 8, (len / 512) as u64), data, "{mode:?}, sgl {sgl}");
-        let buf = buf.into_inner();
-        buf.mem().fill(0, len + 4096, 0);
-        let (r, buf) = block_on(&q, q.read_all(4096, Window::new(buf, 3, len).unwrap()));
-        r.unwrap();
-        let mut back = vec![0u8; len];
-        buf.into_inner().mem().copy_to_slice(3, &mut back);
-        assert_eq!(back, data, "{mode:?}, sgl {sgl}");
+        dma_round_trip(&model, &ctrl, &q, 4096, 40 << 10, (1, 3));
         let st = q.stats();
         if want_sgl {
             assert_eq!((st.sgl, st.bounced), (st.submitted, 0), "{mode:?}: {st:?}");
@@ -168,20 +180,7 @@ fn scattered_memory_at_an_odd_offset_is_one_command_with_chained_sgl_segments() 
     };
     let opts = ControllerOptions { max_transfer: 2 << 20, ..ControllerOptions::default() };
     let (model, ctrl, q) = setup(cfg, opts);
-    let len = 2 << 20;
-    let buf = ctrl.device().dma().alloc(len + 4096).unwrap();
-    let data = Rng::new(9).bytes(len);
-    buf.mem().copy_from_slice(1, &data);
-    let (r, buf) = block_on(&q, q.write_all(0, Window::new(buf, 1, len).unwrap()));
-    r.unwrap();
-    assert_eq!(model.read_blocks(1, 0, (len / 512) as u64), data);
-    let buf = buf.into_inner();
-    buf.mem().fill(0, len + 4096, 0);
-    let (r, buf) = block_on(&q, q.read_all(0, Window::new(buf, 1, len).unwrap()));
-    r.unwrap();
-    let mut back = vec![0u8; len];
-    buf.into_inner().mem().copy_to_slice(1, &mut back);
-    assert_eq!(back, data);
+    dma_round_trip(&model, &ctrl, &q, 0, 2 << 20, (1, 1));
     let st = q.stats();
     assert_eq!((st.submitted, st.sgl, st.bounced), (2, 2, 0), "{st:?}");
     assert!(model.violations().is_empty(), "{:?}", model.violations());
