@@ -260,6 +260,9 @@ impl State {
         let what = format!("I/O CQ {qid}");
         self.check_queue_memory(&what, cmd.prp1, entries as usize * COMPLETION_SIZE)?;
         self.cqs[qid] = Some(Cq::new(cmd.prp1, entries));
+        // With shadow doorbells, publish this queue's EventIdx from the start: the head may
+        // move a whole lap before a register write is due.
+        self.set_event_idx(qid as u16, true, entries - 1);
         Ok(Outcome::ok(0))
     }
 
@@ -276,6 +279,8 @@ impl State {
         let what = format!("I/O SQ {qid}");
         self.check_queue_memory(&what, cmd.prp1, entries as usize * COMMAND_SIZE)?;
         self.sqs[qid] = Some(Sq::new(cmd.prp1, entries, cqid));
+        // Nothing fetched yet: the first tail update must ring.
+        self.set_event_idx(qid as u16, false, 0);
         Ok(Outcome::ok(0))
     }
 

@@ -5,7 +5,9 @@
 //! The model, like QEMU's controller, publishes an SQ's EventIdx as the tail it has fetched up
 //! to (so a driver must ring once the controller has caught up), reads CQ heads from the shadow
 //! page whenever it posts, and publishes a CQ's EventIdx as the current head only while a CQE
-//! waits for room (so the driver's next head update rings and frees it). The admin queue uses
+//! waits for room (so the driver's next head update rings and frees it); a new queue starts
+//! with its EventIdx published (SQ 0, CQ one lap away), so a driver that leaves a stale index
+//! in the shadow page is caught on the queue's first completion. The admin queue uses
 //! its registers, as Linux and SPDK do. Strictness: a register write must carry the value the
 //! shadow page holds, and shadow values obey the same rules as register values.
 
