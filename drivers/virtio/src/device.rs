@@ -9,6 +9,15 @@ use mfio_pci::PciDevice;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// The virtqueue layout: split (virtio 1.0) or packed (VIRTIO_F_RING_PACKED, virtio 1.1+).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RingLayout {
+    /// Descriptor table, available ring and used ring.
+    Split,
+    /// One descriptor ring both sides write, with wrap counters.
+    Packed,
+}
+
 /// How to bring a device up.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -25,6 +34,10 @@ pub struct Options {
     /// Feature bits to refuse even when offered (tests use it to exercise the paths without
     /// INDIRECT_DESC or EVENT_IDX). VERSION_1 and ACCESS_PLATFORM cannot be refused.
     pub refuse_features: u64,
+    /// The virtqueue layout. `None` (default): packed when the device offers RING_PACKED,
+    /// split otherwise. `Some(Split)` refuses RING_PACKED (to test both layouts on one
+    /// device); `Some(Packed)` fails bring-up unless the device offers it.
+    pub ring: Option<RingLayout>,
 }
 
 impl Default for Options {
@@ -36,6 +49,7 @@ impl Default for Options {
             bounce_size: 128 << 10,
             bounce_slots: 16,
             refuse_features: 0,
+            ring: None,
         }
     }
 }
@@ -141,12 +155,13 @@ impl<D: PciDevice> VirtioBlk<D> {
                     return Err(VirtioError::Broken { status: s });
                 }
                 tracing::info!(
-                    "virtio-blk {}: up, features [{}], {} sectors of 512, block {}, {} queue(s) of {}",
+                    "virtio-blk {}: up, features [{}], {} sectors of 512, block {}, {} {:?} queue(s) of {}",
                     dev.address(),
                     feature_names(features),
                     info.capacity_sectors,
                     info.block_size,
                     parts.len(),
+                    limits.layout,
                     parts.first().map_or(0, |p| p.size())
                 );
                 let slots = Mutex::new(parts.into_iter().map(Some).collect());
@@ -195,7 +210,18 @@ impl<D: PciDevice> VirtioBlk<D> {
                        virtio-blk-pci iommu_platform=on",
             });
         }
-        let mut wanted = offered & feature::SUPPORTED & !opts.refuse_features;
+        if opts.ring == Some(RingLayout::Packed) && offered & feature::RING_PACKED == 0 {
+            return Err(VirtioError::MissingFeature {
+                name: "RING_PACKED",
+                offered,
+                hint: "packed virtqueues were asked for; give QEMU's virtio-blk-pci packed=on",
+            });
+        }
+        let mut refuse = opts.refuse_features;
+        if opts.ring == Some(RingLayout::Split) {
+            refuse |= feature::RING_PACKED;
+        }
+        let mut wanted = offered & feature::SUPPORTED & !refuse;
         wanted |= offered & (feature::VERSION_1 | feature::ACCESS_PLATFORM);
         t.set_driver_features(dev, wanted);
         t.features_ok(dev, wanted)?;
@@ -236,6 +262,7 @@ impl<D: PciDevice> VirtioBlk<D> {
         let bs = block_size as usize;
         let round = |v: usize| (v / bs * bs).max(bs);
         let limits = Limits {
+            layout: if has(feature::RING_PACKED) { RingLayout::Packed } else { RingLayout::Split },
             indirect: has(feature::INDIRECT_DESC),
             event_idx: has(feature::EVENT_IDX),
             seg_max: info.seg_max.map_or(1, |s| s.max(1) as usize),
@@ -254,7 +281,8 @@ impl<D: PciDevice> VirtioBlk<D> {
                 });
             }
             let want = opts.queue_size.clamp(2, max);
-            // The largest power of two not above `want` (split queues need one).
+            // The largest power of two not above `want` (split queues need one; packed ones
+            // do not, but gain nothing from other sizes).
             let size = 1u16 << (15 - want.leading_zeros());
             let p = QueueParts::new(dev.dma(), q, size, &limits)
                 .map_err(|why| VirtioError::Queue { index: q, why })?;
@@ -269,6 +297,11 @@ impl<D: PciDevice> VirtioBlk<D> {
     /// Features negotiated.
     pub fn features(&self) -> u64 {
         self.shared.features
+    }
+
+    /// The virtqueue layout negotiated (packed when RING_PACKED was).
+    pub fn ring_layout(&self) -> RingLayout {
+        self.shared.limits.layout
     }
 
     /// Names of the features negotiated.

@@ -10,9 +10,11 @@
 //! Where things happen:
 //! - bring-up in [`device`] (`VirtioBlk::new`), through the virtio-pci transport in
 //!   [`transport`];
-//! - a request becomes a descriptor chain in `queue` (`BlkQueue::submit`), on the split ring of
-//!   `virtqueue`; one notify per batch in `BlkQueue::kick`;
-//! - it completes in `BlkQueue::reap` (the used ring, polled).
+//! - a request becomes a descriptor chain in `queue` (`BlkQueue::submit`), on the ring of
+//!   `virtqueue`: packed (`virtqueue/packed.rs`) when the device offers RING_PACKED, split
+//!   (`virtqueue/split.rs`) otherwise or when [`Options::ring`] says so; one notify per batch
+//!   in `BlkQueue::kick`;
+//! - it completes in `BlkQueue::reap` (used buffers by ID, polled).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,6 +27,6 @@ pub mod spec;
 pub mod transport;
 mod virtqueue;
 
-pub use device::{BlkInfo, Options, VirtioBlk};
+pub use device::{BlkInfo, Options, RingLayout, VirtioBlk};
 pub use error::VirtioError;
 pub use queue::{BlkQueue, QueueStats};

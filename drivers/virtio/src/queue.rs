@@ -6,13 +6,13 @@
 //! per-queue DMA pool entry that also holds its indirect table), and its data: the view's own
 //! memory when it translates to IOVAs (zero copy), otherwise a bounce buffer. `send_io` only
 //! queues; `poll_backend` reaps the used ring, turns queued requests into descriptor chains
-//! (splitting at SEG_MAX, SIZE_MAX, the largest transfer and the bounce buffer size), publishes
-//! them with one available-index store and at most one notify write, and reaps again.
-//! Nothing on that path locks, allocates or makes a system call.
+//! (splitting at SEG_MAX, SIZE_MAX, the largest transfer and the bounce buffer size) on the
+//! split or packed ring, publishes them (split: one available-index store) with at most one
+//! notify write, and reaps again. Nothing on that path locks, allocates or makes a system call.
 
-use crate::device::Shared;
+use crate::device::{RingLayout, Shared};
 use crate::spec::{blk, feature, ring, status};
-use crate::virtqueue::{Desc, SplitQueue};
+use crate::virtqueue::{Completion, Desc, Virtqueue};
 use mfio::{
     clip, Activity, BlockDevice, Error, ErrorKind, FromDevice, IoBackend, Origin, Packet, PacketIo,
     PacketView, ToDevice,
@@ -43,6 +43,7 @@ const STALL_CHECK: u32 = 1 << 12;
 /// Per-queue limits, from the negotiated features and the options.
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Limits {
+    pub layout: RingLayout,
     pub indirect: bool,
     pub event_idx: bool,
     /// Data segments per request (SEG_MAX, else 1).
@@ -58,7 +59,7 @@ pub(crate) struct Limits {
 pub(crate) struct QueueParts {
     index: u16,
     notify: u64,
-    vq: SplitQueue,
+    vq: Virtqueue,
     ctrl: DmaPool,
     bounce: DmaPool,
 }
@@ -70,7 +71,7 @@ impl QueueParts {
         size: u16,
         limits: &Limits,
     ) -> Result<Self, String> {
-        let vq = SplitQueue::new(space, size, limits.event_idx)?;
+        let vq = Virtqueue::new(space, size, limits.layout, limits.event_idx)?;
         let mut ctrl = DmaPool::new(space, CTRL_SLOT, usize::from(size), CTRL_SLOT)
             .map_err(|e| format!("request control pool: {e}"))?;
         // Every control slot lies in one page, so each has one IOVA: check it now, once.
@@ -159,7 +160,7 @@ struct Pending {
     view: AnyView,
 }
 
-/// A request the device holds, by head descriptor id.
+/// A request the device holds, by buffer ID (split: its head descriptor's index).
 struct Inflight {
     op: Op,
     view: AnyView,
@@ -180,7 +181,8 @@ pub struct QueueStats {
     pub suppressed_notifies: u64,
     /// Requests whose data went through a bounce buffer.
     pub bounced: u64,
-    /// Used-ring entries naming no request in flight (counted and ignored).
+    /// Used entries naming no request in flight, counted and ignored (split only: on a packed
+    /// ring one is fatal, as where the next used descriptor lies is then unknown).
     pub unknown_completions: u64,
     /// Device status reads made because requests stalled.
     pub status_checks: u64,
@@ -267,7 +269,8 @@ impl<D: PciDevice> BlkQueue<D> {
         self.st.borrow().as_ref().map(|s| s.stats).unwrap_or_default()
     }
 
-    /// Requests in flight on the device.
+    /// Descriptors in flight on the device (a request takes one with indirect tables, else
+    /// one per buffer of its chain).
     pub fn in_flight(&self) -> usize {
         self.st.borrow().as_ref().map_or(0, |s| usize::from(s.parts.vq.in_flight()))
     }
@@ -280,6 +283,11 @@ impl<D: PciDevice> BlkQueue<D> {
     /// Features negotiated.
     pub fn features(&self) -> u64 {
         self.shared.features
+    }
+
+    /// The virtqueue layout in use.
+    pub fn ring_layout(&self) -> RingLayout {
+        self.limits.layout
     }
 
     fn has(&self, f: u64) -> bool {
@@ -403,27 +411,26 @@ impl<D: PciDevice> BlkQueue<D> {
 
     /// Completes what the device has used; returns how many.
     fn reap(&self, st: &mut State) -> usize {
-        let n = st.parts.vq.used_pending();
-        if n == 0 {
-            return 0;
-        }
-        if n > st.parts.vq.size() {
-            self.shared.quiesce("the used index jumped past the queue size");
-            self.fail_all(st, FATAL);
-            return 0;
-        }
-        for _ in 0..n {
-            let u = st.parts.vq.pop_used();
-            if !st.parts.vq.is_in_flight(u.id) {
-                st.stats.unknown_completions += 1;
-                tracing::trace!(id = u.id, "used entry for no request in flight: ignored");
-                continue;
-            }
-            st.parts.vq.free_chain(u.id as u16);
+        let mut done = 0;
+        while let Some(c) = st.parts.vq.next_used() {
+            let u = match c {
+                Completion::Used(u) => u,
+                Completion::Stray(id) => {
+                    st.stats.unknown_completions += 1;
+                    tracing::trace!(id, "used entry for no request in flight: ignored");
+                    continue;
+                }
+                Completion::Broken(why) => {
+                    self.shared.quiesce(why);
+                    self.fail_all(st, FATAL);
+                    return done;
+                }
+            };
             let inf = st.inflight[u.id as usize]
                 .take()
-                .expect("a chain in flight has its request recorded");
+                .expect("a buffer in flight has its request recorded");
             st.stats.completions += 1;
+            done += 1;
             let ctrl = st.parts.ctrl.mem(&inf.ctrl);
             let result = map_status(ctrl.read_u8(CTRL_STATUS));
             let view = match inf.view {
@@ -446,14 +453,14 @@ impl<D: PciDevice> BlkQueue<D> {
             }
             view.complete(result);
         }
-        usize::from(n)
+        done
     }
 
     /// Fails every request in flight and queued (after the device was reset).
     fn fail_all(&self, st: &mut State, e: Error) {
         for id in 0..st.inflight.len() {
             if let Some(inf) = st.inflight[id].take() {
-                st.parts.vq.free_chain(id as u16);
+                st.parts.vq.abandon(id as u16);
                 st.parts.ctrl.free(inf.ctrl).expect("control slot of this queue");
                 if let Some(b) = inf.bounce {
                     st.parts.bounce.free(b).expect("bounce slot of this queue");
@@ -664,16 +671,9 @@ impl<D: PciDevice> BlkQueue<D> {
             }
         };
         let n = nseg + 2;
-        let head = if self.limits.indirect {
-            for k in 0..n {
-                let d = desc_of(k);
-                let at = CTRL_TABLE + k * ring::DESC_SIZE;
-                let last = k + 1 == n;
-                cm.write_le64(at, d.addr);
-                cm.write_le32(at + 8, d.len);
-                cm.write_le16(at + 12, if last { d.flags } else { d.flags | ring::DESC_F_NEXT });
-                cm.write_le16(at + 14, if last { 0 } else { k as u16 + 1 });
-            }
+        let id = if self.limits.indirect {
+            let table = cm.sub(CTRL_TABLE, n * ring::DESC_SIZE).expect("the table fits its slot");
+            st.parts.vq.write_table(&table, n, desc_of);
             let table = Desc {
                 addr: ctrl_iova + CTRL_TABLE as u64,
                 len: (n * ring::DESC_SIZE) as u32,
@@ -688,8 +688,8 @@ impl<D: PciDevice> BlkQueue<D> {
             st.stats.bounced += 1;
         }
         st.stats.requests += 1;
-        tracing::trace!(queue = self.index, head, ?op, sector, len = data_len, "request");
-        st.inflight[usize::from(head)] = Some(Inflight { op, view, ctrl, bounce });
+        tracing::trace!(queue = self.index, id, ?op, sector, len = data_len, "request");
+        st.inflight[usize::from(id)] = Some(Inflight { op, view, ctrl, bounce });
         Ok(rest)
     }
 

@@ -1,6 +1,7 @@
 //! Constants and layouts of the virtio 1.x specification this driver uses: feature bits,
 //! device status bits, virtio-pci capability types and the common configuration layout, split
-//! virtqueue layout, and virtio-blk request types, status codes and configuration layout.
+//! and packed virtqueue layouts, and virtio-blk request types, status codes and configuration
+//! layout.
 
 /// Device status bits (virtio 1.x, 2.1).
 pub mod status {
@@ -80,7 +81,8 @@ pub mod feature {
     ];
 
     /// Everything this driver can use (it accepts the intersection with what is offered).
-    /// RING_PACKED is not in it: only split virtqueues are implemented.
+    /// Not in it: IN_ORDER (completions may come in any order; the driver tracks each
+    /// buffer by its ID either way) and RING_RESET (a failed queue resets the whole device).
     pub const SUPPORTED: u64 = BLK_SIZE_MAX
         | BLK_SEG_MAX
         | BLK_RO
@@ -92,7 +94,8 @@ pub mod feature {
         | INDIRECT_DESC
         | EVENT_IDX
         | VERSION_1
-        | ACCESS_PLATFORM;
+        | ACCESS_PLATFORM
+        | RING_PACKED;
 }
 
 /// virtio-pci vendor capability (`struct virtio_pci_cap`) layout and types.
@@ -188,6 +191,39 @@ pub mod ring {
     pub const fn need_event(event: u16, new: u16, old: u16) -> bool {
         new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
     }
+}
+
+/// Packed virtqueue layout (virtio 1.1+, 2.8): a ring of `struct pvirtq_desc` (le64 addr,
+/// le32 len, le16 id, le16 flags) and two event suppression structures (le16 off_wrap, le16
+/// flags), the driver's in the Driver Area and the device's in the Device Area.
+pub mod packed {
+    /// Offset of `len` in a descriptor.
+    pub const DESC_LEN: usize = 8;
+    /// Offset of the buffer `id` in a descriptor.
+    pub const DESC_ID: usize = 12;
+    /// Offset of `flags` in a descriptor.
+    pub const DESC_FLAGS: usize = 14;
+    /// Descriptor flag: available (matches the driver's wrap counter when made available).
+    pub const DESC_F_AVAIL: u16 = 1 << 7;
+    /// Descriptor flag: used (matches the device's wrap counter when used; AVAIL then equals it).
+    pub const DESC_F_USED: u16 = 1 << 15;
+    /// Bytes of one event suppression structure.
+    pub const EVENT_SIZE: usize = 4;
+    /// Offset of `off_wrap` (le16: descriptor offset, wrap counter in bit 15).
+    pub const EVENT_OFF_WRAP: usize = 0;
+    /// Offset of `flags` (le16).
+    pub const EVENT_FLAGS: usize = 2;
+    /// Event flags: notifications wanted.
+    pub const EVENT_F_ENABLE: u16 = 0;
+    /// Event flags: no notifications wanted.
+    pub const EVENT_F_DISABLE: u16 = 1;
+    /// Event flags: a notification only when the descriptor at `off_wrap` is made available /
+    /// used (with EVENT_IDX only).
+    pub const EVENT_F_DESC: u16 = 2;
+    /// Bit of `off_wrap` holding the wrap counter.
+    pub const EVENT_WRAP: u16 = 1 << 15;
+    /// Largest packed queue size.
+    pub const MAX_SIZE: u16 = 32768;
 }
 
 /// virtio-blk requests, status codes and configuration layout (virtio 1.x, 5.2).

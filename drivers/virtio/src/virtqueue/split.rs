@@ -6,26 +6,11 @@
 //! Indexes are free-running 16-bit counters, as the specification has them; ring slots are
 //! the index modulo the (power of two) queue size.
 
+use super::{Completion, Desc, Used};
 use crate::spec::ring::{self, DESC_F_NEXT, DESC_SIZE};
-use mfio_dma::{DmaBuffer, DmaSpace};
+use mfio_dma::{DmaBuffer, DmaSlice, DmaSpace};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-
-/// One descriptor as the driver writes it.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Desc {
-    pub addr: u64,
-    pub len: u32,
-    /// `DESC_F_WRITE` / `DESC_F_INDIRECT`; `DESC_F_NEXT` is added by the queue.
-    pub flags: u16,
-}
-
-/// A used-ring entry.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Used {
-    pub id: u32,
-    pub len: u32,
-}
 
 /// A split virtqueue.
 pub(crate) struct SplitQueue {
@@ -47,6 +32,9 @@ pub(crate) struct SplitQueue {
     published: u16,
     /// Next used index to read.
     last_used: u16,
+    /// The device's used index as last read (entries up to it may be read without reading
+    /// the index again).
+    used_seen: u16,
     event_idx: bool,
 }
 
@@ -57,16 +45,7 @@ impl SplitQueue {
             return Err(format!("queue size {size} is not a power of two up to 32768"));
         }
         let n = usize::from(size);
-        let alloc = |len: usize, what: &str| -> Result<DmaBuffer, String> {
-            let b = space.alloc(len).map_err(|e| format!("{what}: {e}"))?;
-            if b.contiguous_iova(0, len).is_none() {
-                return Err(format!(
-                    "{what} ({len} bytes) is not IOVA-contiguous: use huge pages or a smaller queue"
-                ));
-            }
-            b.mem().zero();
-            Ok(b)
-        };
+        let alloc = |len: usize, what: &str| super::alloc_ring(space, len, what);
         let desc = alloc(n * DESC_SIZE, "descriptor table")?;
         let avail = alloc(ring::avail_size(size), "available ring")?;
         let used = alloc(ring::used_size(size), "used ring")?;
@@ -88,6 +67,7 @@ impl SplitQueue {
             avail_idx: 0,
             published: 0,
             last_used: 0,
+            used_seen: 0,
             event_idx,
         })
     }
@@ -144,15 +124,16 @@ impl SplitQueue {
     }
 
     /// Whether `id` heads a chain in flight.
-    pub(crate) fn is_in_flight(&self, id: u32) -> bool {
+    fn is_in_flight(&self, id: u32) -> bool {
         id < u32::from(self.size) && self.chain_len[id as usize] != 0
     }
 
-    /// Gives the chain headed by `head` back to the free list.
+    /// Gives the chain headed by `head` back to the free list: after it was used, or, for
+    /// every chain at once, after the device was reset.
     ///
     /// # Panics
-    /// If `head` heads no chain in flight (check [`is_in_flight`](Self::is_in_flight)).
-    pub(crate) fn free_chain(&mut self, head: u16) {
+    /// If `head` heads no chain in flight.
+    pub(crate) fn abandon(&mut self, head: u16) {
         let h = usize::from(head);
         let n = self.chain_len[h];
         assert!(n != 0, "freeing descriptor {head}, which heads no chain in flight");
@@ -189,26 +170,45 @@ impl SplitQueue {
         }
     }
 
-    /// Used entries waiting: how far the device's used index is past ours. More than the
-    /// queue size means a device bug.
-    pub(crate) fn used_pending(&self) -> u16 {
-        let idx = u16::from_le(self.used.mem().load_acquire_u16(2));
-        idx.wrapping_sub(self.last_used)
-    }
-
-    /// The next used entry (call only while [`used_pending`](Self::used_pending) is non-zero).
-    pub(crate) fn pop_used(&mut self) -> Used {
+    /// The next used entry, its chain freed; `None` when the device has used nothing more.
+    /// The used index is read (acquire) only when the entries seen at the last read are all
+    /// consumed, so a batch costs one read of it plus one to find the ring empty.
+    pub(crate) fn next_used(&mut self) -> Option<Completion> {
+        if self.used_seen == self.last_used {
+            let idx = u16::from_le(self.used.mem().load_acquire_u16(2));
+            if idx == self.last_used {
+                return None;
+            }
+            if idx.wrapping_sub(self.last_used) > self.size {
+                return Some(Completion::Broken("the used index jumped past the queue size"));
+            }
+            self.used_seen = idx;
+        }
         let slot = usize::from(self.last_used & (self.size - 1));
         let at = 4 + 8 * slot;
         let m = self.used.mem();
         let u = Used { id: m.read_le32(at), len: m.read_le32(at + 4) };
         self.last_used = self.last_used.wrapping_add(1);
-        u
+        if !self.is_in_flight(u.id) {
+            // The index says where the next entry is, so a bogus one can be stepped over.
+            return Some(Completion::Stray(u.id));
+        }
+        self.abandon(u.id as u16);
+        Some(Completion::Used(u))
     }
+}
 
-    /// Chains in flight (made available, not yet used).
-    pub(crate) fn in_flight(&self) -> u16 {
-        self.size - self.num_free
+/// Writes an indirect table of `n` split descriptors (`desc_of(k)` gives the k-th) linked by
+/// NEXT in table order.
+pub(crate) fn write_table(table: &DmaSlice<'_>, n: usize, mut desc_of: impl FnMut(usize) -> Desc) {
+    for k in 0..n {
+        let d = desc_of(k);
+        let at = k * DESC_SIZE;
+        let last = k + 1 == n;
+        table.write_le64(at, d.addr);
+        table.write_le32(at + 8, d.len);
+        table.write_le16(at + 12, if last { d.flags } else { d.flags | DESC_F_NEXT });
+        table.write_le16(at + 14, if last { 0 } else { k as u16 + 1 });
     }
 }
 
@@ -275,12 +275,12 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|&s| s));
-        q.free_chain(a);
+        q.abandon(a);
         assert_eq!(q.num_free(), 3);
         let c = q.add_chain(2, d).unwrap();
         assert_eq!(q.num_free(), 1);
-        q.free_chain(b);
-        q.free_chain(c);
+        q.abandon(b);
+        q.abandon(c);
         assert_eq!(q.num_free(), 8);
         assert!(!q.is_in_flight(u32::from(c)));
         assert!(!q.is_in_flight(99), "out of range ids are not in flight");
@@ -291,8 +291,8 @@ mod tests {
     fn double_free_is_caught() {
         let mut q = queue(4, false);
         let a = q.add_chain(1, d).unwrap();
-        q.free_chain(a);
-        q.free_chain(a);
+        q.abandon(a);
+        q.abandon(a);
     }
 
     #[test]
@@ -312,16 +312,13 @@ mod tests {
             q.publish();
             let got = device_consume(&q, &mut da, &mut du);
             assert_eq!(got, heads, "the device sees the heads in order");
-            let n = q.used_pending();
-            assert_eq!(n, batch);
             for h in heads {
-                let u = q.pop_used();
+                let Some(Completion::Used(u)) = q.next_used() else { panic!("no used entry") };
                 assert_eq!(u.id, u32::from(h));
-                assert!(q.is_in_flight(u.id));
-                q.free_chain(u.id as u16);
+                assert!(!q.is_in_flight(u.id), "freed as it was popped");
                 completed += 1;
             }
-            assert_eq!(q.used_pending(), 0);
+            assert!(q.next_used().is_none());
             assert_eq!(q.num_free(), 16);
         }
         assert!(q.avail_idx < 10_000, "the available index wrapped (now {})", q.avail_idx);
