@@ -1,14 +1,15 @@
-//! The driver against the strict model: error injection and partial success, batching and
-//! notification suppression, backpressure, zero copy, the other request types, a device that
-//! needs a reset, dropping a queue with requests in flight, stray completions, several
-//! queues on several threads, and the model's own strictness.
+//! The driver against the strict model, on split and packed virtqueues alike: error injection
+//! and partial success, batching and notification suppression, backpressure, zero copy, the
+//! other request types, a device that needs a reset, dropping a queue with requests in
+//! flight, stray completions, several queues on several threads. (Packed-only cases are in
+//! `packed.rs`, the model's own strictness in `model_strict.rs`.)
 
 use futures::future::join_all;
 use mfio::{block_on, ErrorKind, FromDevice, IoBackend, Packet, ReadAt, Window, WriteAt};
 use mfio_pci::PciDevice;
-use mfio_virtio::model::{ModelOptions, OnViolation, VirtioBlkModel, BAR};
-use mfio_virtio::spec::{blk, common, feature, status};
-use mfio_virtio::{BlkQueue, Options, VirtioBlk, VirtioError};
+use mfio_virtio::model::{ModelOptions, VirtioBlkModel};
+use mfio_virtio::spec::{blk, feature, status};
+use mfio_virtio::{BlkQueue, Options, RingLayout, VirtioBlk, VirtioError};
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Waker};
@@ -16,10 +17,21 @@ use std::task::{Context, Waker};
 /// Boxed read packets.
 type Reads<'q> = Pin<Box<Packet<'q, FromDevice, Vec<u8>>>>;
 
+/// Both layouts, forced through `Options::ring` on a model that offers both.
+const LAYOUTS: [RingLayout; 2] = [RingLayout::Split, RingLayout::Packed];
+
 fn up(model: ModelOptions, opts: Options) -> (VirtioBlkModel, VirtioBlk<VirtioBlkModel>) {
     let m = VirtioBlkModel::new(model);
     let dev = VirtioBlk::new(m.clone(), &opts).expect("bring-up");
+    if let Some(ring) = opts.ring {
+        assert_eq!(dev.ring_layout(), ring);
+    }
     (m, dev)
+}
+
+/// `opts` on the `ring` layout.
+fn on(ring: RingLayout, opts: Options) -> Options {
+    Options { ring: Some(ring), ..opts }
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -34,7 +46,9 @@ fn poll(q: &BlkQueue<VirtioBlkModel>) {
 fn bring_up_negotiates_what_both_sides_support() {
     let (m, dev) = up(ModelOptions::default(), Options::default());
     let f = dev.features();
+    assert_eq!(dev.ring_layout(), RingLayout::Packed, "packed whenever offered");
     for bit in [
+        feature::RING_PACKED,
         feature::VERSION_1,
         feature::ACCESS_PLATFORM,
         feature::INDIRECT_DESC,
@@ -73,6 +87,23 @@ fn bring_up_negotiates_what_both_sides_support() {
     assert_eq!(dev.features() & feature::EVENT_IDX, 0);
     assert_ne!(dev.features() & feature::VERSION_1, 0);
     assert_ne!(dev.features() & feature::ACCESS_PLATFORM, 0);
+
+    // The layout: forced split on a device that offers packed; split on one that does not;
+    // packed demanded of one that does not is refused with advice.
+    let (m, dev) = up(ModelOptions::default(), on(RingLayout::Split, Options::default()));
+    assert_eq!(dev.features() & feature::RING_PACKED, 0);
+    assert_eq!(m.driver_features() & feature::RING_PACKED, 0);
+    let q = dev.queue(0).unwrap();
+    assert_eq!(q.ring_layout(), RingLayout::Split);
+    drop(q);
+    let (_, dev) = up(ModelOptions::split_only(), Options::default());
+    assert_eq!(dev.ring_layout(), RingLayout::Split);
+    let m = VirtioBlkModel::new(ModelOptions::split_only());
+    let e = VirtioBlk::new(m.clone(), &on(RingLayout::Packed, Options::default())).err();
+    let e = e.expect("no RING_PACKED offered");
+    assert!(matches!(e, VirtioError::MissingFeature { name: "RING_PACKED", .. }), "{e}");
+    assert!(e.to_string().contains("packed=on"), "{e}");
+    assert_eq!(m.status(), 0, "left reset");
 }
 
 #[test]
@@ -89,9 +120,15 @@ fn a_legacy_only_device_is_refused_with_advice() {
 
 #[test]
 fn ioerr_on_one_sector_fails_that_segment_only() {
+    for ring in LAYOUTS {
+        ioerr_on_one_sector(ring);
+    }
+}
+
+fn ioerr_on_one_sector(ring: RingLayout) {
     // 8 KiB requests: a 64 KiB read is 8 requests; sector 20 lies in the third.
-    let (m, dev) =
-        up(ModelOptions::default(), Options { max_transfer: 8 << 10, ..Default::default() });
+    let opts = Options { max_transfer: 8 << 10, ..Default::default() };
+    let (m, dev) = up(ModelOptions::default(), on(ring, opts));
     let q = dev.queue(0).unwrap();
     let data = pattern(64 << 10, 3);
     q.write_all_blocking(0, &data).unwrap();
@@ -114,25 +151,29 @@ fn ioerr_on_one_sector_fails_that_segment_only() {
 
 #[test]
 fn unsupp_maps_to_unsupported() {
-    let (m, dev) = up(ModelOptions::default(), Options::default());
-    let q = dev.queue(0).unwrap();
-    m.inject_unsupported(blk::T_FLUSH);
-    let e = q.flush_blocking().unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsupported);
-    assert_eq!(e.status(), u16::from(blk::S_UNSUPP));
-    m.inject_unsupported(blk::T_IN);
-    let e = q.read_all_blocking(0, &mut [0u8; 512]).unwrap_err();
-    assert_eq!((e.done, e.error.kind()), (0, ErrorKind::Unsupported));
-    m.clear_injections();
-    q.flush_blocking().unwrap();
+    for ring in LAYOUTS {
+        let (m, dev) = up(ModelOptions::default(), on(ring, Options::default()));
+        let q = dev.queue(0).unwrap();
+        m.inject_unsupported(blk::T_FLUSH);
+        let e = q.flush_blocking().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert_eq!(e.status(), u16::from(blk::S_UNSUPP));
+        m.inject_unsupported(blk::T_IN);
+        let e = q.read_all_blocking(0, &mut [0u8; 512]).unwrap_err();
+        assert_eq!((e.done, e.error.kind()), (0, ErrorKind::Unsupported));
+        m.clear_injections();
+        q.flush_blocking().unwrap();
+    }
 }
 
 #[test]
 fn one_notify_per_batch() {
-    for refuse in [0, feature::EVENT_IDX | feature::INDIRECT_DESC] {
+    for (ring, refuse) in
+        LAYOUTS.into_iter().flat_map(|r| [(r, 0), (r, feature::EVENT_IDX | feature::INDIRECT_DESC)])
+    {
         // Enough bounce buffers for all 32 (heap memory bounces).
         let opts = Options { refuse_features: refuse, bounce_slots: 32, ..Default::default() };
-        let (m, dev) = up(ModelOptions::default(), opts);
+        let (m, dev) = up(ModelOptions::default(), on(ring, opts));
         let q = dev.queue(0).unwrap();
         let before = m.notifies();
         let reads = (0..32u64).map(|i| q.read_all(i * 4096, vec![0u8; 4096]));
@@ -149,9 +190,10 @@ fn one_notify_per_batch() {
 
 #[test]
 fn event_idx_suppresses_notifies_while_the_device_is_busy() {
-    for (refuse, second_batch_notifies) in [(0, 0), (feature::EVENT_IDX, 1)] {
-        let (m, dev) =
-            up(ModelOptions::default(), Options { refuse_features: refuse, ..Default::default() });
+    let cases = LAYOUTS.into_iter().flat_map(|r| [(r, 0, 0), (r, feature::EVENT_IDX, 1)]);
+    for (ring, refuse, second_batch_notifies) in cases {
+        let opts = Options { refuse_features: refuse, ..Default::default() };
+        let (m, dev) = up(ModelOptions::default(), on(ring, opts));
         let q = dev.queue(0).unwrap();
         m.set_hold(true);
         let mut a = Box::pin(Packet::<FromDevice, _>::new(vec![0u8; 4096]));
@@ -161,7 +203,7 @@ fn event_idx_suppresses_notifies_while_the_device_is_busy() {
         assert_eq!(m.notifies(), 1);
         b.as_mut().submit(&q, 4096).unwrap();
         poll(&q);
-        assert_eq!(m.notifies(), 1 + second_batch_notifies, "refused {refuse:#x}");
+        assert_eq!(m.notifies(), 1 + second_batch_notifies, "{ring:?}, refused {refuse:#x}");
         assert_eq!(q.stats().suppressed_notifies, 1 - second_batch_notifies);
         m.set_hold(false);
         m.release();
@@ -173,9 +215,15 @@ fn event_idx_suppresses_notifies_while_the_device_is_busy() {
 
 #[test]
 fn backpressure_keeps_requests_until_descriptors_free_up() {
+    for ring in LAYOUTS {
+        backpressure(ring);
+    }
+}
+
+fn backpressure(ring: RingLayout) {
     let (m, dev) = up(
         ModelOptions { queue_size_max: 8, ..Default::default() },
-        Options { refuse_features: feature::INDIRECT_DESC, ..Default::default() },
+        on(ring, Options { refuse_features: feature::INDIRECT_DESC, ..Default::default() }),
     );
     let q = dev.queue(0).unwrap();
     let data = pattern(64 * 4096, 9);
@@ -204,7 +252,13 @@ fn backpressure_keeps_requests_until_descriptors_free_up() {
 
 #[test]
 fn dma_memory_is_zero_copy_and_other_memory_bounces() {
-    let (m, dev) = up(ModelOptions::default(), Options::default());
+    for ring in LAYOUTS {
+        zero_copy_and_bounces(ring);
+    }
+}
+
+fn zero_copy_and_bounces(ring: RingLayout) {
+    let (m, dev) = up(ModelOptions::default(), on(ring, Options::default()));
     let q = dev.queue(0).unwrap();
     let len = 256 << 10;
     let buf = dev.device().dma().alloc(len).unwrap();
@@ -235,7 +289,13 @@ fn dma_memory_is_zero_copy_and_other_memory_bounces() {
 
 #[test]
 fn flush_get_id_discard_write_zeroes() {
-    let (m, dev) = up(ModelOptions::default(), Options::default());
+    for ring in LAYOUTS {
+        other_requests(ring);
+    }
+}
+
+fn other_requests(ring: RingLayout) {
+    let (m, dev) = up(ModelOptions::default(), on(ring, Options::default()));
     let q = dev.queue(0).unwrap();
     q.flush_blocking().unwrap();
     let id = q.get_id_blocking().unwrap();
@@ -268,13 +328,9 @@ fn flush_get_id_discard_write_zeroes() {
     assert_eq!(q.discard_blocking(0, 8 << 20).unwrap_err().kind(), ErrorKind::Device);
 
     // Without the features: Unsupported, nothing sent.
-    let (_, dev) = up(
-        ModelOptions::default(),
-        Options {
-            refuse_features: feature::BLK_DISCARD | feature::BLK_WRITE_ZEROES,
-            ..Default::default()
-        },
-    );
+    let refuse = feature::BLK_DISCARD | feature::BLK_WRITE_ZEROES;
+    let opts = Options { refuse_features: refuse, ..Default::default() };
+    let (_, dev) = up(ModelOptions::default(), on(ring, opts));
     let q = dev.queue(0).unwrap();
     assert_eq!(q.discard_blocking(0, 512).unwrap_err().kind(), ErrorKind::Unsupported);
     assert_eq!(q.write_zeroes_blocking(0, 512, false).unwrap_err().kind(), ErrorKind::Unsupported);
@@ -282,7 +338,14 @@ fn flush_get_id_discard_write_zeroes() {
 
 #[test]
 fn needs_reset_fails_everything_with_fatal_and_resets() {
-    let (m, dev) = up(ModelOptions::default(), Options { queues: 2, ..Default::default() });
+    for ring in LAYOUTS {
+        needs_reset(ring);
+    }
+}
+
+fn needs_reset(ring: RingLayout) {
+    let (m, dev) =
+        up(ModelOptions::default(), on(ring, Options { queues: 2, ..Default::default() }));
     let q0 = dev.queue(0).unwrap();
     let q1 = dev.queue(1).unwrap();
     q0.write_all_blocking(0, &[7u8; 4096]).unwrap();
@@ -305,10 +368,23 @@ fn dropping_a_queue_with_requests_in_flight_resets_the_device_first() {
     static SEEN: Mutex<Vec<(usize, Result<(), mfio::Error>)>> = Mutex::new(Vec::new());
     static SINK: fn(usize, usize, Result<(), mfio::Error>) =
         |off, _len, r| SEEN.lock().unwrap().push((off, r));
-    let (m, dev) = up(ModelOptions::default(), Options::default());
+    for ring in LAYOUTS {
+        SEEN.lock().unwrap().clear();
+        drop_in_flight(ring, &SINK, &SEEN);
+    }
+}
+
+type Sink = fn(usize, usize, Result<(), mfio::Error>);
+
+fn drop_in_flight(
+    ring: RingLayout,
+    sink: &'static Sink,
+    seen: &Mutex<Vec<(usize, Result<(), mfio::Error>)>>,
+) {
+    let (m, dev) = up(ModelOptions::default(), on(ring, Options::default()));
     let q = dev.queue(0).unwrap();
     m.set_hold(true);
-    let mut p = Box::pin(Packet::<FromDevice, _>::new(vec![0u8; 4096]).with_sink(&SINK));
+    let mut p = Box::pin(Packet::<FromDevice, _>::new(vec![0u8; 4096]).with_sink(sink));
     p.as_mut().submit(&q, 0).unwrap();
     poll(&q);
     assert_eq!(q.in_flight(), 1);
@@ -318,7 +394,7 @@ fn dropping_a_queue_with_requests_in_flight_resets_the_device_first() {
     drop(q);
     assert_eq!(m.resets(), resets + 1);
     assert_eq!(m.status(), 0, "the device is stopped");
-    let seen = SEEN.lock().unwrap().clone();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].1.unwrap_err().kind(), ErrorKind::Aborted);
     assert!(matches!(dev.queue(0), Err(VirtioError::Broken { .. })));
@@ -326,7 +402,8 @@ fn dropping_a_queue_with_requests_in_flight_resets_the_device_first() {
 
 #[test]
 fn stray_used_entries_are_counted_and_ignored() {
-    let (m, dev) = up(ModelOptions::default(), Options::default());
+    // Split: the used index says where the next entry is. (Packed: see packed.rs.)
+    let (m, dev) = up(ModelOptions::default(), on(RingLayout::Split, Options::default()));
     let q = dev.queue(0).unwrap();
     q.write_all_blocking(0, &[3u8; 512]).unwrap();
     m.inject_stray_completion(0, 200);
@@ -341,9 +418,15 @@ fn stray_used_entries_are_counted_and_ignored() {
 
 #[test]
 fn one_queue_per_thread() {
+    for ring in LAYOUTS {
+        queues_on_threads(ring);
+    }
+}
+
+fn queues_on_threads(ring: RingLayout) {
     let (_m, dev) = up(
         ModelOptions { num_queues: 4, ..Default::default() },
-        Options { queues: 0, ..Default::default() },
+        on(ring, Options { queues: 0, ..Default::default() }),
     );
     assert_eq!(dev.queue_count(), 4);
     let dev = std::sync::Arc::new(dev);
@@ -368,97 +451,26 @@ fn one_queue_per_thread() {
     }
 }
 
-// The model's strictness: a driver that breaks the rules is caught at once.
-
-/// Brings a device up and returns its queue 0's ring addresses (desc, avail).
-fn rings(m: &VirtioBlkModel) -> (u64, u64) {
-    m.write16(BAR, common::QUEUE_SELECT, 0);
-    (m.read64(BAR, common::QUEUE_DESC), m.read64(BAR, common::QUEUE_DRIVER))
-}
-
-/// Makes the chain at `head` available by hand and notifies queue 0.
-fn offer(m: &VirtioBlkModel, avail: u64, head: u16) {
-    let mp = m.mapper();
-    mp.write_le16(mfio_dma::Iova(avail + 4), head).unwrap();
-    mp.write_le16(mfio_dma::Iova(avail + 2), 1).unwrap();
-    m.write16(BAR, 0x3000, 0);
-}
-
-fn write_desc(m: &VirtioBlkModel, desc: u64, id: u64, addr: u64, len: u32, flags: u16, next: u16) {
-    let mp = m.mapper();
-    let at = desc + 16 * id;
-    mp.write_le64(mfio_dma::Iova(at), addr).unwrap();
-    mp.write_le32(mfio_dma::Iova(at + 8), len).unwrap();
-    mp.write_le16(mfio_dma::Iova(at + 12), flags).unwrap();
-    mp.write_le16(mfio_dma::Iova(at + 14), next).unwrap();
-}
-
 #[test]
-#[should_panic(expected = "used twice (a loop")]
-fn model_catches_a_looping_chain() {
-    let (m, dev) = up(ModelOptions::default(), Options::default());
-    let _q = dev.queue(0).unwrap();
-    let (desc, avail) = rings(&m);
-    write_desc(&m, desc, 0, desc, 16, 1, 1);
-    write_desc(&m, desc, 1, desc, 16, 1, 0);
-    offer(&m, avail, 0);
-}
-
-#[test]
-#[should_panic(expected = "descriptor id 300 >= queue size 256")]
-fn model_catches_a_head_past_the_ring() {
-    let (m, dev) = up(ModelOptions::default(), Options::default());
-    let _q = dev.queue(0).unwrap();
-    let (_, avail) = rings(&m);
-    offer(&m, avail, 300);
-}
-
-#[test]
-#[should_panic(expected = "DMA fault")]
-fn model_catches_dma_to_unmapped_memory() {
-    let (m, dev) = up(ModelOptions::default(), Options::default());
-    let _q = dev.queue(0).unwrap();
-    let (desc, avail) = rings(&m);
-    // A header at a virtual address instead of an IOVA.
-    let bogus = &desc as *const u64 as u64;
-    write_desc(&m, desc, 0, bogus, 16, 1, 1);
-    write_desc(&m, desc, 1, desc, 1, 2, 0);
-    offer(&m, avail, 0);
-}
-
-#[test]
-#[should_panic(expected = "readable buffer after a writable")]
-fn model_catches_readable_after_writable() {
-    let (m, dev) = up(ModelOptions::default(), Options::default());
-    let _q = dev.queue(0).unwrap();
-    let (desc, avail) = rings(&m);
-    write_desc(&m, desc, 0, desc, 16, 2 | 1, 1);
-    write_desc(&m, desc, 1, desc, 16, 0, 0);
-    offer(&m, avail, 0);
-}
-
-#[test]
-fn model_violation_can_set_needs_reset_instead_and_the_driver_recovers_by_failing() {
-    let (m, dev) = up(
-        ModelOptions { on_violation: OnViolation::NeedsReset, ..Default::default() },
-        Options::default(),
-    );
-    let q = dev.queue(0).unwrap();
-    // A notify before DRIVER_OK on a second, fresh model is a violation too.
-    let fresh = VirtioBlkModel::new(ModelOptions {
-        on_violation: OnViolation::NeedsReset,
-        ..Default::default()
-    });
-    fresh.write16(BAR, 0x3000, 0);
-    assert!(fresh.violations()[0].contains("before it runs"), "{:?}", fresh.violations());
-    // A bad chain on the running device: recorded, DEVICE_NEEDS_RESET, and the driver then
-    // fails its I/O with Fatal after resetting the device.
-    let (desc, avail) = rings(&m);
-    write_desc(&m, desc, 0, desc, 0, 0, 0);
-    offer(&m, avail, 0);
-    assert!(m.violations()[0].contains("zero-length"), "{:?}", m.violations());
-    assert_ne!(m.status() & status::DEVICE_NEEDS_RESET, 0);
-    let e = q.read_all_blocking(0, &mut [0u8; 512]).unwrap_err();
-    assert_eq!(e.error.kind(), ErrorKind::Fatal);
-    assert_eq!(m.status(), 0);
+fn deferred_completions_wait_for_later_notifies() {
+    use mfio_virtio::model::CompletionMode;
+    for ring in LAYOUTS {
+        let completion = CompletionMode::Deferred { notifies: 2, seed: 0 };
+        let (m, dev) =
+            up(ModelOptions { completion, ..Default::default() }, on(ring, Options::default()));
+        let q = dev.queue(0).unwrap();
+        let mut p: Vec<Reads<'_>> = (0..4).map(|_| Box::pin(Packet::new(vec![0u8; 512]))).collect();
+        // One read per poll round, so one notify each: read k completes on notify k + 2.
+        for (k, pk) in p.iter_mut().enumerate() {
+            pk.as_mut().submit(&q, k as u64 * 512).unwrap();
+            poll(&q);
+            assert_eq!(m.notifies(), k as u64 + 1);
+        }
+        let idle: Vec<bool> = p.iter().map(|x| x.is_idle()).collect();
+        assert_eq!(idle, [true, true, false, false], "{ring:?}: the last two still held");
+        assert_eq!(q.in_flight(), 2, "one indirect descriptor each");
+        m.release();
+        poll(&q);
+        assert!(p.iter().all(|x| x.is_idle()), "{ring:?}: released");
+    }
 }

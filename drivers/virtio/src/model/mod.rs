@@ -3,11 +3,15 @@
 //! It has the registers of a modern virtio-pci device (vendor capabilities in config space,
 //! common configuration, notify, ISR and device configuration in BAR 4, as QEMU lays them
 //! out) and reaches memory only through a [`CheckingMapper`], so an IOVA the driver never
-//! mapped is a fault, never a stray write. It processes a queue when the driver notifies it
-//! (or, when held, on [`release`](VirtioBlkModel::release)) and checks as it goes: register
-//! widths and the order of the status handshake, queue setup, ring indexes, descriptor ids,
-//! chains and their flags (loops, NEXT with INDIRECT, nested indirect tables, zero lengths,
-//! readable after writable), request framing and lengths, bus mastering.
+//! mapped is a fault, never a stray write. It offers RING_PACKED by default (a driver may
+//! refuse it), so it runs split and packed virtqueues alike. It fetches what a queue made
+//! available when the driver notifies it (or, when held, on
+//! [`release`](VirtioBlkModel::release)) and completes it then or later, in ring order or not
+//! (see [`CompletionMode`]), and checks as it goes: register widths and the order of the
+//! status handshake, queue setup, ring indexes, descriptor ids, chains and their flags (loops,
+//! NEXT with INDIRECT, nested indirect tables, zero lengths, readable after writable), packed
+//! wrap counters, buffer IDs and event suppression (see `packed.rs`), request framing and
+//! lengths, bus mastering.
 //!
 //! A violation is driver misuse: by default the model panics with a message naming it (the
 //! test fails loudly); with [`OnViolation::NeedsReset`] it records it, sets
@@ -16,13 +20,18 @@
 //! Error injection: IOERR on chosen sectors, UNSUPP for chosen request types, and
 //! DEVICE_NEEDS_RESET on demand. Null mode skips the data (no storage): for benchmarks.
 
+mod packed;
+mod process;
 mod requests;
+mod split;
 
 use crate::spec::{blk, cap, common, feature, ring, status};
-use mfio_dma::{CheckingMapper, DmaSpace};
+use mfio_dma::{CheckingMapper, DmaFault, DmaSpace};
 use mfio_pci::{check_config_access, PciAddress, PciDevice, PciError, CAP_ID_VENDOR};
+use process::{Fetched, QueueWork};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 /// The BAR holding every virtio-pci structure.
 pub const BAR: u8 = 4;
@@ -43,6 +52,35 @@ pub enum OnViolation {
     NeedsReset,
 }
 
+/// When and in what order the model completes the requests it fetches.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum CompletionMode {
+    /// Every request fetched on a notify is completed during that notify write, in ring order
+    /// (used entries are in memory before `write16` returns).
+    #[default]
+    InOrder,
+    /// Like `InOrder`, but the requests of one notify complete in reverse order.
+    Reversed,
+    /// Like `InOrder`, but the requests of one notify complete in a shuffled order
+    /// (deterministic: a xorshift generator seeded with `seed`, which must not be 0).
+    Shuffled {
+        /// Seed of the generator.
+        seed: u64,
+    },
+    /// Each request is fetched on its notify but carried out (data moved, used entry written)
+    /// only on the `notifies`-th notify after it, or on [`VirtioBlkModel::release`]: a device
+    /// that completes on its own time. A driver waiting for its last request notifies no
+    /// more, so something must release: a test thread, or
+    /// [`VirtioBlkModel::release_in_background`]. Those completed together come in a
+    /// shuffled order when `seed` is not 0, in fetch order when it is.
+    Deferred {
+        /// Later notifies before a request completes (at least 1).
+        notifies: u32,
+        /// Seed of the shuffle (0: no shuffle).
+        seed: u64,
+    },
+}
+
 /// How to build a model.
 #[derive(Clone, Debug)]
 pub struct ModelOptions {
@@ -50,7 +88,8 @@ pub struct ModelOptions {
     pub capacity_sectors: u64,
     /// Null mode: no storage; reads return whatever the buffer held, writes are dropped.
     pub null: bool,
-    /// Feature bits offered.
+    /// Feature bits offered (default: everything the driver can use, RING_PACKED included;
+    /// drop it for a split-only device like QEMU's default).
     pub features: u64,
     /// Request queues (config `num_queues`; MQ must be offered for more than 1).
     pub num_queues: u16,
@@ -68,6 +107,8 @@ pub struct ModelOptions {
     pub id: [u8; blk::ID_BYTES],
     /// What a violation does.
     pub on_violation: OnViolation,
+    /// When and in what order requests complete.
+    pub completion: CompletionMode,
 }
 
 impl Default for ModelOptions {
@@ -87,7 +128,8 @@ impl Default for ModelOptions {
                 | feature::INDIRECT_DESC
                 | feature::EVENT_IDX
                 | feature::VERSION_1
-                | feature::ACCESS_PLATFORM,
+                | feature::ACCESS_PLATFORM
+                | feature::RING_PACKED,
             num_queues: 2,
             queue_size_max: 256,
             seg_max: 254,
@@ -96,20 +138,40 @@ impl Default for ModelOptions {
             max_range_sectors: 8192,
             id,
             on_violation: OnViolation::Panic,
+            completion: CompletionMode::InOrder,
         }
     }
 }
 
-#[derive(Clone, Debug, Default)]
+impl ModelOptions {
+    /// The default device without RING_PACKED: split virtqueues only.
+    pub fn split_only() -> Self {
+        let d = Self::default();
+        Self { features: d.features & !feature::RING_PACKED, ..d }
+    }
+}
+
+/// A queue's registers and ring positions.
+#[derive(Copy, Clone, Debug, Default)]
 struct MQueue {
     max: u16,
     size: u16,
     enabled: bool,
+    /// Descriptor Area: split descriptor table / packed descriptor ring.
     desc: u64,
-    avail: u64,
-    used: u64,
+    /// Driver Area: split available ring / packed driver event suppression.
+    driver: u64,
+    /// Device Area: split used ring / packed device event suppression.
+    device: u64,
+    /// Split: next available index to fetch, next used index to write.
     last_avail: u16,
     used_idx: u16,
+    /// Packed: next position to fetch and its lap's wrap counter; next position to write a
+    /// used descriptor to and its wrap counter.
+    avail_pos: u16,
+    avail_wrap: bool,
+    used_pos: u16,
+    used_wrap: bool,
 }
 
 struct State {
@@ -132,7 +194,14 @@ struct State {
     indirect_requests: u64,
     resets: u64,
     violations: Vec<String>,
-    scratch: requests::Scratch,
+    /// Per queue: fetched requests and ring bookkeeping.
+    work: Vec<QueueWork>,
+    /// Fetched entries not in use (their buffer lists keep their capacity).
+    spare: Vec<Fetched>,
+    /// The requests being completed (kept for its capacity).
+    batch: Vec<Fetched>,
+    /// Shuffle generator state (0: not seeded yet).
+    rng: u64,
 }
 
 struct Inner {
@@ -151,6 +220,12 @@ pub struct VirtioBlkModel {
 
 /// A rule broken by the driver, found while processing.
 pub(crate) struct Violation(pub String);
+
+type R<T> = Result<T, Violation>;
+
+fn dma(e: DmaFault) -> Violation {
+    Violation(format!("DMA fault: {e}"))
+}
 
 impl VirtioBlkModel {
     /// A model with `opts`.
@@ -200,6 +275,7 @@ impl VirtioBlkModel {
         let queues = (0..opts.num_queues)
             .map(|_| MQueue { max: opts.queue_size_max, ..MQueue::default() })
             .collect();
+        let work = (0..opts.num_queues).map(|_| QueueWork::default()).collect();
         let state = State {
             config,
             // As QEMU's device reads after the kernel's driver was unbound: not reset yet.
@@ -220,7 +296,10 @@ impl VirtioBlkModel {
             indirect_requests: 0,
             resets: 0,
             violations: Vec::new(),
-            scratch: requests::Scratch::default(),
+            work,
+            spare: Vec::new(),
+            batch: Vec::new(),
+            rng: 0,
         };
         Self { inner: Arc::new(Inner { opts, mapper, space, state: Mutex::new(state) }) }
     }
@@ -263,27 +342,42 @@ impl VirtioBlkModel {
         self.state().hold = hold;
     }
 
-    /// Processes every enabled queue now (after [`set_hold`](Self::set_hold)).
+    /// Processes every enabled queue now: fetches what is available and completes
+    /// everything fetched, deferred requests included (after [`set_hold`](Self::set_hold), or
+    /// to let [`CompletionMode::Deferred`] requests go).
     pub fn release(&self) {
         let mut st = self.state();
         for q in 0..st.queues.len() {
-            self.process(&mut st, q);
+            self.process(&mut st, q, true);
         }
     }
 
-    /// Writes a used-ring entry naming descriptor `id` on queue `q`, as a buggy device would
-    /// (the driver must count it and ignore it).
+    /// Starts a thread that calls [`release`](Self::release) every `period` until the last
+    /// other handle to the model is dropped: completions that arrive on their own, from
+    /// another thread, as a real device's do.
+    pub fn release_in_background(&self, period: Duration) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        std::thread::spawn(move || {
+            while let Some(inner) = weak.upgrade() {
+                VirtioBlkModel { inner }.release();
+                std::thread::sleep(period);
+            }
+        });
+    }
+
+    /// Writes a used entry naming buffer `id` on queue `q`, as a buggy device would. On a
+    /// split ring the driver must count it and ignore it; on a packed ring it cannot know how
+    /// far to skip, so it must reset the device.
     pub fn inject_stray_completion(&self, q: u16, id: u32) {
         let mut st = self.state();
         let m = self.inner.mapper.clone();
-        let mq = &mut st.queues[usize::from(q)];
-        let slot = u64::from(mq.used_idx & (mq.size - 1));
-        let used = mq.used;
-        mq.used_idx = mq.used_idx.wrapping_add(1);
-        let idx = mq.used_idx;
-        m.write_le32(mfio_dma::Iova(used + 4 + 8 * slot), id).expect("used ring mapped");
-        m.write_le32(mfio_dma::Iova(used + 8 + 8 * slot), 0).expect("used ring mapped");
-        m.write_le16(mfio_dma::Iova(used + 2), idx).expect("used ring mapped");
+        let q = usize::from(q);
+        let r = if st.driver_features & feature::RING_PACKED != 0 {
+            packed::inject_stray(&mut st, &m, q, id)
+        } else {
+            split::inject_stray(&mut st, &m, q, id)
+        };
+        assert!(r.is_ok(), "the rings of queue {q} are mapped");
     }
 
     /// Notify register writes so far.
@@ -342,6 +436,10 @@ impl VirtioBlkModel {
         for q in &mut st.queues {
             *q = MQueue { max: q.max, ..MQueue::default() };
         }
+        let State { work, spare, .. } = st;
+        for w in work {
+            w.reset(spare);
+        }
         st.stopped = false;
         st.resets += 1;
     }
@@ -381,7 +479,7 @@ impl VirtioBlkModel {
                 return 0;
             }
             let q = usize::from(st.queue_select);
-            let mq = st.queues.get(q).cloned().unwrap_or_default();
+            let mq = st.queues.get(q).copied().unwrap_or_default();
             let v: u64 = match if hi_half { off & !7 } else { off } {
                 common::DEVICE_FEATURE_SELECT => u64::from(st.device_feature_select),
                 common::DEVICE_FEATURE => match st.device_feature_select {
@@ -405,8 +503,8 @@ impl VirtioBlkModel {
                 common::QUEUE_ENABLE => u64::from(mq.enabled),
                 common::QUEUE_NOTIFY_OFF => q as u64,
                 common::QUEUE_DESC => mq.desc,
-                common::QUEUE_DRIVER => mq.avail,
-                common::QUEUE_DEVICE => mq.used,
+                common::QUEUE_DRIVER => mq.driver,
+                common::QUEUE_DEVICE => mq.device,
                 _ => 0,
             };
             match (hi_half, off % 8) {
@@ -443,7 +541,7 @@ impl VirtioBlkModel {
             }
             st.notifies += 1;
             if !st.hold {
-                self.process(&mut st, q);
+                self.process(&mut st, q, false);
             }
             return;
         }
@@ -457,6 +555,7 @@ impl VirtioBlkModel {
         }
         let q = usize::from(st.queue_select);
         let running = st.status & status::DRIVER_OK != 0;
+        let packed = st.driver_features & feature::RING_PACKED != 0;
         match off {
             common::DEVICE_FEATURE_SELECT => st.device_feature_select = v as u32,
             common::DRIVER_FEATURE_SELECT => st.driver_feature_select = v as u32,
@@ -491,8 +590,9 @@ impl VirtioBlkModel {
                 let mq = &mut st.queues[q];
                 match off {
                     common::QUEUE_SIZE => {
+                        // Packed queues may have any size; split ones need a power of two.
                         let n = v as u16;
-                        if !n.is_power_of_two() || n > mq.max {
+                        if n == 0 || n > mq.max || (!packed && !n.is_power_of_two()) {
                             return self.violation(&mut st, format!("queue size {n}"));
                         }
                         mq.size = n;
@@ -506,8 +606,8 @@ impl VirtioBlkModel {
                     _ => {
                         let field = match off & !7 {
                             0x20 => &mut mq.desc,
-                            0x28 => &mut mq.avail,
-                            _ => &mut mq.used,
+                            0x28 => &mut mq.driver,
+                            _ => &mut mq.device,
                         };
                         *field = match (width, off % 8) {
                             (8, _) => v,
@@ -553,37 +653,49 @@ impl VirtioBlkModel {
     }
 
     fn enable_queue(&self, st: &mut State, q: usize) {
-        let mq = st.queues[q].clone();
-        let n = if mq.size == 0 { mq.max } else { mq.size };
-        let m = &self.inner.mapper;
+        let mq = &mut st.queues[q];
+        if mq.size == 0 {
+            mq.size = mq.max;
+        }
+        let m = self.inner.mapper.clone();
+        let r = if st.driver_features & feature::RING_PACKED != 0 {
+            packed::enable(st, &m, q)
+        } else {
+            Self::enable_split(st, &m, q)
+        };
+        match r {
+            Ok(()) => st.queues[q].enabled = true,
+            Err(why) => self.violation(st, why),
+        }
+    }
+
+    fn enable_split(st: &mut State, m: &CheckingMapper, q: usize) -> Result<(), String> {
+        let mq = st.queues[q];
+        let n = mq.size;
         let checks = [
             ("descriptor table", mq.desc, 16u64, n as usize * ring::DESC_SIZE),
-            ("available ring", mq.avail, 2, ring::avail_size(n)),
-            ("used ring", mq.used, 4, ring::used_size(n)),
+            ("available ring", mq.driver, 2, ring::avail_size(n)),
+            ("used ring", mq.device, 4, ring::used_size(n)),
         ];
         for (what, iova, align, len) in checks {
             if iova % align != 0 || !m.is_mapped(mfio_dma::Iova(iova), len) {
-                return self.violation(
-                    st,
-                    format!(
-                        "queue {q}: {what} at {iova:#x} ({len} bytes) is misaligned or unmapped"
-                    ),
-                );
+                return Err(format!(
+                    "queue {q}: {what} at {iova:#x} ({len} bytes) is misaligned or unmapped"
+                ));
             }
         }
-        let mq = &mut st.queues[q];
-        mq.size = n;
-        mq.enabled = true;
+        st.work[q].busy = vec![false; usize::from(n)];
+        Ok(())
     }
 
-    fn process(&self, st: &mut State, q: usize) {
+    fn process(&self, st: &mut State, q: usize, all: bool) {
         if st.stopped || st.status & status::DRIVER_OK == 0 || !st.queues[q].enabled {
             return;
         }
         if !Self::bus_master(st) {
             return self.violation(st, "notified with bus mastering off: no DMA possible".into());
         }
-        if let Err(Violation(m)) = requests::process_queue(self, st, q) {
+        if let Err(Violation(m)) = process::process_queue(self, st, q, all) {
             self.violation(st, m);
         }
     }

@@ -1,30 +1,31 @@
-//! The model's device side: walks the available ring, checks each descriptor chain, carries
-//! out the virtio-blk request, writes the status byte and the used ring.
+//! The model's virtio-blk side: a fetched chain's buffers as a request (header, data,
+//! status), checked for framing and lengths, carried out on the backing store, its status
+//! byte written.
 
-use super::{State, Violation, VirtioBlkModel};
+use super::{dma, State, Violation, VirtioBlkModel, R};
 use crate::spec::{blk, feature, ring};
-use mfio_dma::{CheckingMapper, DmaFault, Iova};
-use std::sync::atomic::{fence, Ordering};
-
-type R<T> = Result<T, Violation>;
-
-fn dma(e: DmaFault) -> Violation {
-    Violation(format!("DMA fault: {e}"))
-}
-
-/// Per-batch scratch, kept in the model's state so processing allocates nothing.
-#[derive(Default)]
-pub(super) struct Scratch {
-    busy: Vec<bool>,
-    bufs: Vec<Buf>,
-}
+use mfio_dma::{CheckingMapper, Iova};
 
 /// One buffer of a chain.
-#[derive(Copy, Clone)]
-struct Buf {
-    addr: u64,
-    len: u32,
-    write: bool,
+#[derive(Copy, Clone, Debug)]
+pub(super) struct Buf {
+    pub addr: u64,
+    pub len: u32,
+    pub write: bool,
+}
+
+/// Appends a buffer of a chain, checking its length and that no device-readable buffer
+/// follows a writable one.
+pub(super) fn push(bufs: &mut Vec<Buf>, q: usize, addr: u64, len: u32, flags: u16) -> R<()> {
+    let write = flags & ring::DESC_F_WRITE != 0;
+    if len == 0 {
+        return Err(Violation(format!("queue {q}: zero-length descriptor")));
+    }
+    if !write && bufs.last().is_some_and(|b| b.write) {
+        return Err(Violation(format!("queue {q}: device-readable buffer after a writable one")));
+    }
+    bufs.push(Buf { addr, len, write });
+    Ok(())
 }
 
 /// Bytes of a chain seen as one stream (the readable or the writable part).
@@ -71,181 +72,13 @@ impl Stream<'_> {
     }
 }
 
-fn read_desc(m: &CheckingMapper, table: u64, i: u64) -> R<(u64, u32, u16, u16)> {
-    let at = table + i * ring::DESC_SIZE as u64;
-    let mut b = [0u8; 16];
-    m.read(Iova(at), &mut b).map_err(dma)?;
-    Ok((
-        u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
-        u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
-        u16::from_le_bytes([b[12], b[13]]),
-        u16::from_le_bytes([b[14], b[15]]),
-    ))
-}
-
-/// Walks the chain headed by `head`; `busy` marks descriptors used by chains of this batch.
-fn walk(
-    m: &CheckingMapper,
-    st: &State,
-    q: usize,
-    head: u16,
-    busy: &mut [bool],
-    bufs: &mut Vec<Buf>,
-) -> R<bool> {
-    let mq = &st.queues[q];
-    let size = mq.size;
-    let indirect_ok = st.driver_features & feature::INDIRECT_DESC != 0;
-    let mut id = head;
-    let mut indirect = false;
-    loop {
-        if id >= size {
-            return Err(Violation(format!("queue {q}: descriptor id {id} >= queue size {size}")));
-        }
-        if std::mem::replace(&mut busy[usize::from(id)], true) {
-            return Err(Violation(format!(
-                "queue {q}: descriptor {id} used twice (a loop, or in two chains at once)"
-            )));
-        }
-        let (addr, len, flags, next) = read_desc(m, mq.desc, u64::from(id))?;
-        if flags & !(ring::DESC_F_NEXT | ring::DESC_F_WRITE | ring::DESC_F_INDIRECT) != 0 {
-            return Err(Violation(format!(
-                "queue {q}: descriptor {id} has unknown flags {flags:#x}"
-            )));
-        }
-        if flags & ring::DESC_F_INDIRECT != 0 {
-            if !indirect_ok {
-                return Err(Violation(format!(
-                    "queue {q}: indirect descriptor without INDIRECT_DESC"
-                )));
-            }
-            if flags & (ring::DESC_F_NEXT | ring::DESC_F_WRITE) != 0 || id != head {
-                return Err(Violation(format!(
-                    "queue {q}: indirect descriptor {id} with NEXT or WRITE, or not alone in its chain"
-                )));
-            }
-            if len == 0 || len % 16 != 0 {
-                return Err(Violation(format!("queue {q}: indirect table of {len} bytes")));
-            }
-            indirect = true;
-            let n = u64::from(len / 16);
-            let mut i = 0u64;
-            let mut count = 0;
-            loop {
-                count += 1;
-                if count > n {
-                    return Err(Violation(format!("queue {q}: indirect table loops")));
-                }
-                let (a, l, f, nx) = read_desc(m, addr, i)?;
-                if f & ring::DESC_F_INDIRECT != 0 {
-                    return Err(Violation(format!("queue {q}: nested indirect table")));
-                }
-                push(bufs, q, a, l, f)?;
-                if f & ring::DESC_F_NEXT == 0 {
-                    break;
-                }
-                if u64::from(nx) >= n {
-                    return Err(Violation(format!(
-                        "queue {q}: indirect next {nx} past the table of {n}"
-                    )));
-                }
-                i = u64::from(nx);
-            }
-            return Ok(indirect);
-        }
-        push(bufs, q, addr, len, flags)?;
-        if flags & ring::DESC_F_NEXT == 0 {
-            return Ok(indirect);
-        }
-        id = next;
-    }
-}
-
-fn push(bufs: &mut Vec<Buf>, q: usize, addr: u64, len: u32, flags: u16) -> R<()> {
-    let write = flags & ring::DESC_F_WRITE != 0;
-    if len == 0 {
-        return Err(Violation(format!("queue {q}: zero-length descriptor")));
-    }
-    if !write && bufs.last().is_some_and(|b| b.write) {
-        return Err(Violation(format!("queue {q}: device-readable buffer after a writable one")));
-    }
-    bufs.push(Buf { addr, len, write });
-    Ok(())
-}
-
-/// Processes every available request of queue `q`.
-pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize) -> R<()> {
-    let m = model.inner.mapper.clone();
-    let (size, avail) = {
-        let mq = &st.queues[q];
-        (mq.size, mq.avail)
-    };
-    let flags = m.read_le16(Iova(avail)).map_err(dma)?;
-    if flags & !ring::AVAIL_F_NO_INTERRUPT != 0 {
-        return Err(Violation(format!("queue {q}: available ring flags {flags:#x}")));
-    }
-    let avail_idx = m.read_le16(Iova(avail + 2)).map_err(dma)?;
-    let n = avail_idx.wrapping_sub(st.queues[q].last_avail);
-    if n > size {
-        return Err(Violation(format!(
-            "queue {q}: available index {avail_idx} is {n} past the device's {} (size {size})",
-            st.queues[q].last_avail
-        )));
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    // Descriptors of the chains in this batch: a driver that reuses one before it was used
-    // is caught.
-    let mut scratch = std::mem::take(&mut st.scratch);
-    let r = batch(model, st, &m, q, n, &mut scratch);
-    st.scratch = scratch;
-    r
-}
-
-fn batch(
+/// Carries out one request; returns the bytes written into the chain (data and status).
+pub(super) fn request(
     model: &VirtioBlkModel,
     st: &mut State,
     m: &CheckingMapper,
-    q: usize,
-    n: u16,
-    scratch: &mut Scratch,
-) -> R<()> {
-    let (size, avail, used) = {
-        let mq = &st.queues[q];
-        (mq.size, mq.avail, mq.used)
-    };
-    let Scratch { busy, bufs } = scratch;
-    busy.clear();
-    busy.resize(usize::from(size), false);
-    for _ in 0..n {
-        let last = st.queues[q].last_avail;
-        let slot = u64::from(last & (size - 1));
-        let head = m.read_le16(Iova(avail + 4 + 2 * slot)).map_err(dma)?;
-        bufs.clear();
-        let indirect = walk(m, st, q, head, busy, bufs)?;
-        let written = request(model, st, m, bufs)?;
-        st.requests += 1;
-        st.indirect_requests += u64::from(indirect);
-        let mq = &mut st.queues[q];
-        let uslot = u64::from(mq.used_idx & (size - 1));
-        m.write_le32(Iova(used + 4 + 8 * uslot), u32::from(head)).map_err(dma)?;
-        m.write_le32(Iova(used + 8 + 8 * uslot), written).map_err(dma)?;
-        mq.used_idx = mq.used_idx.wrapping_add(1);
-        mq.last_avail = last.wrapping_add(1);
-    }
-    let mq = &st.queues[q];
-    // The entries before the index.
-    fence(Ordering::SeqCst);
-    m.write_le16(Iova(used + 2), mq.used_idx).map_err(dma)?;
-    if st.driver_features & feature::EVENT_IDX != 0 {
-        // Tell me when you pass what I have seen.
-        m.write_le16(Iova(used + ring::used_size(size) as u64 - 2), mq.last_avail).map_err(dma)?;
-    }
-    Ok(())
-}
-
-/// Carries out one request; returns the bytes written into the chain (data and status).
-fn request(model: &VirtioBlkModel, st: &mut State, m: &CheckingMapper, bufs: &[Buf]) -> R<u32> {
+    bufs: &[Buf],
+) -> R<u32> {
     let split = bufs.iter().position(|b| b.write).unwrap_or(bufs.len());
     let rd = Stream { bufs: &bufs[..split] };
     let wr = Stream { bufs: &bufs[split..] };

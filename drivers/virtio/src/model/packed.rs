@@ -1,0 +1,296 @@
+//! The model's packed ring (virtio 1.1+, 2.8), checked as strictly as the split one.
+//!
+//! Fetching: the descriptor at the device's position is new when its flags differ from what
+//! the model last saw or wrote there; new flags must then say available for the device's
+//! wrap counter (AVAIL equal to it, USED the inverse), and so must every descriptor the chain
+//! continues into (the counter flips at the end of the ring, within a chain too). Flags hold
+//! no unknown bits; a chain is no longer than the ring; an INDIRECT descriptor is alone in its
+//! chain, its table a whole number of descriptors carrying WRITE as their only flag; the
+//! buffer ID, read from the last descriptor as the specification has it, is also in the first
+//! (QEMU up to 9.0 reads it there) and not already in flight; the descriptors in flight never
+//! exceed the ring. The chain's buffers are copied out at fetch, as a device must: used
+//! descriptors written out of order overwrite chains still in flight.
+//!
+//! Completing: a used descriptor at the device's used position (ID, length, then AVAIL and
+//! USED equal to the device's wrap counter), which then skips the buffer's chain. Event
+//! suppression: the driver's structure must hold a valid mode; the device's is DESC at the
+//! next position to fetch with EVENT_IDX, ENABLE without.
+
+use super::process::Fetched;
+use super::requests::push;
+use super::{dma, State, Violation, R};
+use crate::spec::packed::{
+    DESC_FLAGS, DESC_F_AVAIL, DESC_F_USED, DESC_ID, DESC_LEN, EVENT_FLAGS, EVENT_F_DESC,
+    EVENT_F_ENABLE, EVENT_OFF_WRAP, EVENT_SIZE, EVENT_WRAP,
+};
+use crate::spec::{feature, ring};
+use mfio_dma::{CheckingMapper, Iova};
+use std::sync::atomic::{fence, Ordering};
+
+const KNOWN_FLAGS: u16 =
+    ring::DESC_F_NEXT | ring::DESC_F_WRITE | ring::DESC_F_INDIRECT | DESC_F_AVAIL | DESC_F_USED;
+
+/// Whether `flags` mark a descriptor available in a lap whose wrap counter is `wrap`.
+fn available(flags: u16, wrap: bool) -> bool {
+    (flags & DESC_F_AVAIL != 0) == wrap && (flags & DESC_F_USED != 0) != wrap
+}
+
+/// A descriptor: (addr, len, id, flags).
+type PDesc = (u64, u32, u16, u16);
+
+fn read_desc(m: &CheckingMapper, at: u64) -> R<PDesc> {
+    let mut b = [0u8; 16];
+    m.read(Iova(at), &mut b).map_err(dma)?;
+    Ok((
+        u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
+        u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+        u16::from_le_bytes([b[12], b[13]]),
+        u16::from_le_bytes([b[14], b[15]]),
+    ))
+}
+
+/// Checks the ring areas at QUEUE_ENABLE (alignment, mapping, a zeroed ring) and sets the
+/// queue's packed state up.
+pub(super) fn enable(st: &mut State, m: &CheckingMapper, q: usize) -> Result<(), String> {
+    let mq = st.queues[q];
+    let n = usize::from(mq.size);
+    let checks = [
+        ("descriptor ring", mq.desc, 16u64, n * ring::DESC_SIZE),
+        ("driver event suppression", mq.driver, 4, EVENT_SIZE),
+        ("device event suppression", mq.device, 4, EVENT_SIZE),
+    ];
+    for (what, iova, align, len) in checks {
+        if iova % align != 0 || !m.is_mapped(Iova(iova), len) {
+            return Err(format!(
+                "queue {q}: {what} at {iova:#x} ({len} bytes) is misaligned or unmapped"
+            ));
+        }
+    }
+    let mut ring_bytes = vec![0u8; n * ring::DESC_SIZE];
+    m.read(Iova(mq.desc), &mut ring_bytes).map_err(|e| e.to_string())?;
+    if let Some(at) = ring_bytes.iter().position(|&b| b != 0) {
+        return Err(format!(
+            "queue {q}: the descriptor ring is not zeroed (byte {at}): stale flags could read as available"
+        ));
+    }
+    let w = &mut st.work[q];
+    w.seen = vec![0; n];
+    w.ids = vec![0; 1 << 10];
+    w.in_flight = 0;
+    let mq = &mut st.queues[q];
+    (mq.avail_pos, mq.avail_wrap, mq.used_pos, mq.used_wrap) = (0, true, 0, true);
+    let event_idx = st.driver_features & feature::EVENT_IDX != 0;
+    write_device_event(m, mq.device, 0, true, event_idx).map_err(|Violation(v)| v)
+}
+
+/// The device's event suppression: with EVENT_IDX, "tell me when you make the descriptor at
+/// `pos` of the lap `wrap` available" (what it has fetched so far); otherwise ENABLE.
+fn write_device_event(m: &CheckingMapper, at: u64, pos: u16, wrap: bool, idx: bool) -> R<()> {
+    let (off_wrap, flags) = if idx {
+        (pos | if wrap { EVENT_WRAP } else { 0 }, EVENT_F_DESC)
+    } else {
+        (0, EVENT_F_ENABLE)
+    };
+    m.write_le16(Iova(at + EVENT_OFF_WRAP as u64), off_wrap).map_err(dma)?;
+    m.write_le16(Iova(at + EVENT_FLAGS as u64), flags).map_err(dma)
+}
+
+/// Fetches every chain made available since the last call onto the queue's pending list.
+pub(super) fn fetch(st: &mut State, m: &CheckingMapper, q: usize, due: u64) -> R<()> {
+    let event_idx = st.driver_features & feature::EVENT_IDX != 0;
+    loop {
+        while fetch_one(st, m, q, due)? {}
+        let mq = st.queues[q];
+        if !event_idx {
+            return Ok(());
+        }
+        write_device_event(m, mq.device, mq.avail_pos, mq.avail_wrap, true)?;
+        // A chain made available while the event was being written may have been published
+        // to a driver that read the old event and did not notify: look once more.
+        fence(Ordering::SeqCst);
+        let at = mq.desc + u64::from(mq.avail_pos) * ring::DESC_SIZE as u64;
+        let flags = m.read_le16(Iova(at + DESC_FLAGS as u64)).map_err(dma)?;
+        if flags == st.work[q].seen[usize::from(mq.avail_pos)] {
+            return Ok(());
+        }
+    }
+}
+
+/// Fetches the chain at the device's position, if one is available; returns whether one was.
+fn fetch_one(st: &mut State, m: &CheckingMapper, q: usize, due: u64) -> R<bool> {
+    let mq = st.queues[q];
+    let (size, desc) = (mq.size, mq.desc);
+    let at = |pos: u16| desc + u64::from(pos) * ring::DESC_SIZE as u64;
+    // The flags first: the rest of the descriptor is read after they say available.
+    let flags = m.read_le16(Iova(at(mq.avail_pos) + DESC_FLAGS as u64)).map_err(dma)?;
+    if flags == st.work[q].seen[usize::from(mq.avail_pos)] {
+        return Ok(false);
+    }
+    if !available(flags, mq.avail_wrap) {
+        return Err(Violation(format!(
+            "queue {q}: descriptor {} changed to flags {flags:#x}, which do not mark it available \
+             for wrap counter {} (a wrong wrap counter?)",
+            mq.avail_pos, mq.avail_wrap as u8
+        )));
+    }
+    fence(Ordering::Acquire);
+    let indirect_ok = st.driver_features & feature::INDIRECT_DESC != 0;
+    let mut f = st.spare.pop().unwrap_or_default();
+    f.clear();
+    let (mut pos, mut wrap) = (mq.avail_pos, mq.avail_wrap);
+    let mut count = 0u16;
+    let mut head_id = 0;
+    loop {
+        let (addr, len, id, fl) = read_desc(m, at(pos))?;
+        if count > 0 && !available(fl, wrap) {
+            return Err(Violation(format!(
+                "queue {q}: a chain continues into descriptor {pos}, whose flags {fl:#x} do not \
+                 mark it available for wrap counter {}",
+                wrap as u8
+            )));
+        }
+        if fl & !KNOWN_FLAGS != 0 {
+            return Err(Violation(format!(
+                "queue {q}: descriptor {pos} has unknown flags {fl:#x}"
+            )));
+        }
+        st.work[q].seen[usize::from(pos)] = fl;
+        count += 1;
+        if count == 1 {
+            head_id = id;
+        }
+        f.id = u32::from(id);
+        if fl & ring::DESC_F_INDIRECT != 0 {
+            if !indirect_ok {
+                return Err(Violation(format!(
+                    "queue {q}: indirect descriptor without INDIRECT_DESC"
+                )));
+            }
+            if fl & ring::DESC_F_NEXT != 0 || count != 1 {
+                return Err(Violation(format!(
+                    "queue {q}: indirect descriptor {pos} in a chain linked by NEXT"
+                )));
+            }
+            indirect_table(m, q, addr, len, &mut f)?;
+        } else {
+            push(&mut f.bufs, q, addr, len, fl)?;
+        }
+        (pos, wrap) = if pos + 1 == size { (0, !wrap) } else { (pos + 1, wrap) };
+        if fl & ring::DESC_F_NEXT == 0 {
+            break;
+        }
+        if count == size {
+            return Err(Violation(format!("queue {q}: a chain longer than the ring ({size})")));
+        }
+    }
+    let id = f.id as u16;
+    if head_id != id {
+        return Err(Violation(format!(
+            "queue {q}: buffer ID {id} in the chain's last descriptor but {head_id} in its first \
+             (QEMU up to 9.0 reads the first)"
+        )));
+    }
+    let w = &mut st.work[q];
+    let (word, bit) = (usize::from(id) / 64, 1u64 << (id % 64));
+    if w.ids[word] & bit != 0 {
+        return Err(Violation(format!(
+            "queue {q}: buffer ID {id} made available again while still in flight"
+        )));
+    }
+    if w.in_flight + u32::from(count) > u32::from(size) {
+        return Err(Violation(format!(
+            "queue {q}: {} descriptors in flight, more than the ring's {size}",
+            w.in_flight + u32::from(count)
+        )));
+    }
+    w.ids[word] |= bit;
+    w.in_flight += u32::from(count);
+    f.ndescs = count;
+    f.due = due;
+    w.pending.push(f);
+    let mq = &mut st.queues[q];
+    (mq.avail_pos, mq.avail_wrap) = (pos, wrap);
+    Ok(true)
+}
+
+/// Reads the indirect table at `addr` (`len` bytes) into `f`.
+fn indirect_table(m: &CheckingMapper, q: usize, addr: u64, len: u32, f: &mut Fetched) -> R<()> {
+    if len == 0 || len % 16 != 0 {
+        return Err(Violation(format!("queue {q}: indirect table of {len} bytes")));
+    }
+    f.indirect = true;
+    for i in 0..u64::from(len / 16) {
+        let (a, l, _id, fl) = read_desc(m, addr + 16 * i)?;
+        if fl & !ring::DESC_F_WRITE != 0 {
+            return Err(Violation(format!(
+                "queue {q}: indirect table entry {i} has flags {fl:#x} (WRITE is the only one allowed)"
+            )));
+        }
+        push(&mut f.bufs, q, a, l, fl)?;
+    }
+    Ok(())
+}
+
+/// Writes the used descriptor of `f` at the device's used position, which then skips its
+/// chain.
+pub(super) fn complete(
+    st: &mut State,
+    m: &CheckingMapper,
+    q: usize,
+    f: &Fetched,
+    written: u32,
+) -> R<()> {
+    let mq = &mut st.queues[q];
+    let at = mq.desc + u64::from(mq.used_pos) * ring::DESC_SIZE as u64;
+    m.write_le16(Iova(at + DESC_ID as u64), f.id as u16).map_err(dma)?;
+    m.write_le32(Iova(at + DESC_LEN as u64), written).map_err(dma)?;
+    let wrap = if mq.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
+    let flags = wrap | if written > 0 { ring::DESC_F_WRITE } else { 0 };
+    // The ID and length before the flags that make them the driver's to read.
+    fence(Ordering::Release);
+    m.write_le16(Iova(at + DESC_FLAGS as u64), flags).map_err(dma)?;
+    let w = &mut st.work[q];
+    w.seen[usize::from(mq.used_pos)] = flags;
+    mq.used_pos += f.ndescs;
+    if mq.used_pos >= mq.size {
+        mq.used_pos -= mq.size;
+        mq.used_wrap = !mq.used_wrap;
+    }
+    let id = f.id as usize;
+    w.ids[id / 64] &= !(1u64 << (id % 64));
+    w.in_flight -= u32::from(f.ndescs);
+    Ok(())
+}
+
+/// Checks the driver's event suppression structure (read before sending a used buffer
+/// notification, which this polled model never does, but the value must still be valid).
+pub(super) fn check_driver_event(st: &State, m: &CheckingMapper, q: usize) -> R<()> {
+    let at = st.queues[q].driver + EVENT_FLAGS as u64;
+    let flags = m.read_le16(Iova(at)).map_err(dma)?;
+    let max = if st.driver_features & feature::EVENT_IDX != 0 { EVENT_F_DESC } else { 1 };
+    if flags > max {
+        return Err(Violation(format!(
+            "queue {q}: driver event suppression flags {flags:#x} (reserved bits, or DESC without \
+             EVENT_IDX)"
+        )));
+    }
+    Ok(())
+}
+
+/// A used descriptor naming buffer `id` at the device's used position, written as a buggy
+/// device would.
+pub(super) fn inject_stray(st: &mut State, m: &CheckingMapper, q: usize, id: u32) -> R<()> {
+    let mq = &mut st.queues[q];
+    let at = mq.desc + u64::from(mq.used_pos) * ring::DESC_SIZE as u64;
+    m.write_le16(Iova(at + DESC_ID as u64), id as u16).map_err(dma)?;
+    let flags = if mq.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
+    fence(Ordering::Release);
+    m.write_le16(Iova(at + DESC_FLAGS as u64), flags).map_err(dma)?;
+    st.work[q].seen[usize::from(mq.used_pos)] = flags;
+    (mq.used_pos, mq.used_wrap) = if mq.used_pos + 1 == mq.size {
+        (0, !mq.used_wrap)
+    } else {
+        (mq.used_pos + 1, mq.used_wrap)
+    };
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The model's device loop for one queue: fetch what the driver made available (split or
+//! packed ring, checked as it goes), then carry requests out and complete them per the
+//! [`CompletionMode`]: at once in ring order, reversed or shuffled, or later (deferred) from
+//! whichever thread next notifies or releases.
+//!
+//! Nothing here allocates once warm: fetched chains keep their buffer lists in a spare pool
+//! and move between the pending list and the batch by value.
+
+use super::requests::{self, Buf};
+use super::{packed, split, CompletionMode, State, VirtioBlkModel, R};
+use crate::spec::feature;
+use mfio_dma::CheckingMapper;
+
+/// A chain the device fetched and has not completed yet (its buffers copied out).
+#[derive(Default)]
+pub(super) struct Fetched {
+    /// Split: the head descriptor's index; packed: the buffer ID.
+    pub id: u32,
+    /// Packed: ring descriptors the chain took (how far its used descriptor skips).
+    pub ndescs: u16,
+    /// The request came in an indirect table.
+    pub indirect: bool,
+    /// Deferred: the notify count at which it completes.
+    pub due: u64,
+    pub bufs: Vec<Buf>,
+    /// Split: the descriptors of the chain (busy until used).
+    pub descs: Vec<u16>,
+}
+
+impl Fetched {
+    pub fn clear(&mut self) {
+        self.bufs.clear();
+        self.descs.clear();
+        self.indirect = false;
+        self.ndescs = 0;
+    }
+}
+
+/// One queue's device-side state beyond its registers.
+#[derive(Default)]
+pub(super) struct QueueWork {
+    /// Fetched, not completed, in fetch order.
+    pub pending: Vec<Fetched>,
+    /// Split: descriptors held by fetched chains.
+    pub busy: Vec<bool>,
+    /// Packed: flags last seen (fetched) or written (used) at each ring position.
+    pub seen: Vec<u16>,
+    /// Packed: buffer IDs in flight, a bitmap over all 65536.
+    pub ids: Vec<u64>,
+    /// Packed: descriptors in flight.
+    pub in_flight: u32,
+}
+
+impl QueueWork {
+    /// Back to a fresh queue's state (device reset), keeping the fetched chains' memory.
+    pub fn reset(&mut self, spare: &mut Vec<Fetched>) {
+        spare.append(&mut self.pending);
+        self.busy.clear();
+        self.seen.clear();
+        self.ids.clear();
+        self.in_flight = 0;
+    }
+}
+
+/// Processes queue `q`: fetches what is new, then completes what is due (everything when
+/// `all`, as on [`VirtioBlkModel::release`]).
+pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, all: bool) -> R<()> {
+    let m = model.inner.mapper.clone();
+    let mode = model.inner.opts.completion;
+    let packed = st.driver_features & feature::RING_PACKED != 0;
+    let due = match mode {
+        CompletionMode::Deferred { notifies, .. } => st.notifies + u64::from(notifies.max(1)),
+        _ => 0,
+    };
+    if packed {
+        packed::fetch(st, &m, q, due)?;
+    } else {
+        split::fetch(st, &m, q, due)?;
+    }
+    // What completes now, in fetch order.
+    let mut batch = std::mem::take(&mut st.batch);
+    let pending = &mut st.work[q].pending;
+    match mode {
+        CompletionMode::Deferred { .. } if !all => {
+            let mut i = 0;
+            while i < pending.len() {
+                if pending[i].due <= st.notifies {
+                    batch.push(pending.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        _ => batch.append(pending),
+    }
+    // In the order the mode says.
+    match mode {
+        CompletionMode::InOrder => {}
+        CompletionMode::Reversed => batch.reverse(),
+        CompletionMode::Shuffled { seed } | CompletionMode::Deferred { seed, .. } if seed != 0 => {
+            if st.rng == 0 {
+                st.rng = seed;
+            }
+            for i in (1..batch.len()).rev() {
+                // xorshift64
+                st.rng ^= st.rng << 13;
+                st.rng ^= st.rng >> 7;
+                st.rng ^= st.rng << 17;
+                batch.swap(i, (st.rng % (i as u64 + 1)) as usize);
+            }
+        }
+        _ => {}
+    }
+    let r = complete(model, st, &m, q, packed, &mut batch);
+    st.batch = batch;
+    r
+}
+
+/// Carries out and completes `batch` in its order.
+fn complete(
+    model: &VirtioBlkModel,
+    st: &mut State,
+    m: &CheckingMapper,
+    q: usize,
+    packed: bool,
+    batch: &mut Vec<Fetched>,
+) -> R<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    if packed {
+        packed::check_driver_event(st, m, q)?;
+    }
+    for f in batch.drain(..) {
+        let written = requests::request(model, st, m, &f.bufs)?;
+        st.requests += 1;
+        st.indirect_requests += u64::from(f.indirect);
+        if packed {
+            packed::complete(st, m, q, &f, written)?;
+        } else {
+            split::complete(st, m, q, &f, written)?;
+        }
+        st.spare.push(f);
+    }
+    if !packed {
+        split::publish_used(st, m, q)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The model's split ring (virtio 1.x, 2.7): fetching chains from the available ring (ids,
+//! loops, flags, indirect rules, a descriptor reused while its chain is in flight) and writing
+//! used elements and the used index.
+
+use super::process::Fetched;
+use super::requests::push;
+use super::{dma, State, Violation, R};
+use crate::spec::{feature, ring};
+use mfio_dma::{CheckingMapper, Iova};
+use std::sync::atomic::{fence, Ordering};
+
+/// Reads descriptor `i` of the table at `table`: (addr, len, flags, next).
+fn read_desc(m: &CheckingMapper, table: u64, i: u64) -> R<(u64, u32, u16, u16)> {
+    let at = table + i * ring::DESC_SIZE as u64;
+    let mut b = [0u8; 16];
+    m.read(Iova(at), &mut b).map_err(dma)?;
+    Ok((
+        u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
+        u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+        u16::from_le_bytes([b[12], b[13]]),
+        u16::from_le_bytes([b[14], b[15]]),
+    ))
+}
+
+/// Fetches every chain made available since the last call onto the queue's pending list.
+pub(super) fn fetch(st: &mut State, m: &CheckingMapper, q: usize, due: u64) -> R<()> {
+    let mq = st.queues[q];
+    let flags = m.read_le16(Iova(mq.driver)).map_err(dma)?;
+    if flags & !ring::AVAIL_F_NO_INTERRUPT != 0 {
+        return Err(Violation(format!("queue {q}: available ring flags {flags:#x}")));
+    }
+    let avail_idx = m.read_le16(Iova(mq.driver + 2)).map_err(dma)?;
+    // The ring entries and descriptors are read after the index that published them.
+    fence(Ordering::Acquire);
+    let n = avail_idx.wrapping_sub(mq.last_avail);
+    if n > mq.size {
+        return Err(Violation(format!(
+            "queue {q}: available index {avail_idx} is {n} past the device's {} (size {})",
+            mq.last_avail, mq.size
+        )));
+    }
+    for k in 0..n {
+        let last = mq.last_avail.wrapping_add(k);
+        let slot = u64::from(last % mq.size);
+        let head = m.read_le16(Iova(mq.driver + 4 + 2 * slot)).map_err(dma)?;
+        let mut f = st.spare.pop().unwrap_or_default();
+        f.clear();
+        f.id = u32::from(head);
+        f.due = due;
+        walk(m, st, q, head, &mut f)?;
+        st.queues[q].last_avail = last.wrapping_add(1);
+        st.work[q].pending.push(f);
+    }
+    if st.driver_features & feature::EVENT_IDX != 0 {
+        // Tell me when you pass what I have seen.
+        let at = mq.device + ring::used_size(mq.size) as u64 - 2;
+        m.write_le16(Iova(at), st.queues[q].last_avail).map_err(dma)?;
+    }
+    Ok(())
+}
+
+/// Walks the chain headed by `head` into `f` (its buffers and descriptor ids), marking its
+/// descriptors busy until used.
+fn walk(m: &CheckingMapper, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<()> {
+    let mq = st.queues[q];
+    let size = mq.size;
+    let indirect_ok = st.driver_features & feature::INDIRECT_DESC != 0;
+    let busy = &mut st.work[q].busy;
+    let mut id = head;
+    loop {
+        if id >= size {
+            return Err(Violation(format!("queue {q}: descriptor id {id} >= queue size {size}")));
+        }
+        if std::mem::replace(&mut busy[usize::from(id)], true) {
+            return Err(Violation(format!(
+                "queue {q}: descriptor {id} used twice (a loop, or in two chains at once)"
+            )));
+        }
+        f.descs.push(id);
+        let (addr, len, flags, next) = read_desc(m, mq.desc, u64::from(id))?;
+        if flags & !(ring::DESC_F_NEXT | ring::DESC_F_WRITE | ring::DESC_F_INDIRECT) != 0 {
+            return Err(Violation(format!(
+                "queue {q}: descriptor {id} has unknown flags {flags:#x}"
+            )));
+        }
+        if flags & ring::DESC_F_INDIRECT != 0 {
+            if !indirect_ok {
+                return Err(Violation(format!(
+                    "queue {q}: indirect descriptor without INDIRECT_DESC"
+                )));
+            }
+            if flags & (ring::DESC_F_NEXT | ring::DESC_F_WRITE) != 0 || id != head {
+                return Err(Violation(format!(
+                    "queue {q}: indirect descriptor {id} with NEXT or WRITE, or not alone in its chain"
+                )));
+            }
+            if len == 0 || len % 16 != 0 {
+                return Err(Violation(format!("queue {q}: indirect table of {len} bytes")));
+            }
+            f.indirect = true;
+            let n = u64::from(len / 16);
+            let mut i = 0u64;
+            let mut count = 0;
+            loop {
+                count += 1;
+                if count > n {
+                    return Err(Violation(format!("queue {q}: indirect table loops")));
+                }
+                let (a, l, fl, nx) = read_desc(m, addr, i)?;
+                if fl & ring::DESC_F_INDIRECT != 0 {
+                    return Err(Violation(format!("queue {q}: nested indirect table")));
+                }
+                push(&mut f.bufs, q, a, l, fl)?;
+                if fl & ring::DESC_F_NEXT == 0 {
+                    break;
+                }
+                if u64::from(nx) >= n {
+                    return Err(Violation(format!(
+                        "queue {q}: indirect next {nx} past the table of {n}"
+                    )));
+                }
+                i = u64::from(nx);
+            }
+            return Ok(());
+        }
+        push(&mut f.bufs, q, addr, len, flags)?;
+        if flags & ring::DESC_F_NEXT == 0 {
+            return Ok(());
+        }
+        id = next;
+    }
+}
+
+/// Writes the used element of `f` (its descriptors are free again); the index follows in
+/// [`publish_used`].
+pub(super) fn complete(
+    st: &mut State,
+    m: &CheckingMapper,
+    q: usize,
+    f: &Fetched,
+    written: u32,
+) -> R<()> {
+    let mq = &mut st.queues[q];
+    let slot = u64::from(mq.used_idx % mq.size);
+    m.write_le32(Iova(mq.device + 4 + 8 * slot), f.id).map_err(dma)?;
+    m.write_le32(Iova(mq.device + 8 + 8 * slot), written).map_err(dma)?;
+    mq.used_idx = mq.used_idx.wrapping_add(1);
+    for &d in &f.descs {
+        st.work[q].busy[usize::from(d)] = false;
+    }
+    Ok(())
+}
+
+/// Publishes the used elements written so far: the used index, after them.
+pub(super) fn publish_used(st: &State, m: &CheckingMapper, q: usize) -> R<()> {
+    let mq = &st.queues[q];
+    fence(Ordering::SeqCst);
+    m.write_le16(Iova(mq.device + 2), mq.used_idx).map_err(dma)
+}
+
+/// A used element naming descriptor `id`, written as a buggy device would.
+pub(super) fn inject_stray(st: &mut State, m: &CheckingMapper, q: usize, id: u32) -> R<()> {
+    let f = Fetched { id, ..Fetched::default() };
+    complete(st, m, q, &f, 0)?;
+    publish_used(st, m, q)
+}
