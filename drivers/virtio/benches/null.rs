@@ -1,5 +1,6 @@
 //! The virtio-blk driver against the model in null mode (no storage): 4 KiB reads on one
-//! queue, closed loop at queue depth 1, 32 and 128. Reports IOPS, ns per I/O and heap
+//! queue, closed loop at queue depth 1, 32 and 128, on split and on packed virtqueues (the
+//! same model, the layout forced through `Options::ring`). Reports IOPS, ns per I/O and heap
 //! allocations per I/O in the measured (steady-state) window, for DMA buffers (zero copy) and
 //! for heap buffers (bounced).
 //!
@@ -10,7 +11,7 @@
 use mfio::{BufFor, FromDevice, IoBackend, Packet};
 use mfio_pci::PciDevice;
 use mfio_virtio::model::{ModelOptions, VirtioBlkModel};
-use mfio_virtio::{BlkQueue, Options, VirtioBlk};
+use mfio_virtio::{BlkQueue, Options, RingLayout, VirtioBlk};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,33 +122,44 @@ fn closed_loop<'q, B: BufFor<FromDevice>>(
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let ios: u64 = if quick { 20_000 } else { 400_000 };
-    let model = VirtioBlkModel::new(ModelOptions {
-        null: true,
-        capacity_sectors: (1 << 30) / 512,
-        ..ModelOptions::default()
-    });
-    let dev = VirtioBlk::new(model, &Options { bounce_slots: 128, ..Options::default() })
-        .expect("bring-up on the model");
     println!("virtio-blk driver, model in null mode: 4 KiB reads, one queue ({ios} I/Os per row)");
-    println!("features: {}", dev.feature_names());
     println!();
-    println!("| buffers | QD | IOPS | ns/IO | allocs/IO | notifies/IO | bounced |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    let q = dev.queue(0).expect("queue 0");
-    let space = dev.device().dma().clone();
-    for qd in [1usize, 32, 128] {
-        let r = closed_loop(&q, qd, ios, || space.alloc(BLOCK).expect("DMA buffer"));
-        print_row("DMA (zero copy)", qd, &r);
+    println!("| ring | buffers | QD | IOPS | ns/IO | allocs/IO | notifies/IO | bounced |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut features = Vec::new();
+    for ring in [RingLayout::Split, RingLayout::Packed] {
+        let model = VirtioBlkModel::new(ModelOptions {
+            null: true,
+            capacity_sectors: (1 << 30) / 512,
+            ..ModelOptions::default()
+        });
+        let opts = Options { bounce_slots: 128, ring: Some(ring), ..Options::default() };
+        let dev = VirtioBlk::new(model, &opts).expect("bring-up on the model");
+        features.push(format!("{ring:?}: {}", dev.feature_names()));
+        let q = dev.queue(0).expect("queue 0");
+        let space = dev.device().dma().clone();
+        for qd in [1usize, 32, 128] {
+            let r = closed_loop(&q, qd, ios, || space.alloc(BLOCK).expect("DMA buffer"));
+            print_row(ring, "DMA (zero copy)", qd, &r);
+        }
+        for qd in [1usize, 32, 128] {
+            let r = closed_loop(&q, qd, ios, || vec![0u8; BLOCK]);
+            print_row(ring, "heap (bounced)", qd, &r);
+        }
     }
-    for qd in [1usize, 32, 128] {
-        let r = closed_loop(&q, qd, ios, || vec![0u8; BLOCK]);
-        print_row("heap (bounced)", qd, &r);
+    println!();
+    for f in features {
+        println!("features, {f}");
     }
 }
 
-fn print_row(what: &str, qd: usize, r: &Row) {
+fn print_row(ring: RingLayout, what: &str, qd: usize, r: &Row) {
+    let ring = match ring {
+        RingLayout::Split => "split",
+        RingLayout::Packed => "packed",
+    };
     println!(
-        "| {what} | {qd} | {:.0} | {:.0} | {:.3} | {:.3} | {} |",
+        "| {ring} | {what} | {qd} | {:.0} | {:.0} | {:.3} | {:.3} | {} |",
         1e9 / r.ns_per_io,
         r.ns_per_io,
         r.allocs_per_io,
