@@ -16,6 +16,9 @@
 #   --nvme-size SIZE      NVMe namespace 1 image size (default 128M)
 #   --nvme2-size SIZE     NVMe namespace 2 image size (default 64M; 0: one namespace only)
 #   --vblk-size SIZE      virtio-blk image size (default 128M)
+#   --vblk-packed on|off  whether the virtio-blk device offers packed virtqueues (QEMU's
+#                         packed=; default on: the driver uses them when offered and can
+#                         still force split rings itself, so both get tested on one device)
 #   --nvme-img PATH, --nvme2-img PATH, --vblk-img PATH
 #                         use this image (created with the size above if missing) and keep it
 #   --keep                keep the temporary run directory (images, console log) and print it
@@ -32,9 +35,10 @@
 #   --no-setup            do not run scripts/vm-setup.sh first
 #   -v, --verbose         show the whole console (kernel and /init messages), not only CMD's output
 # In the guest the command sees: MFIO_NVME_PCI, MFIO_VIRTIO_PCI (PCI addresses),
-# MFIO_NVME_NAMESPACES (1 or 2), MFIO_IOMMU_MODE (iommu|noiommu), MFIO_VM_ACCEL (tcg|kvm),
-# MFIO_VM_OUT (results dir), MFIO_VM=1; PATH starts with the workspace's target/debug and
-# target/release (CARGO_TARGET_DIR respected). The cwd is the host's cwd (read-only).
+# MFIO_NVME_NAMESPACES (1 or 2), MFIO_VIRTIO_PACKED (on|off), MFIO_IOMMU_MODE (iommu|noiommu),
+# MFIO_VM_ACCEL (tcg|kvm), MFIO_VM_OUT (results dir), MFIO_VM=1; PATH starts with the
+# workspace's target/debug and target/release (CARGO_TARGET_DIR respected). The cwd is the
+# host's cwd (read-only).
 # Exit codes: CMD's; 124 on timeout; 125 when the guest failed before or without running CMD.
 set -euo pipefail
 
@@ -43,7 +47,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 VMKIT=${VMKIT:-$HOME/.cache/mfio-vmkit}
 
 MODE=iommu ACCEL=auto TIMEOUT=600 MEM=2G SMP=2 HUGEPAGES=0
-NVME_SIZE=128M NVME2_SIZE=64M VBLK_SIZE=128M
+NVME_SIZE=128M NVME2_SIZE=64M VBLK_SIZE=128M VBLK_PACKED=on
 NVME_IMG="" NVME2_IMG="" VBLK_IMG=""
 KEEP=0 OUT="" BIND=1 RELEASE=0 SHELL_MODE=0 SETUP=1 VERBOSE=0 APPEND=
 EXTRA=() USER_ENV=()
@@ -62,6 +66,7 @@ while [ $# -gt 0 ]; do
     --nvme-size) need_arg "$@"; NVME_SIZE=$2; shift ;;
     --nvme2-size) need_arg "$@"; NVME2_SIZE=$2; shift ;;
     --vblk-size) need_arg "$@"; VBLK_SIZE=$2; shift ;;
+    --vblk-packed) need_arg "$@"; VBLK_PACKED=$2; shift ;;
     --nvme-img) need_arg "$@"; NVME_IMG=$2; shift ;;
     --nvme2-img) need_arg "$@"; NVME2_IMG=$2; shift ;;
     --vblk-img) need_arg "$@"; VBLK_IMG=$2; shift ;;
@@ -79,7 +84,7 @@ while [ $# -gt 0 ]; do
     --shell) SHELL_MODE=1 ;;
     --no-setup) SETUP=0 ;;
     -v | --verbose) VERBOSE=1 ;;
-    -h | --help) sed -n "4,38p" "$0"; exit 0 ;;
+    -h | --help) sed -n "4,42p" "$0"; exit 0 ;;
     --) shift; break ;;
     *) die "unknown option '$1' (the command goes after --; see --help)" ;;
   esac
@@ -88,6 +93,7 @@ done
 [ $# -gt 0 ] || [ "$SHELL_MODE" = 1 ] || die "no command: scripts/vm-run.sh [options] -- CMD ARGS..."
 case "$MODE" in iommu | noiommu) ;; *) die "--mode is iommu or noiommu, not '$MODE'" ;; esac
 case "$ACCEL" in auto | tcg | kvm) ;; *) die "--accel is auto, tcg or kvm, not '$ACCEL'" ;; esac
+case "$VBLK_PACKED" in on | off) ;; *) die "--vblk-packed is on or off, not '$VBLK_PACKED'" ;; esac
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds"
 [[ "$HUGEPAGES" =~ ^[0-9]+$ ]] || die "--hugepages wants a number of 2 MiB pages"
 
@@ -230,8 +236,9 @@ A+=(-drive "file=$NVME_IMG,if=none,id=nvm1,format=raw"
 if [ "$NS" = 2 ]; then
   A+=(-drive "file=$NVME2_IMG,if=none,id=nvm2,format=raw" -device "nvme-ns,drive=nvm2,bus=nvme0,nsid=2")
 fi
+# packed=on: the device also offers VIRTIO_F_RING_PACKED (QEMU's default is off).
 A+=(-drive "file=$VBLK_IMG,if=none,id=vblk,format=raw"
-  -device "virtio-blk-pci,drive=vblk,disable-legacy=on,addr=05.0$IOMMU_PLATFORM")
+  -device "virtio-blk-pci,drive=vblk,disable-legacy=on,addr=05.0,packed=$VBLK_PACKED$IOMMU_PLATFORM")
 # multidevs=remap: without it /proc, /sys and /dev (all inode 1 on the host) alias over 9p.
 A+=(-fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot,addr=06.0
@@ -248,6 +255,7 @@ if [ "$RELEASE" = 1 ]; then BINS="$TARGET/release:$TARGET/debug"; else BINS="$TA
   echo "export HOME=/var/tmp TMPDIR=/var/tmp LANG=C.UTF-8 TERM=$(q "${TERM:-dumb}") RUST_BACKTRACE=1"
   echo "export MFIO_VM=1 MFIO_IOMMU_MODE=$MODE MFIO_VM_ACCEL=$ACCEL"
   echo "export MFIO_NVME_PCI=$NVME_PCI MFIO_NVME_NAMESPACES=$NS MFIO_VIRTIO_PCI=$VIRTIO_PCI"
+  echo "export MFIO_VIRTIO_PACKED=$VBLK_PACKED"
   echo "export MFIO_VM_OUT=$(q "$OUT") MFIO_WORKSPACE=$(q "$ROOT") CARGO_TARGET_DIR=$(q "$TARGET")"
   for e in ${USER_ENV[@]+"${USER_ENV[@]}"}; do echo "export ${e%%=*}=$(q "${e#*=}")"; done
   # The host's cwd (read-only in the guest), for the command and the --shell alike.
@@ -270,7 +278,7 @@ A+=(${EXTRA[@]+"${EXTRA[@]}"})
 # ---- boot ------------------------------------------------------------------------------------
 LOG="$RUN/console.log"
 echo "+ qemu-system-x86_64 ${A[*]}" >"$RUN/qemu-cmdline"
-msg "booting: accel=$ACCEL mode=$MODE nvme=$NVME_PCI ($NS namespace(s)) virtio-blk=$VIRTIO_PCI timeout=${TIMEOUT}s"
+msg "booting: accel=$ACCEL mode=$MODE nvme=$NVME_PCI ($NS namespace(s)) virtio-blk=$VIRTIO_PCI (packed=$VBLK_PACKED) timeout=${TIMEOUT}s"
 T0=$(date +%s.%N)
 set +e
 if [ "$SHELL_MODE" = 1 ]; then

@@ -5,14 +5,19 @@
 //! mode ACCESS_PLATFORM must be among them: QEMU then translates its DMA through the vIOMMU),
 //! reads the image's marker in sector 0, runs the shared conformance suite, then GET_ID,
 //! flush, write zeroes, discard, zero copy from DMA memory, and one queue per thread.
-//! Every step prints a line; any failure exits 1.
+//!
+//! It does all that once per virtqueue layout. `scripts/vm-run.sh` gives the device
+//! `packed=on` unless told `--vblk-packed off`, and says which in `MFIO_VIRTIO_PACKED`: with
+//! packed offered, the first pass must negotiate packed rings by default and the second forces
+//! split (`Options::ring`) on the same device; without, the default must be split and a demand
+//! for packed must be refused. Every step prints a line; any failure exits 1.
 #![forbid(unsafe_code)]
 
 use mfio::{block_on, BlockDevice, ReadAt, Window, WriteAt};
 use mfio_conformance::{run_all, Config, Rng};
 use mfio_pci::{IommuMode, PciDevice, VfioPci};
 use mfio_virtio::spec::feature;
-use mfio_virtio::{BlkQueue, Options, VirtioBlk};
+use mfio_virtio::{BlkQueue, Options, RingLayout, VirtioBlk, VirtioError};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -24,7 +29,28 @@ fn main() -> ExitCode {
 
 fn run() -> R<()> {
     let addr = std::env::var("MFIO_VIRTIO_PCI").unwrap_or_else(|_| "0000:00:05.0".into());
-    let pci = VfioPci::open_str(&addr).map_err(|e| format!("open {addr}: {e}"))?;
+    let offered = std::env::var("MFIO_VIRTIO_PACKED").map_or(true, |v| v != "off");
+    println!("device offers RING_PACKED: {offered} (MFIO_VIRTIO_PACKED)");
+    if offered {
+        pass(&addr, None, RingLayout::Packed, true)?;
+        pass(&addr, Some(RingLayout::Split), RingLayout::Split, false)?;
+    } else {
+        pass(&addr, None, RingLayout::Split, true)?;
+        let pci = open(&addr)?;
+        let opts = Options { ring: Some(RingLayout::Packed), ..Options::default() };
+        match VirtioBlk::new(pci, &opts) {
+            Err(VirtioError::MissingFeature { name: "RING_PACKED", .. }) => {
+                println!("packed rings demanded of a device without them: refused, as it must be")
+            }
+            Err(e) => return Err(format!("demanding packed rings: {e}")),
+            Ok(_) => return Err("packed rings demanded and granted without RING_PACKED".into()),
+        }
+    }
+    Ok(())
+}
+
+fn open(addr: &str) -> R<VfioPci> {
+    let pci = VfioPci::open_str(addr).map_err(|e| format!("open {addr}: {e}"))?;
     let mode = pci.mode();
     match std::env::var("MFIO_IOMMU_MODE").as_deref() {
         Ok("iommu") => ensure!(mode == IommuMode::Type1, "opened in {mode:?}, expected type1"),
@@ -33,11 +59,21 @@ fn run() -> R<()> {
         }
         _ => {}
     }
-    let opts = Options { queues: 0, ..Options::default() };
+    Ok(pci)
+}
+
+/// One pass of every check with `ring` asked for and `want` expected; `first`: the image is
+/// as vm-run.sh made it (its marker is still in sector 0).
+fn pass(addr: &str, ring: Option<RingLayout>, want: RingLayout, first: bool) -> R<()> {
+    println!("---- {want:?} virtqueues (Options::ring {ring:?}) ----");
+    let pci = open(addr)?;
+    let mode = pci.mode();
+    let opts = Options { queues: 0, ring, ..Options::default() };
     let dev = Arc::new(VirtioBlk::new(pci, &opts).map_err(|e| format!("bring-up: {e}"))?);
     let info = dev.info().clone();
     println!(
-        "{addr}: mode {mode:?}, negotiated features {:#018x} [{}]",
+        "{addr}: mode {mode:?}, {:?} rings, negotiated features {:#018x} [{}]",
+        dev.ring_layout(),
         dev.features(),
         dev.feature_names()
     );
@@ -58,24 +94,40 @@ fn run() -> R<()> {
             "ACCESS_PLATFORM not negotiated under an IOMMU"
         );
     }
+    ensure!(
+        dev.ring_layout() == want,
+        "{:?} rings negotiated, {want:?} expected",
+        dev.ring_layout()
+    );
+    let packed_bit = dev.features() & feature::RING_PACKED != 0;
+    ensure!(
+        packed_bit == (want == RingLayout::Packed),
+        "RING_PACKED negotiated: {packed_bit}, with {want:?} rings"
+    );
 
     let q = dev.queue(0).map_err(|e| e.to_string())?;
-    let mut first = vec![0u8; info.block_size as usize];
-    q.read_all_blocking(0, &mut first).map_err(|e| format!("read of sector 0: {e}"))?;
-    let marker = b"MFIO-VM VBLK LBA0";
-    ensure!(
-        first.starts_with(marker),
-        "sector 0 starts {:?}, not the image's marker",
-        String::from_utf8_lossy(&first[..marker.len()])
-    );
-    println!("sector 0: {:?}", String::from_utf8_lossy(marker));
+    ensure!(q.ring_layout() == want, "queue 0 runs {:?} rings", q.ring_layout());
+    if first {
+        // The conformance suite writes over it afterwards.
+        let mut lba0 = vec![0u8; info.block_size as usize];
+        q.read_all_blocking(0, &mut lba0).map_err(|e| format!("read of sector 0: {e}"))?;
+        let marker = b"MFIO-VM VBLK LBA0";
+        ensure!(
+            lba0.starts_with(marker),
+            "sector 0 starts {:?}, not the image's marker",
+            String::from_utf8_lossy(&lba0[..marker.len()])
+        );
+        println!("sector 0: {:?}", String::from_utf8_lossy(marker));
+    }
     let id = q.get_id_blocking().map_err(|e| format!("GET_ID: {e}"))?;
     let id = String::from_utf8_lossy(&id).trim_end_matches('\0').to_string();
     println!("GET_ID: {id:?}");
 
     let cfg =
         Config { rounds: 60, area: 8 << 20, wrap_ios: 400, queue_depth: 48, ..Config::default() };
-    let failed: Vec<_> = run_all(&q, &cfg, "virtio-blk")
+    let label =
+        format!("virtio-blk-{}", if want == RingLayout::Packed { "packed" } else { "split" });
+    let failed: Vec<_> = run_all(&q, &cfg, &label)
         .into_iter()
         .filter_map(|o| o.result.err().map(|e| (o.name, e)))
         .collect();
