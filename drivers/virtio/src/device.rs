@@ -32,7 +32,8 @@ pub struct Options {
     /// Bounce buffers per queue.
     pub bounce_slots: usize,
     /// Feature bits to refuse even when offered (tests use it to exercise the paths without
-    /// INDIRECT_DESC or EVENT_IDX). VERSION_1 and ACCESS_PLATFORM cannot be refused.
+    /// INDIRECT_DESC or EVENT_IDX). VERSION_1 and ACCESS_PLATFORM cannot be refused;
+    /// RING_PACKED follows [`ring`](Self::ring) when that is set.
     pub refuse_features: u64,
     /// The virtqueue layout. `None` (default): packed when the device offers RING_PACKED,
     /// split otherwise. `Some(Split)` refuses RING_PACKED (to test both layouts on one
@@ -217,10 +218,12 @@ impl<D: PciDevice> VirtioBlk<D> {
                 hint: "packed virtqueues were asked for; give QEMU's virtio-blk-pci packed=on",
             });
         }
-        let mut refuse = opts.refuse_features;
-        if opts.ring == Some(RingLayout::Split) {
-            refuse |= feature::RING_PACKED;
-        }
+        // `ring` is the explicit choice: it wins over `refuse_features` for RING_PACKED.
+        let refuse = match opts.ring {
+            Some(RingLayout::Split) => opts.refuse_features | feature::RING_PACKED,
+            Some(RingLayout::Packed) => opts.refuse_features & !feature::RING_PACKED,
+            None => opts.refuse_features,
+        };
         let mut wanted = offered & feature::SUPPORTED & !refuse;
         wanted |= offered & (feature::VERSION_1 | feature::ACCESS_PLATFORM);
         t.set_driver_features(dev, wanted);

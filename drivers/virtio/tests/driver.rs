@@ -98,6 +98,11 @@ fn bring_up_negotiates_what_both_sides_support() {
     drop(q);
     let (_, dev) = up(ModelOptions::split_only(), Options::default());
     assert_eq!(dev.ring_layout(), RingLayout::Split);
+    let refuse = Options { refuse_features: feature::RING_PACKED, ..Default::default() };
+    let (_, dev) = up(ModelOptions::default(), refuse.clone());
+    assert_eq!(dev.ring_layout(), RingLayout::Split, "refusing the bit means split");
+    let (_, dev) = up(ModelOptions::default(), on(RingLayout::Packed, refuse));
+    assert_eq!(dev.ring_layout(), RingLayout::Packed, "ring wins over refuse_features");
     let m = VirtioBlkModel::new(ModelOptions::split_only());
     let e = VirtioBlk::new(m.clone(), &on(RingLayout::Packed, Options::default())).err();
     let e = e.expect("no RING_PACKED offered");
