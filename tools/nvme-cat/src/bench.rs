@@ -13,6 +13,15 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A virtqueue layout.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Ring {
+    /// Split virtqueues (virtio 1.0).
+    Split,
+    /// Packed virtqueues (virtio 1.1, RING_PACKED).
+    Packed,
+}
+
 /// What kind of I/O.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Rw {
@@ -64,6 +73,9 @@ pub struct BenchArgs {
     /// NVMe: describe every I/O with an SGL instead of PRPs.
     #[arg(long)]
     sgl: bool,
+    /// virtio-blk: force a virtqueue layout (default: packed when the device offers it).
+    #[arg(long, value_enum)]
+    ring: Option<Ring>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
@@ -131,7 +143,11 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
 }
 
 fn virtio_bench(s: Spec, a: &BenchArgs, block: usize) -> Result<LoadResult, String> {
-    let v = open_virtio(s, a.queues.max(1))?;
+    let ring = a.ring.map(|r| match r {
+        Ring::Split => mfio_virtio::RingLayout::Split,
+        Ring::Packed => mfio_virtio::RingLayout::Packed,
+    });
+    let v = open_virtio(s, a.queues.max(1), ring)?;
     with_virtio!(&v, |v| {
         let queues = (0..a.queues.max(1).min(v.queue_count()))
             .map(|t| v.queue(t).map_err(|e| e.to_string()))

@@ -136,8 +136,13 @@ pub fn is_virtio(addr: PciAddress) -> bool {
 }
 
 /// Opens a virtio-blk device (PCI address or the model) with `queues` request queues.
-pub fn open_virtio(spec: Spec, queues: u16) -> Result<Virtio, String> {
-    let opts = mfio_virtio::Options { queues, ..Default::default() };
+/// `ring`: force a virtqueue layout (default: packed when the device offers it).
+pub fn open_virtio(
+    spec: Spec,
+    queues: u16,
+    ring: Option<mfio_virtio::RingLayout>,
+) -> Result<Virtio, String> {
+    let opts = mfio_virtio::Options { queues, ring, ..Default::default() };
     match spec {
         Spec::Pci(addr) => {
             let dev = VfioPci::open(addr).map_err(|e| e.to_string())?;
