@@ -107,28 +107,18 @@ fi
 T1=$(date +%s)
 
 # ---- summary ---------------------------------------------------------------------------------
-# col FILE KEYCOL KEY COL: the trimmed cell COL of the markdown row whose cell KEYCOL is KEY
-# (cells counted from 1, as awk -F'|' numbers them from 2).
-col() {
-  [ -f "$1" ] || { echo -; return; }
-  awk -F'|' -v k="$2" -v key="$3" -v c="$4" '
+# cell FILE COL KEY...: the trimmed cell COL of the first markdown row whose leading cells are
+# the KEYs (cells counted from 1).
+cell() {
+  local f=$1 c=$2
+  shift 2
+  [ -f "$f" ] || { echo -; return; }
+  awk -F'|' -v c="$c" -v keys="$(IFS='|'; echo "$*")" '
     function trim(s) { gsub(/^ +| +$/, "", s); return s }
-    NF > 2 && trim($(k + 1)) == key { print trim($(c + 1)); found = 1; exit }
-    END { if (!found) print "-" }' "$1"
-}
-ncol() { # NVMe rows: doorbells ("registers" or "shadow") and QD
-  [ -f "$OUT/nvme.md" ] || { echo -; return; }
-  awk -F'|' -v mode="$1" -v qd="$2" -v c="$3" '
-    function trim(s) { gsub(/^ +| +$/, "", s); return s }
-    trim($2) == mode && trim($3) == qd { print trim($(c + 1)); found = 1; exit }
-    END { if (!found) print "-" }' "$OUT/nvme.md"
-}
-vcol() { # virtio rows: buffers "DMA (zero copy)" and QD
-  [ -f "$OUT/virtio.md" ] || { echo -; return; }
-  awk -F'|' -v qd="$1" -v c="$2" '
-    function trim(s) { gsub(/^ +| +$/, "", s); return s }
-    trim($2) == "DMA (zero copy)" && trim($3) == qd { print trim($(c + 1)); found = 1; exit }
-    END { if (!found) print "-" }' "$OUT/virtio.md"
+    BEGIN { n = split(keys, k, "|") }
+    NF > 2 { ok = 1; for (i = 1; i <= n; i++) if (trim($(i + 1)) != k[i]) ok = 0
+             if (ok) { print trim($(c + 1)); found = 1; exit } }
+    END { if (!found) print "-" }' "$f"
 }
 {
   echo "Host benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1), $(rustc --version | cut -d' ' -f1-2), total $((T1 - T0))s"
@@ -142,14 +132,22 @@ vcol() { # virtio rows: buffers "DMA (zero copy)" and QD
       # callgrind runs nvme-cat on the model with the driver's defaults: register doorbells.
       ir=-
       [ "$mode" = registers ] && ir=${IR[nvme.$qd]:--}
-      echo "| NVMe, null model, $mode doorbells | $qd | $(ncol "$mode" "$qd" 4) | $(ncol "$mode" "$qd" 5) | $(ncol "$mode" "$qd" 6) | $ir |"
+      n=("$OUT/nvme.md")
+      echo "| NVMe, null model, $mode doorbells | $qd | $(cell "${n[@]}" 4 "$mode" "$qd") | $(cell "${n[@]}" 5 "$mode" "$qd") | $(cell "${n[@]}" 6 "$mode" "$qd") | $ir |"
     done
   done
-  for qd in 1 32 128; do
-    echo "| virtio-blk, null model, zero copy | $qd | $(vcol "$qd" 4) | $(vcol "$qd" 5) | $(vcol "$qd" 6) | ${IR[virtio.$qd]:--} |"
+  for ring in packed split; do
+    for qd in 1 32 128; do
+      # callgrind runs nvme-cat on the virtio model with its defaults: packed rings.
+      ir=-
+      [ "$ring" = packed ] && ir=${IR[virtio.$qd]:--}
+      v=("$OUT/virtio.md")
+      z="DMA (zero copy)"
+      echo "| virtio-blk, null model, $ring ring, zero copy | $qd | $(cell "${v[@]}" 5 "$ring" "$z" "$qd") | $(cell "${v[@]}" 6 "$ring" "$z" "$qd") | $(cell "${v[@]}" 7 "$ring" "$z" "$qd") | $ir |"
+    done
   done
   for op in "pinned stack packet, reused (io + wait)" "batch of 32 packets, one poll (per packet)"; do
-    echo "| mfio round trip: $op | - | $(col "$OUT/roundtrip.md" 1 "$op" 2) | $(col "$OUT/roundtrip.md" 1 "$op" 3) | - | - |"
+    echo "| mfio round trip: $op | - | $(cell "$OUT/roundtrip.md" 2 "$op") | $(cell "$OUT/roundtrip.md" 3 "$op") | - | - |"
   done
   echo
   echo "Targets: at QD 128, <= 80 ns and 0 heap allocations per I/O."
