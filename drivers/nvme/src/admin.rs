@@ -54,6 +54,8 @@ impl AdminQueue {
     ) -> Result<Completion, NvmeError> {
         self.next_cid = self.next_cid.wrapping_add(1);
         cmd.cid = self.next_cid;
+        let span = tracing::debug_span!("nvme_admin", opcode = cmd.opcode, cid = cmd.cid);
+        let _g = span.enter();
         self.sq.push(&cmd);
         self.sq.commit(dev);
         let t0 = Instant::now();
@@ -68,6 +70,7 @@ impl AdminQueue {
                     continue;
                 }
                 let status = cqe.status();
+                tracing::debug!(%status, dw0 = cqe.dw0, us = t0.elapsed().as_micros() as u64, "done");
                 if !status.is_success() {
                     return Err(NvmeError::Command { opcode: cmd.opcode, status });
                 }

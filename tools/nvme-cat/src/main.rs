@@ -20,6 +20,9 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "nvme-cat", version, about, long_about = None)]
 struct Cli {
+    /// Log to stderr: -v bring-up and recovery, -vv admin commands too, -vvv everything.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -100,6 +103,14 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.verbose > 0 {
+        let level = match cli.verbose {
+            1 => tracing::Level::INFO,
+            2 => tracing::Level::DEBUG,
+            _ => tracing::Level::TRACE,
+        };
+        tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
+    }
     let r = match cli.cmd {
         Cmd::List { output } => list::run(output),
         Cmd::IdCtrl { dev, raw, output } => identify::id_ctrl(&dev.device, raw, output),

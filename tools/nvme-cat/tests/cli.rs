@@ -141,3 +141,14 @@ fn list_prints_json() {
     let v = json(&["list", "-o", "json"]);
     assert!(v["devices"].is_array());
 }
+
+#[test]
+fn verbose_logs_bring_up_and_admin_commands_to_stderr() {
+    let out = nvme_cat(&["-vv", "id-ctrl", "model"], None);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("nvme_bringup") && log.contains("nvme_admin"), "{log}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mfio NVMe model"));
+    let quiet = nvme_cat(&["id-ctrl", "model"], None);
+    assert!(quiet.stderr.is_empty(), "no log without -v");
+}
