@@ -36,17 +36,28 @@ pub struct PrpList<'a> {
 impl PrpList<'_> {
     /// The most entries (data pages after the first) these pages can hold.
     pub fn capacity(&self) -> usize {
-        self.page_iovas.len() * (ENTRIES_PER_PAGE - 1) + 1
+        chained_capacity(self.page_iovas.len(), ENTRIES_PER_PAGE)
     }
 }
 
 /// Number of list pages needed to hold `entries` list entries.
 pub fn list_pages_for(entries: usize) -> usize {
-    if entries <= ENTRIES_PER_PAGE {
+    chained_pages(entries, ENTRIES_PER_PAGE)
+}
+
+/// Pages of `per_page` entries needed for `entries`, when every page but the last gives its
+/// final slot to the pointer to the next page (PRP lists and SGL segments alike).
+pub(crate) fn chained_pages(entries: usize, per_page: usize) -> usize {
+    if entries <= per_page {
         1
     } else {
-        (entries - 1).div_ceil(ENTRIES_PER_PAGE - 1)
+        (entries - 1).div_ceil(per_page - 1)
     }
+}
+
+/// The most entries `pages` such chained pages hold.
+pub(crate) fn chained_capacity(pages: usize, per_page: usize) -> usize {
+    pages * (per_page - 1) + 1
 }
 
 /// Builds (PRP1, PRP2) for `len` bytes whose memory is `segments`, in order.

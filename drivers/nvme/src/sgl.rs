@@ -8,7 +8,7 @@
 //! in the slot's list pages as a Last Segment, chained through a Segment descriptor in the last
 //! slot of each full page.
 
-use crate::prp::{PrpError, PrpList};
+use crate::prp::{self, PrpError, PrpList};
 use crate::spec::sgl::{SglDescriptor, DESCRIPTOR_SIZE};
 use crate::spec::PAGE_SIZE;
 use mfio_dma::IovaSegment;
@@ -38,17 +38,13 @@ impl SglAlignment {
 
 /// List pages needed for `descriptors` data descriptors.
 pub fn pages_for(descriptors: usize) -> usize {
-    if descriptors <= PER_PAGE {
-        1
-    } else {
-        (descriptors - 1).div_ceil(PER_PAGE - 1)
-    }
+    prp::chained_pages(descriptors, PER_PAGE)
 }
 
 /// The most data descriptors `list` can hold.
 pub fn capacity(list: &PrpList<'_>) -> usize {
     // Every page but the last gives its final slot to the chain pointer.
-    list.page_iovas.len() * (PER_PAGE - 1) + 1
+    prp::chained_capacity(list.page_iovas.len(), PER_PAGE)
 }
 
 /// Builds SGL1 (the command's data pointer, as `(prp1, prp2)`) for `len` bytes whose memory is
