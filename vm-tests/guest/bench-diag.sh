@@ -35,21 +35,9 @@ run() {
   printf '%s\t%s\t%s\n' "$label" "$f" "$rc" >>"$OUT/order.tsv"
   log "$label: rc $rc"
 }
-bind() { # bind ADDR DRIVER (see bench-guest.sh)
-  local d=/sys/bus/pci/devices/$1
-  echo "$2" >"$d/driver_override"
-  [ -e "$d/driver" ] && echo "$1" >"$d/driver/unbind"
-  echo "$1" >/sys/bus/pci/drivers_probe
-}
-blockdev() {
-  local _ b
-  for _ in $(seq 50); do
-    b=$(find "/sys/bus/pci/devices/$1/" -maxdepth 4 \( -name 'nvme*n1' -o -name 'vd*' \) 2>/dev/null | head -n 1)
-    if [ -n "$b" ] && [ -b "/dev/${b##*/}" ]; then echo "/dev/${b##*/}"; return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
+# bind, rebind, blockdev
+# shellcheck source=bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
 fio_job() { # fio_job BDEV QD EXTRA...: the fio command line in FIO (run() needs a command)
   local b=$1 qd=$2
   shift 2
@@ -84,7 +72,8 @@ for dev in nvme virtio; do
     addr=$VIRTIO drv=virtio-pci
     echo 1 >/sys/module/virtio_blk/parameters/poll_queues
   fi
-  bind "$addr" "$drv"
+  # rebind, not bind: a driver probed before poll_queues changed must probe again.
+  rebind "$addr" "$drv"
   if b=$(blockdev "$addr"); then
     for qd in 1 32; do
       fio_job "$b" "$qd" --ioengine=io_uring

@@ -72,37 +72,9 @@ run_limited() {
 # why FILE: one line saying why a run failed (its last stderr line, tab-free, short).
 why() { tail -n 1 "$1.err" 2>/dev/null | tr '\t\r' '  ' | cut -c1-80; }
 
-# ---- binding ---------------------------------------------------------------------------------
-# bind ADDR DRIVER: moves the function to DRIVER (vfio-pci, nvme or virtio-pci); driver_override
-# makes drivers_probe pick exactly that one.
-bind() {
-  local a=$1 drv=$2 d=/sys/bus/pci/devices/$1 now=none
-  [ -e "$d/driver" ] && now=$(basename "$(readlink "$d/driver")")
-  [ "$now" = "$drv" ] && return 0
-  echo "$drv" >"$d/driver_override"
-  [ -e "$d/driver" ] && echo "$a" >"$d/driver/unbind"
-  echo "$a" >/sys/bus/pci/drivers_probe
-  now=none
-  [ -e "$d/driver" ] && now=$(basename "$(readlink "$d/driver")")
-  [ "$now" = "$drv" ] || { log "binding $a to $drv failed (now: $now)"; return 1; }
-}
-# rebind ADDR DRIVER: unbinds first, so that changed module parameters (poll_queues) apply.
-rebind() {
-  local d=/sys/bus/pci/devices/$1
-  [ -e "$d/driver" ] && echo "$1" >"$d/driver/unbind"
-  bind "$1" "$2"
-}
-# blockdev ADDR: /dev path of the kernel's disk on that function (namespace 1 for NVMe); waits
-# for udev-less devtmpfs to show it.
-blockdev() {
-  local _ b
-  for _ in $(seq 50); do
-    b=$(find "/sys/bus/pci/devices/$1/" -maxdepth 4 \( -name 'nvme*n1' -o -name 'vd*' \) 2>/dev/null | head -n 1)
-    if [ -n "$b" ] && [ -b "/dev/${b##*/}" ]; then echo "/dev/${b##*/}"; return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
+# ---- binding: bind, rebind, blockdev -----------------------------------------------------------
+# shellcheck source=bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
 
 # ---- contenders ------------------------------------------------------------------------------
 # mfio DEVICE ADDR WL RW BS QD: nvme-cat bench on the VFIO-bound function (DMA buffers).
