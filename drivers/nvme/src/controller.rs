@@ -5,7 +5,6 @@ use crate::error::NvmeError;
 use crate::namespace::Namespace;
 use crate::queue_pair::IoQueue;
 use crate::queues::ShadowDoorbells;
-use crate::sgl::SglAlignment;
 use crate::spec::{
     cns, log, regs, Cap, Cc, Csts, IdentifyController, IdentifyNamespace, PAGE_SIZE,
 };
@@ -135,8 +134,7 @@ impl<D: PciDevice> Controller<D> {
                 namespaces.push(ns);
             }
         }
-        if opts.data_pointer == DataPointer::Sgl && SglAlignment::from_sgls(identify.sgls).is_none()
-        {
+        if opts.data_pointer == DataPointer::Sgl && !identify.supports_sgl() {
             return Err(NvmeError::Unsupported(
                 "SGLs were asked for (DataPointer::Sgl) but the controller does not offer them \
                  (Identify SGLS = 0): use DataPointer::Auto or Prp",

@@ -106,9 +106,10 @@ impl IdentifyController {
         (self.mdts != 0).then(|| page << self.mdts)
     }
 
-    /// Whether the controller supports SGLs for NVM commands.
+    /// Whether the controller supports SGLs for NVM commands (SGLS bits 1:0 are 01b, any
+    /// alignment, or 10b, dword alignment; 11b is reserved).
     pub fn supports_sgl(&self) -> bool {
-        self.sgls & 3 != 0
+        matches!(self.sgls & 3, 1 | 2)
     }
 }
 
