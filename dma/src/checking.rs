@@ -1,9 +1,13 @@
 //! A mapper for tests and in-process device models: records which IOVA ranges are mapped and
 //! lets a model reach memory only through them.
+//!
+//! Device access goes through [`DeviceMemory`]: the mapper itself (a lock per access) or a
+//! [`DmaView`], a device's own snapshot of the mappings that it re-reads only when the mapper's
+//! generation moves (every map and unmap bumps it), so the hot path takes no lock.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::addr::{Iova, VirtAddr, PAGE_SIZE};
 use crate::error::DmaError;
@@ -29,54 +33,34 @@ pub struct DmaFault {
     pub kind: &'static str,
 }
 
+/// One mapping: `len` bytes at `iova` are the memory at virtual address `virt`.
+#[derive(Debug, Clone, Copy)]
+struct Mapping {
+    iova: u64,
+    virt: usize,
+    len: usize,
+}
+
+/// The mappings, sorted by IOVA (disjoint: each has its own IOVA range).
+type Maps = Arc<Vec<Mapping>>;
+
+/// The virtual address of `[iova, iova + len)` if one mapping holds all of it: a binary search.
+fn find(maps: &[Mapping], iova: u64, len: usize) -> Option<usize> {
+    let i = maps.partition_point(|m| m.iova <= iova).checked_sub(1)?;
+    let m = maps[i];
+    let off = iova - m.iova;
+    let end = off.checked_add(len as u64)?;
+    (end <= m.len as u64).then_some(m.virt + off as usize)
+}
+
 #[derive(Debug)]
 struct State {
     alloc: IovaAllocator,
-    /// IOVA start -> (virtual start, length).
-    maps: BTreeMap<u64, (usize, usize)>,
+    /// Replaced (copy on write) on every change, so views keep reading their snapshot.
+    maps: Maps,
     /// Map every page at its own IOVA (see [`CheckingMapper::scattered`]).
     scatter: bool,
-    /// The last few mappings resolved, `(iova start, virtual start, length)`: a device model
-    /// touches a handful (rings, the data buffer, the shadow page) over and over, and this
-    /// spares the tree walk. Emptied on every unmap, so it never outlives a mapping.
-    recent: [(u64, usize, usize); RECENT],
-    next_recent: usize,
 }
-
-impl State {
-    /// The virtual address of `[iova, iova + len)` if one mapping holds all of it, looked up in
-    /// the recent mappings first (refilled round robin on a miss).
-    fn lookup(&mut self, iova: u64, len: usize) -> Option<usize> {
-        let within = |(start, virt, mlen): (u64, usize, usize)| {
-            if mlen == 0 {
-                return None; // an empty slot
-            }
-            let off = iova.checked_sub(start)?;
-            let end = off.checked_add(len as u64)?;
-            (end <= mlen as u64).then_some(virt + off as usize)
-        };
-        if let Some(va) = self.recent.iter().find_map(|&r| within(r)) {
-            return Some(va);
-        }
-        let (&start, &(virt, mlen)) = self.maps.range(..=iova).next_back()?;
-        let va = within((start, virt, mlen))?;
-        self.recent[self.next_recent] = (start, virt, mlen);
-        self.next_recent = (self.next_recent + 1) % RECENT;
-        Some(va)
-    }
-
-    /// Whether one mapping holds `[iova, iova + len)`, without touching the recent ones (data
-    /// buffers checked once each would only push the rings out).
-    fn holds(&self, iova: u64, len: usize) -> bool {
-        self.maps
-            .range(..=iova)
-            .next_back()
-            .is_some_and(|(&s, &(_, l))| iova - s + len as u64 <= l as u64)
-    }
-}
-
-/// Entries in `State::recent`.
-const RECENT: usize = 4;
 
 /// Records every mapping and gives device models bounds-checked access by IOVA.
 ///
@@ -85,6 +69,9 @@ const RECENT: usize = 4;
 #[derive(Debug)]
 pub struct CheckingMapper {
     state: Mutex<State>,
+    /// Bumped, under the lock, on every map and unmap: a [`DmaView`] whose snapshot is older
+    /// takes a new one before its next access, so it never reaches memory already unmapped.
+    generation: AtomicU64,
     faults: AtomicU64,
 }
 
@@ -100,11 +87,10 @@ impl CheckingMapper {
         CheckingMapper {
             state: Mutex::new(State {
                 alloc: IovaAllocator::new(&[(CHECKING_IOVA_BASE, CHECKING_IOVA_LAST)], 0),
-                maps: BTreeMap::new(),
+                maps: Arc::default(),
                 scatter: false,
-                recent: [(0, 0, 0); RECENT],
-                next_recent: 0,
             }),
+            generation: AtomicU64::new(0),
             faults: AtomicU64::new(0),
         }
     }
@@ -123,37 +109,57 @@ impl CheckingMapper {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Resolve `[iova, iova + len)` to a virtual address if one mapping holds all of it.
-    fn resolve(&self, iova: Iova, len: usize, kind: &'static str) -> Result<usize, DmaFault> {
-        let fault = DmaFault { iova, len, kind };
-        let mut st = self.state();
-        let hit = st.lookup(iova.0, len);
-        drop(st);
-        hit.ok_or_else(|| {
-            self.faults.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("{fault}");
-            fault
-        })
+    /// The current mappings and the generation they belong to (read together, under the lock).
+    fn snapshot(&self) -> (Maps, u64) {
+        let st = self.state();
+        (st.maps.clone(), self.generation.load(Ordering::Relaxed))
     }
 
-    /// Whether `[iova, iova + len)` lies within one mapping.
-    pub fn is_mapped(&self, iova: Iova, len: usize) -> bool {
-        self.state().holds(iova.0, len)
+    /// A device's lock-free view of the mappings (see [`DmaView`]).
+    pub fn view(self: &Arc<Self>) -> DmaView {
+        DmaView { mapper: self.clone(), snap: RefCell::new(Snapshot::new(self.snapshot())) }
+    }
+
+    /// Counts and logs a rejected access.
+    fn fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault {
+        let fault = DmaFault { iova, len, kind };
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("{fault}");
+        fault
     }
 
     /// The mapped ranges `(iova, len)`, in IOVA order.
     pub fn mappings(&self) -> Vec<(Iova, usize)> {
-        self.state().maps.iter().map(|(&i, &(_, l))| (Iova(i), l)).collect()
+        self.state().maps.iter().map(|m| (Iova(m.iova), m.len)).collect()
     }
 
     /// How many device accesses were rejected so far (a test asserts it stays 0, or not).
     pub fn fault_count(&self) -> u64 {
         self.faults.load(Ordering::Relaxed)
     }
+}
+
+/// Device-side access to memory by IOVA, bounded to what the driver mapped: a model's DMA.
+///
+/// An access that any byte of falls outside every mapping fails with a [`DmaFault`] (counted
+/// by the mapper) and touches nothing.
+pub trait DeviceMemory {
+    /// The virtual address of `[iova, iova + len)` if one live mapping holds all of it.
+    fn resolve(&self, iova: Iova, len: usize) -> Option<usize>;
+
+    /// The mapper behind this access (it counts the faults).
+    fn mapper(&self) -> &CheckingMapper;
+
+    /// Whether `[iova, iova + len)` lies within one mapping.
+    fn is_mapped(&self, iova: Iova, len: usize) -> bool {
+        self.resolve(iova, len).is_some()
+    }
 
     /// Device-side read: copy `buf.len()` bytes from `iova` into `buf`.
-    pub fn read(&self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault> {
-        let va = self.resolve(iova, buf.len(), "read")?;
+    fn read(&self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault> {
+        let va = self
+            .resolve(iova, buf.len())
+            .ok_or_else(|| self.mapper().fault(iova, buf.len(), "read"))?;
         // SAFETY: `resolve` found `[va, va + len)` inside a live mapping: the mapper's contract
         // (`map` is unsafe) keeps it valid until unmapped, and the model is the device, the one
         // party allowed to touch it behind the driver's back.
@@ -162,47 +168,133 @@ impl CheckingMapper {
     }
 
     /// Device-side write: copy `buf` to `iova`.
-    pub fn write(&self, iova: Iova, buf: &[u8]) -> Result<(), DmaFault> {
-        let va = self.resolve(iova, buf.len(), "write")?;
+    fn write(&self, iova: Iova, buf: &[u8]) -> Result<(), DmaFault> {
+        let va = self
+            .resolve(iova, buf.len())
+            .ok_or_else(|| self.mapper().fault(iova, buf.len(), "write"))?;
         // SAFETY: as in `read`.
         unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), va as *mut u8, buf.len()) };
         Ok(())
     }
 
     /// Device-side little-endian u16 read.
-    pub fn read_le16(&self, iova: Iova) -> Result<u16, DmaFault> {
+    fn read_le16(&self, iova: Iova) -> Result<u16, DmaFault> {
         let mut b = [0; 2];
         self.read(iova, &mut b)?;
         Ok(u16::from_le_bytes(b))
     }
 
     /// Device-side little-endian u32 read.
-    pub fn read_le32(&self, iova: Iova) -> Result<u32, DmaFault> {
+    fn read_le32(&self, iova: Iova) -> Result<u32, DmaFault> {
         let mut b = [0; 4];
         self.read(iova, &mut b)?;
         Ok(u32::from_le_bytes(b))
     }
 
     /// Device-side little-endian u64 read.
-    pub fn read_le64(&self, iova: Iova) -> Result<u64, DmaFault> {
+    fn read_le64(&self, iova: Iova) -> Result<u64, DmaFault> {
         let mut b = [0; 8];
         self.read(iova, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 
     /// Device-side little-endian u16 write.
-    pub fn write_le16(&self, iova: Iova, v: u16) -> Result<(), DmaFault> {
+    fn write_le16(&self, iova: Iova, v: u16) -> Result<(), DmaFault> {
         self.write(iova, &v.to_le_bytes())
     }
 
     /// Device-side little-endian u32 write.
-    pub fn write_le32(&self, iova: Iova, v: u32) -> Result<(), DmaFault> {
+    fn write_le32(&self, iova: Iova, v: u32) -> Result<(), DmaFault> {
         self.write(iova, &v.to_le_bytes())
     }
 
     /// Device-side little-endian u64 write.
-    pub fn write_le64(&self, iova: Iova, v: u64) -> Result<(), DmaFault> {
+    fn write_le64(&self, iova: Iova, v: u64) -> Result<(), DmaFault> {
         self.write(iova, &v.to_le_bytes())
+    }
+}
+
+/// Through the mapper itself: a lock and a binary search per access.
+impl DeviceMemory for CheckingMapper {
+    fn resolve(&self, iova: Iova, len: usize) -> Option<usize> {
+        find(&self.state().maps, iova.0, len)
+    }
+
+    fn mapper(&self) -> &CheckingMapper {
+        self
+    }
+}
+
+/// A device's view of a [`CheckingMapper`]'s mappings: a snapshot it searches without a lock,
+/// taken again whenever the mapper's generation has moved. One per device (or per thread of
+/// one): it is `Send` but not `Sync`.
+///
+/// It is exactly as strict as the mapper: an unmap bumps the generation before it returns, so
+/// the next access after it sees the mapping gone.
+#[derive(Debug)]
+pub struct DmaView {
+    mapper: Arc<CheckingMapper>,
+    snap: RefCell<Snapshot>,
+}
+
+/// Slots of [`Snapshot::by_page`]: a power of two, and more than the pages a device touches
+/// over and over (rings, a queue's worth of data buffers and their guard pages).
+const PAGE_SLOTS: usize = 512;
+/// An empty slot of [`Snapshot::by_page`].
+const NO_MAPPING: u32 = u32::MAX;
+
+#[derive(Debug)]
+struct Snapshot {
+    maps: Maps,
+    generation: u64,
+    /// Direct-mapped cache, by IOVA page number: the index in `maps` of the mapping that last
+    /// held an access to that page. A device touches the same pages again and again; a hit
+    /// costs one load and a bounds check instead of a binary search. Emptied with every new
+    /// snapshot, so it never names a mapping that is gone.
+    by_page: Box<[u32; PAGE_SLOTS]>,
+}
+
+impl Snapshot {
+    fn new((maps, generation): (Maps, u64)) -> Snapshot {
+        Snapshot { maps, generation, by_page: Box::new([NO_MAPPING; PAGE_SLOTS]) }
+    }
+
+    #[inline]
+    fn resolve(&mut self, iova: u64, len: usize) -> Option<usize> {
+        let slot = (iova / PAGE_SIZE as u64) as usize % PAGE_SLOTS;
+        if let Some(m) = self.maps.get(self.by_page[slot] as usize) {
+            if let Some(off) = iova.checked_sub(m.iova) {
+                if off.checked_add(len as u64).is_some_and(|end| end <= m.len as u64) {
+                    return Some(m.virt + off as usize);
+                }
+            }
+        }
+        let i = self.maps.partition_point(|m| m.iova <= iova).checked_sub(1)?;
+        let va = find(&self.maps[i..=i], iova, len)?;
+        self.by_page[slot] = i as u32;
+        Some(va)
+    }
+}
+
+impl DmaView {
+    /// The mapper this views.
+    pub fn checking_mapper(&self) -> &Arc<CheckingMapper> {
+        &self.mapper
+    }
+}
+
+impl DeviceMemory for DmaView {
+    #[inline]
+    fn resolve(&self, iova: Iova, len: usize) -> Option<usize> {
+        let mut snap = self.snap.borrow_mut();
+        if self.mapper.generation.load(Ordering::Acquire) != snap.generation {
+            *snap = Snapshot::new(self.mapper.snapshot());
+        }
+        snap.resolve(iova.0, len)
+    }
+
+    fn mapper(&self) -> &CheckingMapper {
+        &self.mapper
     }
 }
 
@@ -213,39 +305,55 @@ impl DmaMapper for CheckingMapper {
 
     unsafe fn map(&self, virt: VirtAddr, len: usize) -> Result<Vec<MappedChunk>, DmaError> {
         check_page_range(virt, len)?;
-        let mut st = self.state();
+        let mut guard = self.state();
+        let st = &mut *guard;
         let piece = if st.scatter { PAGE_SIZE } else { len };
         let mut chunks = Vec::with_capacity(len / piece);
         for off in (0..len).step_by(piece) {
             // The guard page after each mapping stays allocated but unmapped.
-            let iova = match st.alloc.alloc(piece as u64 + PAGE_SIZE as u64, PAGE_SIZE as u64) {
-                Ok(i) => i,
+            match st.alloc.alloc(piece as u64 + PAGE_SIZE as u64, PAGE_SIZE as u64) {
+                Ok(iova) => {
+                    chunks.push(MappedChunk { virt: VirtAddr(virt.0 + off), iova, len: piece })
+                }
                 Err(e) => {
                     for c in chunks.drain(..) {
-                        let MappedChunk { iova, len, .. } = c;
-                        st.maps.remove(&iova.0);
-                        let _ = st.alloc.free(iova, len as u64 + PAGE_SIZE as u64);
+                        let _ = st.alloc.free(c.iova, c.len as u64 + PAGE_SIZE as u64);
                     }
                     return Err(e);
                 }
-            };
-            st.maps.insert(iova.0, (virt.0 + off, piece));
-            chunks.push(MappedChunk { virt: VirtAddr(virt.0 + off), iova, len: piece });
+            }
         }
+        let maps = Arc::make_mut(&mut st.maps);
+        for c in &chunks {
+            let at = maps.partition_point(|m| m.iova < c.iova.0);
+            maps.insert(at, Mapping { iova: c.iova.0, virt: c.virt.0, len: c.len });
+        }
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(chunks)
     }
 
     fn unmap(&self, chunks: &[MappedChunk]) -> Result<(), DmaError> {
-        let mut st = self.state();
-        st.recent = [(0, 0, 0); RECENT];
+        let mut guard = self.state();
+        let st = &mut *guard;
+        // All or nothing: check every chunk before removing any.
+        let index = |maps: &[Mapping], c: &MappedChunk| {
+            let i = maps.partition_point(|m| m.iova < c.iova.0);
+            maps.get(i)
+                .is_some_and(|m| m.iova == c.iova.0 && m.virt == c.virt.0 && m.len == c.len)
+                .then_some(i)
+        };
+        if let Some(c) = chunks.iter().find(|c| index(&st.maps, c).is_none()) {
+            return Err(DmaError::NotMapped { iova: c.iova, len: c.len });
+        }
+        let maps = Arc::make_mut(&mut st.maps);
         for c in chunks {
-            match st.maps.get(&c.iova.0) {
-                Some(&(v, l)) if v == c.virt.0 && l == c.len => {}
-                _ => return Err(DmaError::NotMapped { iova: c.iova, len: c.len }),
+            if let Some(i) = index(maps, c) {
+                maps.remove(i);
             }
-            st.maps.remove(&c.iova.0);
             st.alloc.free(c.iova, c.len as u64 + PAGE_SIZE as u64)?;
         }
+        // Before returning, so no view reaches this memory once the caller frees it.
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 }
@@ -289,6 +397,42 @@ mod tests {
         drop(b);
         assert!(m.read(ib, &mut [0]).is_err(), "unmapped on drop");
         assert_eq!(m.mappings().len(), 1);
+    }
+
+    #[test]
+    fn a_view_follows_maps_and_unmaps() {
+        let m = Arc::new(CheckingMapper::new());
+        let space = DmaSpace::new(m.clone());
+        let view = m.view();
+        let a = space.alloc(4096).unwrap();
+        a.mem().write_le32(8, 0xabcd);
+        assert_eq!(
+            view.read_le32(Iova(a.iova().0 + 8)).unwrap(),
+            0xabcd,
+            "a mapping made after the view"
+        );
+        let b = space.alloc(8192).unwrap();
+        view.write_le64(Iova(b.iova().0 + 8184), 5).unwrap();
+        assert_eq!(b.mem().read_le64(8184), 5);
+        assert!(view.write(Iova(b.iova().0 + 8190), &[0; 4]).is_err(), "runs past the end");
+        let ia = a.iova();
+        drop(a);
+        assert!(!view.is_mapped(ia, 4), "the view saw the unmap");
+        assert!(view.read(ia, &mut [0]).is_err());
+        assert!(view.is_mapped(b.iova(), 8192));
+        assert_eq!(m.fault_count(), 2, "faults through a view count on the mapper");
+    }
+
+    #[test]
+    fn unmap_is_all_or_nothing() {
+        let m = CheckingMapper::new();
+        // SAFETY: the model never touches this memory (no device access in this test).
+        let good = unsafe { m.map(VirtAddr(0x10000), 0x1000) }.unwrap();
+        let bogus = MappedChunk { virt: VirtAddr(0x20000), iova: Iova(0x1234000), len: 0x1000 };
+        assert!(m.unmap(&[good[0], bogus]).is_err());
+        assert_eq!(m.mappings().len(), 1, "the good chunk is still mapped");
+        m.unmap(&good).unwrap();
+        assert!(m.mappings().is_empty());
     }
 
     #[test]

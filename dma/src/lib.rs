@@ -32,7 +32,9 @@ mod translate;
 mod vfio;
 
 pub use addr::{align_down, align_up, Iova, PhysAddr, VirtAddr, HUGE_PAGE_SIZE, PAGE_SIZE};
-pub use checking::{CheckingMapper, DmaFault, CHECKING_IOVA_BASE, CHECKING_IOVA_LAST};
+pub use checking::{
+    CheckingMapper, DeviceMemory, DmaFault, DmaView, CHECKING_IOVA_BASE, CHECKING_IOVA_LAST,
+};
 pub use error::{DmaError, TranslateError};
 pub use iova::IovaAllocator;
 pub use mapper::{check_page_range, DmaMapper, MappedChunk};

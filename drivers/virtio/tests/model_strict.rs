@@ -4,7 +4,7 @@
 
 use mfio::ReadAt;
 use mfio::{ErrorKind, IoBackend};
-use mfio_dma::Iova;
+use mfio_dma::{DeviceMemory, Iova};
 use mfio_pci::PciDevice;
 use mfio_virtio::model::{CompletionMode, ModelOptions, OnViolation, VirtioBlkModel, BAR};
 use mfio_virtio::spec::{common, feature, packed, status};

@@ -236,7 +236,7 @@ impl State {
 
     /// The queue memory must be mapped: a controller would DMA into whatever is there.
     fn check_queue_memory(&mut self, what: &str, base: u64, bytes: usize) -> Result<(), Status> {
-        if self.mapper.is_mapped(mfio_dma::Iova(base), bytes) {
+        if mfio_dma::DeviceMemory::is_mapped(&self.dma, mfio_dma::Iova(base), bytes) {
             return Ok(());
         }
         self.violation(

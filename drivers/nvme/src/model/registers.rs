@@ -132,9 +132,15 @@ impl State {
                 cc.iosqes(),
                 cc.iocqes()
             ))
-        } else if !self.mapper.is_mapped(mfio_dma::Iova(self.asq), sqs as usize * COMMAND_SIZE)
-            || !self.mapper.is_mapped(mfio_dma::Iova(self.acq), cqs as usize * COMPLETION_SIZE)
-        {
+        } else if !mfio_dma::DeviceMemory::is_mapped(
+            &self.dma,
+            mfio_dma::Iova(self.asq),
+            sqs as usize * COMMAND_SIZE,
+        ) || !mfio_dma::DeviceMemory::is_mapped(
+            &self.dma,
+            mfio_dma::Iova(self.acq),
+            cqs as usize * COMPLETION_SIZE,
+        ) {
             Some(format!(
                 "admin queues (ASQ {:#x} x{sqs}, ACQ {:#x} x{cqs}) are not in mapped DMA memory",
                 self.asq, self.acq

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use mfio_dma::{CheckingMapper, Iova};
+use mfio_dma::{CheckingMapper, DeviceMemory, DmaView, Iova};
 
 use super::config::ModelConfig;
 use super::inject::{Injection, Violation, ViolationKind};
@@ -75,7 +75,8 @@ pub(crate) struct Counters {
 /// Everything the controller knows.
 pub(crate) struct State {
     pub cfg: ModelConfig,
-    pub mapper: Arc<CheckingMapper>,
+    /// Every DMA goes through this view of the checking mapper (lock-free, as strict).
+    pub dma: DmaView,
     pub pci: ConfigSpace,
     pub cc: u32,
     pub csts: u32,
@@ -123,7 +124,7 @@ impl State {
             _ => 0,
         };
         Self {
-            mapper,
+            dma: mapper.view(),
             pci: ConfigSpace::new(),
             cc: 0,
             csts: 0,
@@ -195,7 +196,7 @@ impl State {
         if !self.dma_allowed(what, "read", iova, buf.len()) {
             return Err(DmaFailed);
         }
-        let r = self.mapper.read(Iova(iova), buf);
+        let r = self.dma.read(Iova(iova), buf);
         self.dma_result(r, what)
     }
 
@@ -204,7 +205,7 @@ impl State {
         if !self.dma_allowed(what, "write", iova, buf.len()) {
             return Err(DmaFailed);
         }
-        let r = self.mapper.write(Iova(iova), buf);
+        let r = self.dma.write(Iova(iova), buf);
         self.dma_result(r, what)
     }
 
@@ -213,7 +214,7 @@ impl State {
         if !self.dma_allowed(what, "access", iova, len) {
             return Err(DmaFailed);
         }
-        if len == 0 || self.mapper.is_mapped(Iova(iova), len) {
+        if len == 0 || self.dma.is_mapped(Iova(iova), len) {
             return Ok(());
         }
         let f = mfio_dma::DmaFault { iova: Iova(iova), len, kind: "access" };

@@ -26,7 +26,7 @@ mod requests;
 mod split;
 
 use crate::spec::{blk, cap, common, feature, ring, status};
-use mfio_dma::{CheckingMapper, DmaFault, DmaSpace};
+use mfio_dma::{CheckingMapper, DeviceMemory, DmaFault, DmaSpace, DmaView};
 use mfio_pci::{check_config_access, PciAddress, PciDevice, PciError, CAP_ID_VENDOR};
 use process::{Fetched, QueueWork};
 use std::ops::Range;
@@ -207,6 +207,8 @@ struct State {
 struct Inner {
     opts: ModelOptions,
     mapper: Arc<CheckingMapper>,
+    /// The device's DMA: a lock-free view of the mapper, used under the state lock.
+    dma: Mutex<DmaView>,
     space: Arc<DmaSpace>,
     state: Mutex<State>,
 }
@@ -301,7 +303,15 @@ impl VirtioBlkModel {
             batch: Vec::new(),
             rng: 0,
         };
-        Self { inner: Arc::new(Inner { opts, mapper, space, state: Mutex::new(state) }) }
+        Self {
+            inner: Arc::new(Inner {
+                opts,
+                dma: Mutex::new(mapper.view()),
+                mapper,
+                space,
+                state: Mutex::new(state),
+            }),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -370,7 +380,7 @@ impl VirtioBlkModel {
     /// far to skip, so it must reset the device.
     pub fn inject_stray_completion(&self, q: u16, id: u32) {
         let mut st = self.state();
-        let m = self.inner.mapper.clone();
+        let m = self.inner.dma.lock().unwrap_or_else(|p| p.into_inner());
         let q = usize::from(q);
         let r = if st.driver_features & feature::RING_PACKED != 0 {
             packed::inject_stray(&mut st, &m, q, id)
@@ -657,7 +667,7 @@ impl VirtioBlkModel {
         if mq.size == 0 {
             mq.size = mq.max;
         }
-        let m = self.inner.mapper.clone();
+        let m = self.inner.dma.lock().unwrap_or_else(|p| p.into_inner());
         let r = if st.driver_features & feature::RING_PACKED != 0 {
             packed::enable(st, &m, q)
         } else {
@@ -669,7 +679,7 @@ impl VirtioBlkModel {
         }
     }
 
-    fn enable_split(st: &mut State, m: &CheckingMapper, q: usize) -> Result<(), String> {
+    fn enable_split(st: &mut State, m: &DmaView, q: usize) -> Result<(), String> {
         let mq = st.queues[q];
         let n = mq.size;
         let checks = [

@@ -24,7 +24,7 @@ use crate::spec::packed::{
     EVENT_F_ENABLE, EVENT_OFF_WRAP, EVENT_SIZE, EVENT_WRAP,
 };
 use crate::spec::{feature, ring};
-use mfio_dma::{CheckingMapper, Iova};
+use mfio_dma::{DeviceMemory, DmaView, Iova};
 use std::sync::atomic::{fence, Ordering};
 
 const KNOWN_FLAGS: u16 =
@@ -38,7 +38,7 @@ fn available(flags: u16, wrap: bool) -> bool {
 /// A descriptor: (addr, len, id, flags).
 type PDesc = (u64, u32, u16, u16);
 
-fn read_desc(m: &CheckingMapper, at: u64) -> R<PDesc> {
+fn read_desc(m: &DmaView, at: u64) -> R<PDesc> {
     let mut b = [0u8; 16];
     m.read(Iova(at), &mut b).map_err(dma)?;
     Ok((
@@ -51,7 +51,7 @@ fn read_desc(m: &CheckingMapper, at: u64) -> R<PDesc> {
 
 /// Checks the ring areas at QUEUE_ENABLE (alignment, mapping, a zeroed ring) and sets the
 /// queue's packed state up.
-pub(super) fn enable(st: &mut State, m: &CheckingMapper, q: usize) -> Result<(), String> {
+pub(super) fn enable(st: &mut State, m: &DmaView, q: usize) -> Result<(), String> {
     let mq = st.queues[q];
     let n = usize::from(mq.size);
     let checks = [
@@ -85,7 +85,7 @@ pub(super) fn enable(st: &mut State, m: &CheckingMapper, q: usize) -> Result<(),
 
 /// The device's event suppression: with EVENT_IDX, "tell me when you make the descriptor at
 /// `pos` of the lap `wrap` available" (what it has fetched so far); otherwise ENABLE.
-fn write_device_event(m: &CheckingMapper, at: u64, pos: u16, wrap: bool, idx: bool) -> R<()> {
+fn write_device_event(m: &DmaView, at: u64, pos: u16, wrap: bool, idx: bool) -> R<()> {
     let (off_wrap, flags) = if idx {
         (pos | if wrap { EVENT_WRAP } else { 0 }, EVENT_F_DESC)
     } else {
@@ -96,7 +96,7 @@ fn write_device_event(m: &CheckingMapper, at: u64, pos: u16, wrap: bool, idx: bo
 }
 
 /// Fetches every chain made available since the last call onto the queue's pending list.
-pub(super) fn fetch(st: &mut State, m: &CheckingMapper, q: usize, due: u64) -> R<()> {
+pub(super) fn fetch(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<()> {
     let event_idx = st.driver_features & feature::EVENT_IDX != 0;
     loop {
         while fetch_one(st, m, q, due)? {}
@@ -117,7 +117,7 @@ pub(super) fn fetch(st: &mut State, m: &CheckingMapper, q: usize, due: u64) -> R
 }
 
 /// Fetches the chain at the device's position, if one is available; returns whether one was.
-fn fetch_one(st: &mut State, m: &CheckingMapper, q: usize, due: u64) -> R<bool> {
+fn fetch_one(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<bool> {
     let mq = st.queues[q];
     let (size, desc) = (mq.size, mq.desc);
     let at = |pos: u16| desc + u64::from(pos) * ring::DESC_SIZE as u64;
@@ -214,7 +214,7 @@ fn fetch_one(st: &mut State, m: &CheckingMapper, q: usize, due: u64) -> R<bool> 
 }
 
 /// Reads the indirect table at `addr` (`len` bytes) into `f`.
-fn indirect_table(m: &CheckingMapper, q: usize, addr: u64, len: u32, f: &mut Fetched) -> R<()> {
+fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -> R<()> {
     if len == 0 || len % 16 != 0 {
         return Err(Violation(format!("queue {q}: indirect table of {len} bytes")));
     }
@@ -233,13 +233,7 @@ fn indirect_table(m: &CheckingMapper, q: usize, addr: u64, len: u32, f: &mut Fet
 
 /// Writes the used descriptor of `f` at the device's used position, which then skips its
 /// chain.
-pub(super) fn complete(
-    st: &mut State,
-    m: &CheckingMapper,
-    q: usize,
-    f: &Fetched,
-    written: u32,
-) -> R<()> {
+pub(super) fn complete(st: &mut State, m: &DmaView, q: usize, f: &Fetched, written: u32) -> R<()> {
     let mq = &mut st.queues[q];
     let at = mq.desc + u64::from(mq.used_pos) * ring::DESC_SIZE as u64;
     m.write_le16(Iova(at + DESC_ID as u64), f.id as u16).map_err(dma)?;
@@ -264,7 +258,7 @@ pub(super) fn complete(
 
 /// Checks the driver's event suppression structure (read before sending a used buffer
 /// notification, which this polled model never does, but the value must still be valid).
-pub(super) fn check_driver_event(st: &State, m: &CheckingMapper, q: usize) -> R<()> {
+pub(super) fn check_driver_event(st: &State, m: &DmaView, q: usize) -> R<()> {
     let at = st.queues[q].driver + EVENT_FLAGS as u64;
     let flags = m.read_le16(Iova(at)).map_err(dma)?;
     let max = if st.driver_features & feature::EVENT_IDX != 0 { EVENT_F_DESC } else { 1 };
@@ -279,7 +273,7 @@ pub(super) fn check_driver_event(st: &State, m: &CheckingMapper, q: usize) -> R<
 
 /// A used descriptor naming buffer `id` at the device's used position, written as a buggy
 /// device would.
-pub(super) fn inject_stray(st: &mut State, m: &CheckingMapper, q: usize, id: u32) -> R<()> {
+pub(super) fn inject_stray(st: &mut State, m: &DmaView, q: usize, id: u32) -> R<()> {
     let mq = &mut st.queues[q];
     let at = mq.desc + u64::from(mq.used_pos) * ring::DESC_SIZE as u64;
     m.write_le16(Iova(at + DESC_ID as u64), id as u16).map_err(dma)?;

@@ -9,7 +9,7 @@
 use super::requests::{self, Buf};
 use super::{packed, split, CompletionMode, State, VirtioBlkModel, R};
 use crate::spec::feature;
-use mfio_dma::CheckingMapper;
+use mfio_dma::DmaView;
 
 /// A chain the device fetched and has not completed yet (its buffers copied out).
 #[derive(Default)]
@@ -65,7 +65,7 @@ impl QueueWork {
 /// Processes queue `q`: fetches what is new, then completes what is due (everything when
 /// `all`, as on [`VirtioBlkModel::release`]).
 pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, all: bool) -> R<()> {
-    let m = model.inner.mapper.clone();
+    let m = model.inner.dma.lock().unwrap_or_else(|p| p.into_inner());
     let mode = model.inner.opts.completion;
     let packed = st.driver_features & feature::RING_PACKED != 0;
     let due = match mode {
@@ -120,7 +120,7 @@ pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, al
 fn complete(
     model: &VirtioBlkModel,
     st: &mut State,
-    m: &CheckingMapper,
+    m: &DmaView,
     q: usize,
     packed: bool,
     batch: &mut Vec<Fetched>,

@@ -4,7 +4,7 @@
 
 use super::{dma, State, Violation, VirtioBlkModel, R};
 use crate::spec::{blk, feature, ring};
-use mfio_dma::{CheckingMapper, Iova};
+use mfio_dma::{DeviceMemory, DmaView, Iova};
 
 /// One buffer of a chain.
 #[derive(Copy, Clone, Debug)]
@@ -50,18 +50,18 @@ impl Stream<'_> {
         }
         Ok(())
     }
-    fn read(&self, m: &CheckingMapper, off: u64, out: &mut [u8]) -> R<()> {
+    fn read(&self, m: &DmaView, off: u64, out: &mut [u8]) -> R<()> {
         self.pieces(off, out.len() as u64, |iova, o, n| {
             m.read(Iova(iova), &mut out[o as usize..(o + n) as usize]).map_err(dma)
         })
     }
-    fn write(&self, m: &CheckingMapper, off: u64, data: &[u8]) -> R<()> {
+    fn write(&self, m: &DmaView, off: u64, data: &[u8]) -> R<()> {
         self.pieces(off, data.len() as u64, |iova, o, n| {
             m.write(Iova(iova), &data[o as usize..(o + n) as usize]).map_err(dma)
         })
     }
     /// Checks that `[off, off + len)` is reachable without moving data (null mode).
-    fn touch(&self, m: &CheckingMapper, off: u64, len: u64) -> R<()> {
+    fn touch(&self, m: &DmaView, off: u64, len: u64) -> R<()> {
         self.pieces(off, len, |iova, _, n| {
             if m.is_mapped(Iova(iova), n as usize) {
                 Ok(())
@@ -73,12 +73,7 @@ impl Stream<'_> {
 }
 
 /// Carries out one request; returns the bytes written into the chain (data and status).
-pub(super) fn request(
-    model: &VirtioBlkModel,
-    st: &mut State,
-    m: &CheckingMapper,
-    bufs: &[Buf],
-) -> R<u32> {
+pub(super) fn request(model: &VirtioBlkModel, st: &mut State, m: &DmaView, bufs: &[Buf]) -> R<u32> {
     let split = bufs.iter().position(|b| b.write).unwrap_or(bufs.len());
     let rd = Stream { bufs: &bufs[..split] };
     let wr = Stream { bufs: &bufs[split..] };

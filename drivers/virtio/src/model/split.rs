@@ -6,11 +6,11 @@ use super::process::Fetched;
 use super::requests::push;
 use super::{dma, State, Violation, R};
 use crate::spec::{feature, ring};
-use mfio_dma::{CheckingMapper, Iova};
+use mfio_dma::{DeviceMemory, DmaView, Iova};
 use std::sync::atomic::{fence, Ordering};
 
 /// Reads descriptor `i` of the table at `table`: (addr, len, flags, next).
-fn read_desc(m: &CheckingMapper, table: u64, i: u64) -> R<(u64, u32, u16, u16)> {
+fn read_desc(m: &DmaView, table: u64, i: u64) -> R<(u64, u32, u16, u16)> {
     let at = table + i * ring::DESC_SIZE as u64;
     let mut b = [0u8; 16];
     m.read(Iova(at), &mut b).map_err(dma)?;
@@ -23,7 +23,7 @@ fn read_desc(m: &CheckingMapper, table: u64, i: u64) -> R<(u64, u32, u16, u16)> 
 }
 
 /// Fetches every chain made available since the last call onto the queue's pending list.
-pub(super) fn fetch(st: &mut State, m: &CheckingMapper, q: usize, due: u64) -> R<()> {
+pub(super) fn fetch(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<()> {
     let mq = st.queues[q];
     let flags = m.read_le16(Iova(mq.driver)).map_err(dma)?;
     if flags & !ring::AVAIL_F_NO_INTERRUPT != 0 {
@@ -61,7 +61,7 @@ pub(super) fn fetch(st: &mut State, m: &CheckingMapper, q: usize, due: u64) -> R
 
 /// Walks the chain headed by `head` into `f` (its buffers and descriptor ids), marking its
 /// descriptors busy until used.
-fn walk(m: &CheckingMapper, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<()> {
+fn walk(m: &DmaView, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<()> {
     let mq = st.queues[q];
     let size = mq.size;
     let indirect_ok = st.driver_features & feature::INDIRECT_DESC != 0;
@@ -133,13 +133,7 @@ fn walk(m: &CheckingMapper, st: &mut State, q: usize, head: u16, f: &mut Fetched
 
 /// Writes the used element of `f` (its descriptors are free again); the index follows in
 /// [`publish_used`].
-pub(super) fn complete(
-    st: &mut State,
-    m: &CheckingMapper,
-    q: usize,
-    f: &Fetched,
-    written: u32,
-) -> R<()> {
+pub(super) fn complete(st: &mut State, m: &DmaView, q: usize, f: &Fetched, written: u32) -> R<()> {
     let mq = &mut st.queues[q];
     let slot = u64::from(mq.used_idx % mq.size);
     m.write_le32(Iova(mq.device + 4 + 8 * slot), f.id).map_err(dma)?;
@@ -152,14 +146,14 @@ pub(super) fn complete(
 }
 
 /// Publishes the used elements written so far: the used index, after them.
-pub(super) fn publish_used(st: &State, m: &CheckingMapper, q: usize) -> R<()> {
+pub(super) fn publish_used(st: &State, m: &DmaView, q: usize) -> R<()> {
     let mq = &st.queues[q];
     fence(Ordering::SeqCst);
     m.write_le16(Iova(mq.device + 2), mq.used_idx).map_err(dma)
 }
 
 /// A used element naming descriptor `id`, written as a buggy device would.
-pub(super) fn inject_stray(st: &mut State, m: &CheckingMapper, q: usize, id: u32) -> R<()> {
+pub(super) fn inject_stray(st: &mut State, m: &DmaView, q: usize, id: u32) -> R<()> {
     let f = Fetched { id, ..Fetched::default() };
     complete(st, m, q, &f, 0)?;
     publish_used(st, m, q)
