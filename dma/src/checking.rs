@@ -13,6 +13,7 @@ use crate::addr::{Iova, VirtAddr, PAGE_SIZE};
 use crate::error::DmaError;
 use crate::iova::IovaAllocator;
 use crate::mapper::{check_page_range, DmaMapper, MappedChunk};
+use crate::page_cache::PageCache;
 
 /// First IOVA the checking mapper hands out: 64 GiB, far from where Linux puts user mappings
 /// (0x55.. for the heap, 0x7f.. for mmap), so a driver that hands a device a virtual address
@@ -237,32 +238,23 @@ pub struct DmaView {
     snap: RefCell<Snapshot>,
 }
 
-/// Slots of [`Snapshot::by_page`]: a power of two, and more than the pages a device touches
-/// over and over (rings, a queue's worth of data buffers and their guard pages).
-const PAGE_SLOTS: usize = 512;
-/// An empty slot of [`Snapshot::by_page`].
-const NO_MAPPING: u32 = u32::MAX;
-
 #[derive(Debug)]
 struct Snapshot {
     maps: Maps,
     generation: u64,
-    /// Direct-mapped cache, by IOVA page number: the index in `maps` of the mapping that last
-    /// held an access to that page. A device touches the same pages again and again; a hit
-    /// costs one load and a bounds check instead of a binary search. Emptied with every new
-    /// snapshot, so it never names a mapping that is gone.
-    by_page: Box<[u32; PAGE_SLOTS]>,
+    /// By IOVA page: the index in `maps` of the mapping that last held an access there. New
+    /// with every snapshot, so it never names a mapping that is gone.
+    by_page: PageCache,
 }
 
 impl Snapshot {
     fn new((maps, generation): (Maps, u64)) -> Snapshot {
-        Snapshot { maps, generation, by_page: Box::new([NO_MAPPING; PAGE_SLOTS]) }
+        Snapshot { maps, generation, by_page: PageCache::new() }
     }
 
     #[inline]
     fn resolve(&mut self, iova: u64, len: usize) -> Option<usize> {
-        let slot = (iova / PAGE_SIZE as u64) as usize % PAGE_SLOTS;
-        if let Some(m) = self.maps.get(self.by_page[slot] as usize) {
+        if let Some(m) = self.by_page.get(iova).and_then(|i| self.maps.get(i)) {
             if let Some(off) = iova.checked_sub(m.iova) {
                 if off.checked_add(len as u64).is_some_and(|end| end <= m.len as u64) {
                     return Some(m.virt + off as usize);
@@ -271,7 +263,7 @@ impl Snapshot {
         }
         let i = self.maps.partition_point(|m| m.iova <= iova).checked_sub(1)?;
         let va = find(&self.maps[i..=i], iova, len)?;
-        self.by_page[slot] = i as u32;
+        self.by_page.set(iova, i);
         Some(va)
     }
 }

@@ -25,6 +25,7 @@ mod mem;
 #[cfg(feature = "mfio")]
 mod mfio_buf;
 mod noiommu;
+mod page_cache;
 mod pool;
 mod region;
 mod space;

@@ -21,6 +21,12 @@ impl MappedChunk {
     pub fn virt_end(&self) -> usize {
         self.virt.0 + self.len
     }
+
+    /// Whether virtual address `addr` lies in this chunk.
+    #[inline]
+    pub fn contains(&self, addr: usize) -> bool {
+        self.virt.0 <= addr && addr < self.virt_end()
+    }
 }
 
 /// Makes page-aligned memory reachable by a device, and unreachable again.

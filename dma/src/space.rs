@@ -8,6 +8,7 @@ use crate::addr::{align_down, align_up, Iova, VirtAddr, PAGE_SIZE};
 use crate::error::{DmaError, TranslateError};
 use crate::mapper::{DmaMapper, MappedChunk};
 use crate::mem::DmaSlice;
+use crate::page_cache::PageCache;
 use crate::region::{DmaRegion, PageKind, PagePolicy};
 use crate::translate::{IovaSegment, Segments, TranslationTable};
 
@@ -108,7 +109,7 @@ impl DmaSpace {
     /// A translator for one queue (or thread).
     pub fn translator(self: &Arc<Self>) -> Translator {
         let (snapshot, generation) = self.snapshot_with_generation();
-        Translator { space: self.clone(), snapshot, generation }
+        Translator { space: self.clone(), snapshot, generation, by_page: PageCache::new() }
     }
 
     /// The current translation table.
@@ -147,6 +148,9 @@ pub struct Translator {
     space: Arc<DmaSpace>,
     snapshot: Arc<TranslationTable>,
     generation: u64,
+    /// By virtual page: the chunk that last held a buffer starting there (a queue reuses its
+    /// buffers), emptied with every new snapshot.
+    by_page: PageCache,
 }
 
 impl std::fmt::Debug for Translator {
@@ -165,6 +169,7 @@ impl Translator {
             let (s, g) = self.space.snapshot_with_generation();
             self.snapshot = s;
             self.generation = g;
+            self.by_page.clear();
         }
     }
 
@@ -172,7 +177,37 @@ impl Translator {
     #[inline]
     pub fn segments(&mut self, ptr: *const u8, len: usize) -> Segments<'_> {
         self.refresh();
-        self.snapshot.segments(VirtAddr::from_ptr(ptr), len)
+        let hint = self.chunk_of(ptr as usize);
+        self.snapshot.segments_from(VirtAddr::from_ptr(ptr), len, hint)
+    }
+
+    /// The IOVA of `len` bytes at `ptr` when one mapped chunk holds them all, as it does a
+    /// buffer inside one DMA allocation (under an IOMMU); `None` otherwise, and then
+    /// [`Self::segments`] tells the pieces or the unmapped byte. The fast path for small I/O.
+    #[inline]
+    pub fn contiguous(&mut self, ptr: *const u8, len: usize) -> Option<Iova> {
+        self.refresh();
+        let va = ptr as usize;
+        let i = self.chunk_of(va)?;
+        let c = self.snapshot.chunks()[i];
+        let end = va.checked_add(len)?;
+        (end <= c.virt_end()).then(|| Iova(c.iova.0 + (va - c.virt.0) as u64))
+    }
+
+    /// The index of the chunk holding `va`: the page cache, else a binary search (cached).
+    #[inline]
+    fn chunk_of(&mut self, va: usize) -> Option<usize> {
+        let chunks = self.snapshot.chunks();
+        match self.by_page.get(va as u64) {
+            Some(i) if chunks.get(i).is_some_and(|c| c.contains(va)) => Some(i),
+            _ => {
+                let found = self.snapshot.find(va);
+                if let Some(i) = found {
+                    self.by_page.set(va as u64, i);
+                }
+                found
+            }
+        }
     }
 
     /// Translate `len` bytes at `ptr` into `out`, returning the number of segments written.
@@ -398,6 +433,35 @@ mod tests {
         drop(reg);
         assert!(!t.is_mapped(p, 1));
         assert!(m.mappings().is_empty());
+    }
+
+    #[test]
+    fn contiguous_translation_is_exact_and_follows_unmaps() {
+        let m = Arc::new(CheckingMapper::new());
+        let space = DmaSpace::new(m.clone());
+        let mut t = space.translator();
+        let a = space.alloc(2 * PAGE_SIZE).unwrap();
+        let b = space.alloc(PAGE_SIZE).unwrap();
+        let pa = a.mem().as_ptr();
+        assert_eq!(t.contiguous(pa, 2 * PAGE_SIZE), Some(a.iova()));
+        // SAFETY: in bounds of `a` (pointer arithmetic only, nothing is read).
+        let inside = unsafe { pa.add(100) };
+        assert_eq!(t.contiguous(inside, 8), Some(Iova(a.iova().0 + 100)));
+        assert_eq!(t.contiguous(inside, 2 * PAGE_SIZE), None, "runs past the buffer");
+        // The cache is keyed by page: a buffer on another page is looked up anew.
+        assert_eq!(t.contiguous(b.mem().as_ptr(), PAGE_SIZE), Some(b.iova()));
+        let user = [0u8; 64];
+        assert_eq!(t.contiguous(user.as_ptr(), 8), None, "not DMA memory");
+        drop(a);
+        assert_eq!(t.contiguous(pa, 8), None, "unmapped since the last call");
+
+        // Scattered pages: contiguous only within a page.
+        let s = DmaSpace::new(Arc::new(CheckingMapper::scattered()));
+        let mut t = s.translator();
+        let c = s.alloc(2 * PAGE_SIZE).unwrap();
+        assert_eq!(t.contiguous(c.mem().as_ptr(), PAGE_SIZE), Some(c.iova()));
+        assert_eq!(t.contiguous(c.mem().as_ptr(), PAGE_SIZE + 1), None);
+        assert_eq!(t.segments(c.mem().as_ptr(), 2 * PAGE_SIZE).count(), 2);
     }
 
     #[test]

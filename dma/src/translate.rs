@@ -62,7 +62,7 @@ impl TranslationTable {
 
     /// Index of the chunk holding `addr`, if any.
     #[inline]
-    fn find(&self, addr: usize) -> Option<usize> {
+    pub(crate) fn find(&self, addr: usize) -> Option<usize> {
         let idx = self.chunks.partition_point(|c| c.virt.0 <= addr);
         let i = idx.checked_sub(1)?;
         (addr < self.chunks[i].virt_end()).then_some(i)
@@ -71,11 +71,22 @@ impl TranslationTable {
     /// The IOVA segments of `[virt, virt + len)`, merged where IOVA-contiguous.
     #[inline]
     pub fn segments(&self, virt: VirtAddr, len: usize) -> Segments<'_> {
+        self.segments_from(virt, len, None)
+    }
+
+    /// As [`Self::segments`], trying chunk `hint` first for the first byte.
+    #[inline]
+    pub(crate) fn segments_from(
+        &self,
+        virt: VirtAddr,
+        len: usize,
+        hint: Option<usize>,
+    ) -> Segments<'_> {
         let (cur, end, err) = match virt.0.checked_add(len) {
             Some(end) => (virt.0, end, None),
             None => (virt.0, virt.0, Some(TranslateError::Overflow)),
         };
-        Segments { table: self, start: virt.0, cur, end, hint: None, err }
+        Segments { table: self, start: virt.0, cur, end, hint, err }
     }
 
     /// Translate `[virt, virt + len)` into `out`; returns how many segments were written.
@@ -112,7 +123,8 @@ pub struct Segments<'a> {
     start: usize,
     cur: usize,
     end: usize,
-    /// Index of the chunk expected to hold `cur` (the one after the last used).
+    /// Index of the chunk expected to hold `cur` (the one after the last used, or a cached
+    /// guess for the first byte).
     hint: Option<usize>,
     err: Option<TranslateError>,
 }
@@ -130,7 +142,7 @@ impl Iterator for Segments<'_> {
         }
         let chunks = &self.table.chunks;
         let i = match self.hint {
-            Some(h) if chunks.get(h).is_some_and(|c| c.virt.0 == self.cur) => h,
+            Some(h) if chunks.get(h).is_some_and(|c| c.contains(self.cur)) => h,
             _ => match self.table.find(self.cur) {
                 Some(i) => i,
                 None => {

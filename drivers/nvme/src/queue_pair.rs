@@ -636,6 +636,12 @@ fn describe(
     let with_sgl = |t: &mut Translator, align| {
         sgl::build(t.segments(ptr, len), len, list, align).map(|(a, b)| (a, b, Command::PSDT_SGL))
     };
+    // Fast path: a buffer in one mapped chunk spanning at most two pages needs no list.
+    if !how.prefer_sgl {
+        if let Some(prps) = t.contiguous(ptr, len).and_then(|iova| prp::short(iova.get(), len)) {
+            return Ok((prps.0, prps.1, 0));
+        }
+    }
     match (how.prefer_sgl, how.sgl) {
         (true, Some(align)) => with_sgl(t, align),
         (_, sgl) => match prp::build(t.segments(ptr, len), len, list) {
