@@ -178,6 +178,22 @@ pub trait DeviceMemory {
         Ok(())
     }
 
+    /// Device-side write of `body` then `last` right after it, for one bounds check, with a
+    /// release fence between them: how a device publishes an entry whose last bytes say it
+    /// is valid (an NVMe CQE's phase tag, a virtqueue descriptor's flags), so a driver that
+    /// sees `last` also sees `body`.
+    fn write_then(&self, iova: Iova, body: &[u8], last: &[u8]) -> Result<(), DmaFault> {
+        let len = body.len() + last.len();
+        let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "write"))?;
+        // SAFETY: as in `read`, for the `len` bytes `resolve` checked.
+        unsafe {
+            core::ptr::copy_nonoverlapping(body.as_ptr(), va as *mut u8, body.len());
+            core::sync::atomic::fence(Ordering::Release);
+            core::ptr::copy_nonoverlapping(last.as_ptr(), (va + body.len()) as *mut u8, last.len());
+        }
+        Ok(())
+    }
+
     /// Device-side little-endian u16 read.
     fn read_le16(&self, iova: Iova) -> Result<u16, DmaFault> {
         let mut b = [0; 2];

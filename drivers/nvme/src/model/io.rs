@@ -43,6 +43,9 @@ impl State {
 
     /// The first injected bad block in `nlb` blocks from `slba` of `nsid`.
     fn media_error_in(&self, nsid: u32, slba: u64, nlb: u64) -> Option<u64> {
+        if self.media_errors.is_empty() {
+            return None;
+        }
         let end = slba.saturating_add(nlb);
         self.media_errors.range((nsid, slba)..(nsid, end)).next().map(|&(_, lba)| lba)
     }

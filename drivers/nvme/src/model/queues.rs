@@ -308,6 +308,17 @@ impl State {
             return;
         }
 
+        // The common case, no injection armed and completions made at once: straight on.
+        let at_once = match self.cfg.completion {
+            CompletionMode::Inline | CompletionMode::Reversed | CompletionMode::Shuffled { .. } => {
+                true
+            }
+            CompletionMode::Deferred { .. } | CompletionMode::Timed { .. } => sqid == 0,
+        };
+        if at_once && self.injections.is_empty() {
+            return self.run(sqid, &cmd, false, None);
+        }
+
         let mut p = Pending {
             sqid,
             cmd,
@@ -397,15 +408,21 @@ impl State {
 
     /// Executes a command and queues its CQE (unless lost) in the current batch.
     pub fn execute(&mut self, p: Pending) {
-        let outcome = if p.sqid == 0 { self.admin(&p.cmd) } else { self.io(p.sqid, &p.cmd) };
+        self.run(p.sqid, &p.cmd, p.lose, p.bad_cid);
+    }
+
+    /// Executes `cmd` from SQ `sqid` and queues its CQE: dropped when `lose`, after a bogus
+    /// one with CID `bad_cid` when set.
+    fn run(&mut self, sqid: u16, cmd: &Command, lose: bool, bad_cid: Option<u16>) {
+        let outcome = if sqid == 0 { self.admin(cmd) } else { self.io(sqid, cmd) };
         // Some admin commands (Asynchronous Event Request) complete later or never.
         let Some(outcome) = outcome else { return };
-        if p.lose {
+        if lose {
             self.counters.completions_lost += 1;
-            self.cid_done(p.sqid, p.cmd.cid);
+            self.cid_done(sqid, cmd.cid);
             return;
         }
-        self.push_completion(p.sqid, &p.cmd, outcome, p.bad_cid);
+        self.push_completion(sqid, cmd, outcome, bad_cid);
     }
 
     /// Queues a CQE for `cmd` (preceded by a bogus one when `bad_cid` is set).
@@ -588,9 +605,7 @@ impl State {
         let what = "posting a completion queue entry";
         // Dword 3 (CID, status, phase) last: a driver polling the phase tag on another thread
         // must never see the new phase with stale dwords 0-2.
-        if self.dma_write(addr, &b[..12], what).is_ok() {
-            let _ = self.dma_write(addr + 12, &b[12..], what);
-        }
+        let _ = self.dma_write_then(addr, &b[..12], &b[12..], what);
         self.counters.completions_posted += 1;
     }
 }

@@ -209,6 +209,21 @@ impl State {
         self.dma_result(r, what)
     }
 
+    /// Device write of `body` then `last` (see [`DeviceMemory::write_then`]).
+    pub fn dma_write_then(
+        &mut self,
+        iova: u64,
+        body: &[u8],
+        last: &[u8],
+        what: &str,
+    ) -> Result<(), DmaFailed> {
+        if !self.dma_allowed(what, "write", iova, body.len() + last.len()) {
+            return Err(DmaFailed);
+        }
+        let r = self.dma.write_then(Iova(iova), body, last);
+        self.dma_result(r, what)
+    }
+
     /// Checks that the device could reach `[iova, iova + len)` without touching it (null I/O).
     pub fn dma_check(&mut self, iova: u64, len: usize, what: &str) -> Result<(), DmaFailed> {
         if !self.dma_allowed(what, "access", iova, len) {
