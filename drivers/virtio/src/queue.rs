@@ -495,6 +495,13 @@ impl<D: PciDevice> BlkQueue<D> {
     fn plan(&self, st: &mut State, ptr: *const u8, want: usize) -> usize {
         let State { tr, segs, seg_limit, .. } = st;
         segs.clear();
+        // Fast path: one mapped chunk holds it all and one descriptor can carry it.
+        if *seg_limit > 0 && want <= self.limits.size_max {
+            if let Some(iova) = tr.contiguous(ptr, want) {
+                segs.push(IovaSegment { iova, len: want });
+                return want;
+            }
+        }
         let mut total = 0usize;
         'outer: for s in tr.segments(ptr, want) {
             let Ok(s) = s else { break };
