@@ -171,17 +171,28 @@ diag() {
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 fmt() { awk -v v="$1" -v d="$2" 'BEGIN { if (v == "-" || v == "") print "-"; else printf "%.*f", d, v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || a == "" || b == "" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
+# paired DEV WORKLOAD CONTENDER: the median over boots of our IOPS over the contender's in the
+# same boot (boots where both completed), as "N.NNx"; "-" if there is no such boot.
+paired() {
+  local f
+  for f in "$OUT"/boot-*/results.tsv; do
+    awk -F'\t' -v d="$1" -v w="$2" -v c="$3" '$1 == d && $2 == w && $4 ~ /^ok/ {
+        if ($3 == "mfio") m = $5; else if ($3 == c) p = $5 }
+      END { if (m != "" && p != "" && p > 0) print m / p }' "$f"
+  done | median | awk '{ if ($1 == "-") print "-"; else printf "%.2fx", $1 }'
+}
 # report: the tables from $OUT/boot-*/results.tsv, into $OUT/tables.md and stdout.
 report() {
-  local nb dev wl rows ours c mine ok n_ok n_hang n_fail runs why iops p50 p99 pr mr
+  local nb dev wl rows ours c mine ok n_ok n_hang n_fail runs why iops p50 p99 pr mr pb
   cat "$OUT"/boot-*/results.tsv 2>/dev/null >"$OUT/all.tsv" || true
   nb=$(find "$OUT" -maxdepth 2 -name results.tsv | wc -l)
   [ -n "$ACCEL" ] || ACCEL=$(sed -n 's/^accel \([a-z]*\).*/\1/p' "$OUT"/boot-*/versions.txt 2>/dev/null | head -n 1)
   {
-    echo "Guest benchmark, $(date -u -r "$OUT/all.tsv" '+%Y-%m-%d %H:%M UTC'): accel=${ACCEL:-unknown}, mode=$MODE${APPEND:+, kernel args:$APPEND}, $nb boot(s), ${TIME}s per run${TOTAL:+, total ${TOTAL}s}"
+    echo "Guest benchmark, $(date -u -r "$(ls -t "$OUT"/boot-*/results.tsv | sed -n 1p)" '+%Y-%m-%d %H:%M UTC'): accel=${ACCEL:-unknown}, mode=$MODE${APPEND:+, kernel args:$APPEND}, $nb boot(s), ${TIME}s per run${TOTAL:+, total ${TOTAL}s}"
     echo "Host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1), $(uname -r); guest: kernel $(sed -n 2p "$OUT"/boot-1/versions.txt 2>/dev/null), $(sed -n 3p "$OUT"/boot-1/versions.txt 2>/dev/null) vCPUs"
     echo "Figures: medians across boots of the runs that completed; p50/p99 in µs (fio: clat; qemu-img reports none)."
     echo "peer/mfio: the contender's IOPS over ours; mfio/peer: ours over the contender's (the targets' form)."
+    echo "per boot: the median over boots of mfio/peer within each boot (both measured under the same host conditions)."
     for dev in nvme virtio; do
       for wl in ${WORKLOADS//,/ }; do
         rows=$(awk -F'\t' -v d="$dev" -v w="$wl" '$1 == d && $2 == w' "$OUT/all.tsv")
@@ -189,8 +200,8 @@ report() {
         echo
         echo "### $dev $wl"
         echo
-        echo "| contender | IOPS | p50 µs | p99 µs | peer/mfio | mfio/peer | runs |"
-        echo "|---|---:|---:|---:|---:|---:|---|"
+        echo "| contender | IOPS | p50 µs | p99 µs | peer/mfio | mfio/peer | per boot | runs |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---|"
         ours=$(awk -F'\t' '$3 == "mfio" && $4 ~ /^ok/ { print $5 }' <<<"$rows" | median)
         for c in ${CONTENDERS//,/ }; do
           mine=$(awk -F'\t' -v c="$c" '$3 == c' <<<"$rows")
@@ -205,14 +216,19 @@ report() {
           if [ -z "$ok" ]; then
             # Nothing completed: say why (the first failure's reason, or that it hung).
             why=$(awk -F'\t' '{ print $4; exit }' <<<"$mine")
-            echo "| $c | $why | - | - | - | - | $runs |"
+            echo "| $c | $why | - | - | - | - | - | $runs |"
             continue
           fi
           iops=$(cut -f5 <<<"$ok" | median)
           p50=$(cut -f6 <<<"$ok" | grep -v '^-$' | median || true)
           p99=$(cut -f7 <<<"$ok" | grep -v '^-$' | median || true)
-          if [ "$c" = mfio ]; then pr="1.00x" mr="1.00x"; else pr=$(ratio "$iops" "$ours") mr=$(ratio "$ours" "$iops"); fi
-          echo "| $c | $(fmt "$iops" 0) | $(fmt "$p50" 1) | $(fmt "$p99" 1) | $pr | $mr | $runs |"
+          if [ "$c" = mfio ]; then
+            pr="1.00x" mr="1.00x" pb="1.00x"
+          else
+            pr=$(ratio "$iops" "$ours") mr=$(ratio "$ours" "$iops")
+            pb=$(paired "$dev" "$wl" "$c")
+          fi
+          echo "| $c | $(fmt "$iops" 0) | $(fmt "$p50" 1) | $(fmt "$p99" 1) | $pr | $mr | $pb | $runs |"
         done
       done
     done
