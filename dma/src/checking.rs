@@ -168,6 +168,13 @@ pub trait DeviceMemory {
         Ok(())
     }
 
+    /// Device-side read of a fixed-size entry (a command, a descriptor) at `iova`.
+    fn read_array<const N: usize>(&self, iova: Iova) -> Result<[u8; N], DmaFault> {
+        let va = self.resolve(iova, N).ok_or_else(|| self.mapper().fault(iova, N, "read"))?;
+        // SAFETY: as in `read`; `[u8; N]` has no alignment requirement.
+        Ok(unsafe { core::ptr::read(va as *const [u8; N]) })
+    }
+
     /// Device-side write: copy `buf` to `iova`.
     fn write(&self, iova: Iova, buf: &[u8]) -> Result<(), DmaFault> {
         let va = self

@@ -295,7 +295,7 @@ impl State {
         self.pending = keep;
         let aborted = Status::new(sct::GENERIC, generic::ABORTED_SQ_DELETION);
         for p in gone {
-            self.push_completion(qid, &p.cmd, Outcome::err(aborted), None);
+            self.push_completion(qid, &p.cmd, Outcome::err(aborted), None, true);
         }
         self.flush_batch();
         self.sqs[usize::from(qid)] = None;
@@ -373,14 +373,14 @@ impl State {
         if let Some(i) = self.pending.iter().position(|p| p.sqid == sqid && p.cmd.cid == cid) {
             let p = self.pending.remove(i);
             debug_assert!(p.release != Release::After(0));
-            self.push_completion(sqid, &p.cmd, Outcome::err(aborted), None);
+            self.push_completion(sqid, &p.cmd, Outcome::err(aborted), None, true);
             return Outcome::ok(0);
         }
         if sqid == 0 {
             if let Some(i) = self.aers.iter().position(|&c| c == cid) {
                 self.aers.remove(i);
                 let aer = Command { cid, opcode: ASYNC_EVENT_REQUEST, ..Command::default() };
-                self.push_completion(0, &aer, Outcome::err(aborted), None);
+                self.push_completion(0, &aer, Outcome::err(aborted), None, true);
                 return Outcome::ok(0);
             }
         }

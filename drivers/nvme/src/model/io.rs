@@ -1,5 +1,6 @@
 //! NVM command set I/O commands: Read, Write, Flush, Write Zeroes, Dataset Management.
 
+use super::prp::Seg;
 use super::queues::Outcome;
 use super::state::State;
 use crate::spec::status::{generic, media, sct};
@@ -70,23 +71,34 @@ impl State {
             return Err(status(generic::LBA_OUT_OF_RANGE));
         }
         let read = cmd.opcode == io::READ;
-        let segs = self.data_segments(cmd, len, false, read)?;
+        // Within PRP1's page (the common case) the one segment stays on the stack.
+        let one;
+        let mut list = None;
+        let segs: &[Seg] = match self.single_page(cmd, len)? {
+            Some(seg) => {
+                one = [seg];
+                &one
+            }
+            None => list.insert(self.data_segments(cmd, len, false, read)?),
+        };
         if let Some(bad) = self.media_error_in(cmd.nsid, slba, nlb) {
             let sc = if read { media::UNRECOVERED_READ } else { media::WRITE_FAULT };
             return Err(self.media_failure(sqid, cmd, sc, bad));
         }
         let off = slba * lba_size;
         if self.cfg.null_io {
-            self.check_segments(&segs, "null I/O data buffer")?;
+            self.check_segments(segs, "null I/O data buffer")?;
         } else if read {
             let mut data = vec![0u8; len];
             self.namespaces[ns].read(off, &mut data);
-            self.scatter(&segs, &data, "writing read data to the host")?;
+            self.scatter(segs, &data, "writing read data to the host")?;
         } else {
-            let data = self.gather(&segs, len, "reading write data from the host")?;
+            let data = self.gather(segs, len, "reading write data from the host")?;
             self.namespaces[ns].write(off, &data);
         }
-        self.recycle(segs);
+        if let Some(v) = list {
+            self.recycle(v);
+        }
         let sectors = len as u64 / 512;
         if read {
             self.smart.host_reads += 1;

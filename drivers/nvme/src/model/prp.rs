@@ -48,6 +48,20 @@ impl State {
         }
     }
 
+    /// The one segment of a `len`-byte transfer that PRP1 describes alone (PRPs, and the data
+    /// ends in PRP1's page); `None` when it takes more (then [`Self::data_segments`]). The
+    /// same rules as `prp_segments`, without a list.
+    pub fn single_page(&self, cmd: &Command, len: usize) -> Result<Option<Seg>, Status> {
+        let prp1 = cmd.prp1;
+        if cmd.flags >> 6 != 0 || len == 0 || (prp1 % PAGE_SIZE as u64) as usize + len > PAGE_SIZE {
+            return Ok(None);
+        }
+        if prp1 & 3 != 0 {
+            return Err(status(generic::INVALID_PRP_OFFSET));
+        }
+        Ok(Some(Seg { iova: prp1, len, bucket: false }))
+    }
+
     /// PRP1 may have a dword-aligned offset; PRP2 is unused, a page-aligned second page, or a
     /// PRP list pointer (dword-aligned offset allowed) whose page-aligned entries describe the
     /// rest, the last entry of a full list page chaining to the next list page.

@@ -264,14 +264,15 @@ impl State {
             }
             let addr = sq.base + u64::from(sq.head) * COMMAND_SIZE as u64;
             let (size, head) = (sq.size, sq.head);
-            let mut raw = [0u8; COMMAND_SIZE];
             // A fixed description: formatting one per command would allocate on the hot path
             // (the fault message carries the IOVA).
-            if self.dma_read(addr, &mut raw, "fetching a submission queue entry").is_err() {
+            let Ok(raw) =
+                self.dma_read_array::<COMMAND_SIZE>(addr, "fetching a submission queue entry")
+            else {
                 // A controller that cannot fetch its commands is dead.
                 self.set_fatal();
                 break;
-            }
+            };
             if let Some(sq) = self.sqs[q].as_mut() {
                 sq.head = (head + 1) % size;
             }
@@ -301,10 +302,8 @@ impl State {
                 ),
             );
             let st = Status::new(0, generic::CID_CONFLICT).with_dnr();
-            self.push_completion(sqid, &cmd, Outcome::err(st), None);
-            if let Some(g) = self.batch.last_mut() {
-                g.frees_cid = false;
-            }
+            // The command holding that CID is still in flight: this CQE does not end it.
+            self.push_completion(sqid, &cmd, Outcome::err(st), None, false);
             return;
         }
 
@@ -422,16 +421,19 @@ impl State {
             self.cid_done(sqid, cmd.cid);
             return;
         }
-        self.push_completion(sqid, cmd, outcome, bad_cid);
+        self.push_completion(sqid, cmd, outcome, bad_cid, true);
     }
 
-    /// Queues a CQE for `cmd` (preceded by a bogus one when `bad_cid` is set).
+    /// Posts a CQE for `cmd` (preceded by a bogus one when `bad_cid` is set), or queues it in
+    /// the current batch when completions are reordered or a batch is already building.
+    /// `frees_cid`: the CQE ends its command (not so for the answer to a CID conflict).
     pub fn push_completion(
         &mut self,
         sqid: u16,
         cmd: &Command,
         outcome: Outcome,
         bad_cid: Option<u16>,
+        frees_cid: bool,
     ) {
         let Some(cqid) = self.sqs.get(usize::from(sqid)).and_then(|s| s.as_ref()).map(|s| s.cqid)
         else {
@@ -449,7 +451,13 @@ impl State {
             cid: cmd.cid,
             status: outcome.status.0 << 1,
         };
-        self.batch.push(Group { cqid, bogus, real, frees_cid: true });
+        let g = Group { cqid, bogus, real, frees_cid };
+        // In order, nothing to reorder: post now (the batch would post it in the same order).
+        if matches!(self.cfg.completion, CompletionMode::Inline) && self.batch.is_empty() {
+            self.post_group(g);
+        } else {
+            self.batch.push(g);
+        }
     }
 
     /// Counts down deferred commands and executes those whose time has come, in fetch order.

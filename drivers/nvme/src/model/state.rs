@@ -200,6 +200,21 @@ impl State {
         self.dma_result(r, what)
     }
 
+    /// Device read of `N` bytes at `iova` (a fixed-size entry: no copy loop).
+    pub fn dma_read_array<const N: usize>(
+        &mut self,
+        iova: u64,
+        what: &str,
+    ) -> Result<[u8; N], DmaFailed> {
+        if !self.dma_allowed(what, "read", iova, N) {
+            return Err(DmaFailed);
+        }
+        let r = self.dma.read_array::<N>(Iova(iova));
+        let mut out = [0; N];
+        self.dma_result(r.map(|a| out = a), what)?;
+        Ok(out)
+    }
+
     /// Device write of `buf` at `iova`.
     pub fn dma_write(&mut self, iova: u64, buf: &[u8], what: &str) -> Result<(), DmaFailed> {
         if !self.dma_allowed(what, "write", iova, buf.len()) {
