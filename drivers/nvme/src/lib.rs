@@ -21,6 +21,7 @@ mod namespace;
 pub mod prp;
 mod queue_pair;
 mod queues;
+mod ring;
 pub mod sgl;
 
 pub use admin::{ErrorLogEntry, SmartLog};

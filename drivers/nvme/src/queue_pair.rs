@@ -371,11 +371,17 @@ impl Inner {
         }
         if self.pending.is_empty() {
             if let Err(back) = self.submit(p, q) {
-                self.pending.push_front(back);
+                self.wait_first(back);
             }
         } else {
             self.pending.push_back(p);
+            self.stats.max_pending = self.stats.max_pending.max(self.pending.len() as u64);
         }
+    }
+
+    /// Puts a request that could not be submitted first in line.
+    fn wait_first(&mut self, p: Pending) {
+        self.pending.push_front(p);
         self.stats.max_pending = self.stats.max_pending.max(self.pending.len() as u64);
     }
 
@@ -429,7 +435,16 @@ impl Inner {
             let s = &self.slots[usize::from(idx)];
             let list = PrpList { mem: self.prp_pool.mem(&s.prp), page_iovas: &s.prp_iovas };
             let zero_copy =
-                describe(&mut self.translator, self.dptr, piece.as_ptr(), piece.len(), &list);
+                match short(&mut self.translator, self.dptr, piece.as_ptr(), piece.len()) {
+                    Some(d) => Ok(d),
+                    None => describe(
+                        &mut self.translator,
+                        self.dptr,
+                        piece.as_ptr(),
+                        piece.len(),
+                        &list,
+                    ),
+                };
             let (dptr, bounce, piece, rest) = match zero_copy {
                 Ok(d) => (d, None, piece, rest),
                 Err(_) => {
@@ -464,9 +479,9 @@ impl Inner {
                     (d, Some(b), piece, rest)
                 }
             };
-            let bs = u64::from(q.ns.block_size);
+            let shift = q.ns.block_size.trailing_zeros(); // 2^LBADS: a shift, not a division
             let mut cmd =
-                Command::rw(P::OPCODE, q.ns.nsid, pos / bs, (piece.len() as u64 / bs) as u32);
+                Command::rw(P::OPCODE, q.ns.nsid, pos >> shift, (piece.len() >> shift) as u32);
             (cmd.prp1, cmd.prp2, cmd.flags) = dptr;
             self.stats.sgl += u64::from(cmd.flags & Command::PSDT_SGL != 0);
             let len = piece.len();
@@ -636,12 +651,6 @@ fn describe(
     let with_sgl = |t: &mut Translator, align| {
         sgl::build(t.segments(ptr, len), len, list, align).map(|(a, b)| (a, b, Command::PSDT_SGL))
     };
-    // Fast path: a buffer in one mapped chunk spanning at most two pages needs no list.
-    if !how.prefer_sgl {
-        if let Some(prps) = t.contiguous(ptr, len).and_then(|iova| prp::short(iova.get(), len)) {
-            return Ok((prps.0, prps.1, 0));
-        }
-    }
     match (how.prefer_sgl, how.sgl) {
         (true, Some(align)) => with_sgl(t, align),
         (_, sgl) => match prp::build(t.segments(ptr, len), len, list) {
@@ -650,6 +659,22 @@ fn describe(
             Err(e) => sgl.map_or(Err(e), |align| with_sgl(t, align)),
         },
     }
+}
+
+/// The fast path of [`describe`]: PRPs without a list for a buffer inside one mapped chunk that
+/// spans at most two pages (a 4 KiB read into a DMA buffer); `None` for everything else.
+#[inline]
+fn short(
+    t: &mut Translator,
+    how: DataPointers,
+    ptr: *const u8,
+    len: usize,
+) -> Option<(u64, u64, u8)> {
+    if how.prefer_sgl {
+        return None;
+    }
+    let (prp1, prp2) = prp::short(t.contiguous(ptr, len)?.get(), len)?;
+    Some((prp1, prp2, 0))
 }
 
 /// Splits `v` after `n` bytes when it is longer.
@@ -706,21 +731,32 @@ impl<D: PciDevice> BlockDevice for IoQueue<D> {
     }
 }
 
-impl<D: PciDevice> PacketIo<FromDevice, u64> for IoQueue<D> {
-    fn send_io(&self, pos: u64, view: PacketView<FromDevice>) {
+impl<D: PciDevice> IoQueue<D> {
+    /// A read or a write: range checks, then straight to a slot when nothing is waiting (the
+    /// common case), else behind what waits.
+    fn send_rw<P: RwDir>(&self, pos: u64, view: PacketView<P>) {
         let Some(view) = mfio::clip(pos, view, self.capacity(), self.ns.block_size, ORIGIN) else {
             return;
         };
-        self.inner.borrow_mut().enqueue(Pending::Read(pos, view), self);
+        let mut inner = self.inner.borrow_mut();
+        if inner.broken || !inner.pending.is_empty() {
+            return inner.enqueue(P::pending(pos, view), self);
+        }
+        if let Err((pos, view)) = inner.submit_rw(self, pos, view) {
+            inner.wait_first(P::pending(pos, view));
+        }
+    }
+}
+
+impl<D: PciDevice> PacketIo<FromDevice, u64> for IoQueue<D> {
+    fn send_io(&self, pos: u64, view: PacketView<FromDevice>) {
+        self.send_rw(pos, view);
     }
 }
 
 impl<D: PciDevice> PacketIo<ToDevice, u64> for IoQueue<D> {
     fn send_io(&self, pos: u64, view: PacketView<ToDevice>) {
-        let Some(view) = mfio::clip(pos, view, self.capacity(), self.ns.block_size, ORIGIN) else {
-            return;
-        };
-        self.inner.borrow_mut().enqueue(Pending::Write(pos, view), self);
+        self.send_rw(pos, view);
     }
 }
 

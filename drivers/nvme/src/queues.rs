@@ -10,6 +10,7 @@
 //! EventIdx says it is waiting to be told: an MMIO write is a VM exit, a memory write is not.
 
 use crate::error::NvmeError;
+use crate::ring;
 use crate::spec::{regs, Command, Completion, COMMAND_SIZE, COMPLETION_SIZE, PAGE_SIZE};
 use mfio_dma::{DmaBuffer, DmaSpace};
 use mfio_pci::PciDevice;
@@ -153,7 +154,7 @@ impl SubmissionQueue {
 
     /// Entries free for new commands (one is always left empty: full and empty differ).
     pub(crate) fn free(&self) -> u16 {
-        let used = (self.tail + self.entries - self.head) % self.entries;
+        let used = ring::distance(self.head.into(), self.tail.into(), self.entries.into()) as u16;
         self.entries - 1 - used
     }
 
@@ -162,7 +163,7 @@ impl SubmissionQueue {
         debug_assert!(self.free() > 0, "push on a full submission queue");
         let off = usize::from(self.tail) * COMMAND_SIZE;
         self.mem.mem().copy_from_slice(off, &cmd.to_bytes());
-        self.tail = (self.tail + 1) % self.entries;
+        self.tail = ring::next(self.tail.into(), self.entries.into()) as u16;
     }
 
     /// Tells the controller about every command pushed since the last commit: one doorbell.

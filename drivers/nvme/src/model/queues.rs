@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::config::CompletionMode;
 use super::inject::{Injection, ViolationKind};
 use super::state::State;
+use crate::ring;
 use crate::spec::status::generic;
 use crate::spec::{Command, Completion, Status, COMMAND_SIZE};
 
@@ -69,7 +70,7 @@ impl Cq {
 
     /// One slot is always left empty, so head == tail means empty.
     fn is_full(&self) -> bool {
-        (self.tail + 1) % self.size == self.head
+        ring::next(self.tail, self.size) == self.head
     }
 }
 
@@ -274,7 +275,7 @@ impl State {
                 break;
             };
             if let Some(sq) = self.sqs[q].as_mut() {
-                sq.head = (head + 1) % size;
+                sq.head = ring::next(head, size);
             }
             fetched += 1;
             self.dispatch(qid, Command::from_bytes(&raw));
@@ -605,7 +606,7 @@ impl State {
         let Some(cq) = self.cqs[usize::from(cqid)].as_mut() else { return };
         c.status = (c.status & !1) | u16::from(cq.phase);
         let addr = cq.base + u64::from(cq.tail) * 16;
-        cq.tail = (cq.tail + 1) % cq.size;
+        cq.tail = ring::next(cq.tail, cq.size);
         if cq.tail == 0 {
             cq.phase = !cq.phase;
         }
