@@ -168,11 +168,18 @@ pub trait DeviceMemory {
         Ok(())
     }
 
-    /// Device-side read of a fixed-size entry (a command, a descriptor) at `iova`.
-    fn read_array<const N: usize>(&self, iova: Iova) -> Result<[u8; N], DmaFault> {
-        let va = self.resolve(iova, N).ok_or_else(|| self.mapper().fault(iova, N, "read"))?;
-        // SAFETY: as in `read`; `[u8; N]` has no alignment requirement.
-        Ok(unsafe { core::ptr::read(va as *const [u8; N]) })
+    /// Device-side read of `N` little-endian u64s at `iova` (an entry the driver stored as
+    /// u64s: loads of the same width as its stores, which a CPU forwards from its store
+    /// buffer when driver and model share a thread; wider loads would stall).
+    fn read_le64s<const N: usize>(&self, iova: Iova) -> Result<[u64; N], DmaFault> {
+        let len = N * 8;
+        let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
+        let mut out = [0u64; N];
+        for (i, q) in out.iter_mut().enumerate() {
+            // SAFETY: as in `read`, for the `len` bytes `resolve` checked; unaligned reads.
+            *q = u64::from_le(unsafe { core::ptr::read_unaligned((va + 8 * i) as *const u64) });
+        }
+        Ok(out)
     }
 
     /// Device-side write: copy `buf` to `iova`.

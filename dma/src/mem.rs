@@ -138,6 +138,22 @@ impl<'a> DmaSlice<'a> {
     volatile_rw!(read_u32, write_u32, u32);
     volatile_rw!(read_u64, write_u64, u64);
 
+    /// Stores `v` as consecutive little-endian u64s at `offset` (8-byte aligned): one bounds
+    /// check and `N` volatile 64-bit stores, for a fixed-size entry built in registers (an
+    /// NVMe command).
+    ///
+    /// # Panics
+    /// If out of bounds or not 8-byte aligned.
+    #[inline]
+    pub fn write_le64s<const N: usize>(&self, offset: usize, v: [u64; N]) {
+        let p = self.elem_ptr::<[u64; N]>(offset).cast::<u64>();
+        for (i, q) in v.into_iter().enumerate() {
+            // SAFETY: `elem_ptr` checked all `N` u64s in bounds and the first (so every one)
+            // 8-byte aligned.
+            unsafe { p.add(i).write_volatile(q.to_le()) };
+        }
+    }
+
     /// Little-endian u16 at `offset` (device structures are little endian).
     #[inline]
     pub fn read_le16(&self, offset: usize) -> u16 {
@@ -314,7 +330,21 @@ mod tests {
             assert!(s.sub(usize::MAX, 2).is_none());
             s.zero();
             assert_eq!(s.read_u64(56), 0);
+            s.write_le64s(16, [1, 0x0203_0405_0607_0809]);
+            assert_eq!((s.read_le64(16), s.read_u8(24)), (1, 0x09));
         });
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn qwords_out_of_bounds_panic() {
+        with_slice(|s| s.write_le64s(48, [0u64; 3]));
+    }
+
+    #[test]
+    #[should_panic(expected = "not aligned")]
+    fn qwords_misaligned_panic() {
+        with_slice(|s| s.write_le64s(4, [0u64; 2]));
     }
 
     #[test]

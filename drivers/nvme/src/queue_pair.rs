@@ -539,12 +539,7 @@ impl Inner {
         self.stats.submitted += 1;
     }
 
-    /// Takes the next completion and frees its slot; returns the I/O to complete.
-    fn reap_one(&mut self) -> Option<Option<(SlotIo, Result<(), Error>)>> {
-        let cqe = self.cq.pop()?;
-        Some(self.finish(cqe))
-    }
-
+    /// Frees the slot of a completion; returns the I/O to complete (`None` for a stray CQE).
     fn finish(&mut self, cqe: Completion) -> Option<(SlotIo, Result<(), Error>)> {
         self.sq.set_head(cqe.sq_head);
         let mask = (1u16 << self.slot_bits) - 1;
@@ -561,7 +556,7 @@ impl Inner {
             return None;
         }
         let slot = &mut self.slots[idx];
-        let io = std::mem::replace(&mut slot.io, SlotIo::Free);
+        let mut io = std::mem::replace(&mut slot.io, SlotIo::Free);
         let status = cqe.status();
         let result = if status.is_success() {
             Ok(())
@@ -570,20 +565,12 @@ impl Inner {
         } else {
             Err(status.to_error())
         };
-        let io = match (io, slot.bounce.take()) {
-            (SlotIo::Read(mut v), Some(b)) => {
-                if result.is_ok() {
-                    self.bounce_pool.mem(&b).copy_to_slice(0, v.as_mut_slice());
-                }
-                let _ = self.bounce_pool.free(b);
-                SlotIo::Read(v)
+        if let Some(b) = slot.bounce.take() {
+            if let (SlotIo::Read(v), Ok(())) = (&mut io, &result) {
+                self.bounce_pool.mem(&b).copy_to_slice(0, v.as_mut_slice());
             }
-            (io, Some(b)) => {
-                let _ = self.bounce_pool.free(b);
-                io
-            }
-            (io, None) => io,
-        };
+            let _ = self.bounce_pool.free(b);
+        }
         self.free.push(idx as u16);
         self.stats.completed += 1;
         Some((io, result))
@@ -663,7 +650,7 @@ fn describe(
 
 /// The fast path of [`describe`]: PRPs without a list for a buffer inside one mapped chunk that
 /// spans at most two pages (a 4 KiB read into a DMA buffer); `None` for everything else.
-#[inline]
+#[inline(always)] // Its result in registers: through memory it stalls on store forwarding.
 fn short(
     t: &mut Translator,
     how: DataPointers,
@@ -779,14 +766,13 @@ impl<D: PciDevice> IoBackend for IoQueue<D> {
         // completion may run caller code (a sink) that queues more I/O here.
         let mut reaped = 0u32;
         loop {
-            let next = self.inner.borrow_mut().reap_one();
-            match next {
-                None => break,
-                Some(None) => reaped += 1,
-                Some(Some((io, result))) => {
-                    reaped += 1;
-                    complete(io, result);
-                }
+            let mut inner = self.inner.borrow_mut();
+            let Some(cqe) = inner.cq.pop() else { break };
+            reaped += 1;
+            let done = inner.finish(cqe);
+            drop(inner);
+            if let Some((io, result)) = done {
+                complete(io, result);
             }
         }
         let mut inner = self.inner.borrow_mut();

@@ -162,7 +162,7 @@ impl SubmissionQueue {
     pub(crate) fn push(&mut self, cmd: &Command) {
         debug_assert!(self.free() > 0, "push on a full submission queue");
         let off = usize::from(self.tail) * COMMAND_SIZE;
-        self.mem.mem().copy_from_slice(off, &cmd.to_bytes());
+        self.mem.mem().write_le64s(off, cmd.to_qwords());
         self.tail = ring::next(self.tail.into(), self.entries.into()) as u16;
     }
 
@@ -234,7 +234,7 @@ impl CompletionQueue {
     }
 
     /// The next completion, if the controller has posted it.
-    #[inline]
+    #[inline(always)] // The CQE in registers, not through memory (store forwarding stalls).
     pub(crate) fn pop(&mut self) -> Option<Completion> {
         let mem = self.mem.mem();
         let off = usize::from(self.head) * COMPLETION_SIZE;

@@ -267,8 +267,8 @@ impl State {
             let (size, head) = (sq.size, sq.head);
             // A fixed description: formatting one per command would allocate on the hot path
             // (the fault message carries the IOVA).
-            let Ok(raw) =
-                self.dma_read_array::<COMMAND_SIZE>(addr, "fetching a submission queue entry")
+            let Ok(raw) = self
+                .dma_read_le64s::<{ COMMAND_SIZE / 8 }>(addr, "fetching a submission queue entry")
             else {
                 // A controller that cannot fetch its commands is dead.
                 self.set_fatal();
@@ -278,7 +278,7 @@ impl State {
                 sq.head = ring::next(head, size);
             }
             fetched += 1;
-            self.dispatch(qid, Command::from_bytes(&raw));
+            self.dispatch(qid, Command::from_qwords(&raw));
         }
         self.counters.last_batch[q] = fetched;
         self.counters.max_batch[q] = self.counters.max_batch[q].max(fetched);

@@ -200,16 +200,16 @@ impl State {
         self.dma_result(r, what)
     }
 
-    /// Device read of `N` bytes at `iova` (a fixed-size entry: no copy loop).
-    pub fn dma_read_array<const N: usize>(
+    /// Device read of `N` little-endian u64s at `iova` (a fixed-size entry, such as an SQE).
+    pub fn dma_read_le64s<const N: usize>(
         &mut self,
         iova: u64,
         what: &str,
-    ) -> Result<[u8; N], DmaFailed> {
-        if !self.dma_allowed(what, "read", iova, N) {
+    ) -> Result<[u64; N], DmaFailed> {
+        if !self.dma_allowed(what, "read", iova, N * 8) {
             return Err(DmaFailed);
         }
-        let r = self.dma.read_array::<N>(Iova(iova));
+        let r = self.dma.read_le64s::<N>(Iova(iova));
         let mut out = [0; N];
         self.dma_result(r.map(|a| out = a), what)?;
         Ok(out)
