@@ -9,7 +9,29 @@ use crate::PacketView;
 /// A misaligned request fails whole with [`ErrorKind::Misaligned`]. The part past the end of
 /// the device becomes its own segment, failed with [`ErrorKind::OutOfRange`], so the part in
 /// range still succeeds (partial success). Returns the part to carry out, if any.
+#[inline(always)] // The view stays in registers (moved through memory, it stalls the CPU).
 pub fn clip<P: PacketPerms>(
+    pos: u64,
+    view: PacketView<P>,
+    capacity: u64,
+    block_size: u32,
+    origin: Origin,
+) -> Option<PacketView<P>> {
+    // The common case first: aligned to a power-of-two block size, not empty, within range.
+    let (bs, len) = (u64::from(block_size), view.len() as u64);
+    if bs.is_power_of_two()
+        && (pos | len) & (bs - 1) == 0
+        && len != 0
+        && pos.checked_add(len).is_some_and(|end| end <= capacity)
+    {
+        return Some(view);
+    }
+    clip_slow(pos, view, capacity, block_size, origin)
+}
+
+/// [`clip`] for everything but the common case.
+#[cold]
+fn clip_slow<P: PacketPerms>(
     pos: u64,
     view: PacketView<P>,
     capacity: u64,

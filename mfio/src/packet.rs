@@ -93,6 +93,9 @@ struct Header {
     error: UnsafeCell<Option<(usize, Error)>>,
     /// Observer of segments; written only while no view exists.
     sink: UnsafeCell<Option<NonNull<dyn SegmentSink>>>,
+    /// The buffer's start; written only while no view exists. Views keep an offset from it, so
+    /// a view is two words and moves in registers.
+    base: UnsafeCell<*mut u8>,
 }
 
 // SAFETY: the counters and the waker are atomics; `error` is only accessed under `error_lock`
@@ -111,6 +114,7 @@ impl Header {
             error_lock: AtomicBool::new(false),
             error: UnsafeCell::new(None),
             sink: UnsafeCell::new(None),
+            base: UnsafeCell::new(core::ptr::null_mut()),
         }
     }
 
@@ -174,9 +178,11 @@ impl Header {
 /// can hand it to a device directly when the device can reach it, or bounce it otherwise.
 pub struct PacketView<P: PacketPerms> {
     hdr: NonNull<Header>,
-    ptr: *mut u8,
-    offset: usize,
-    len: usize,
+    // 32-bit offset and length keep a view at 16 bytes, which Rust passes and returns in two
+    // registers; at 32 bytes it went through memory at every call and stalled the CPU's store
+    // forwarding on the I/O path. A packet is at most `u32::MAX` bytes (`start` checks).
+    offset: u32,
+    len: u32,
     _perms: PhantomData<P>,
 }
 
@@ -188,7 +194,7 @@ impl<P: PacketPerms> PacketView<P> {
     /// Length of the segment in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     /// Whether the segment is empty.
@@ -200,25 +206,34 @@ impl<P: PacketPerms> PacketView<P> {
     /// Offset of the segment from the start of its packet.
     #[inline]
     pub fn offset(&self) -> usize {
-        self.offset
+        self.offset as usize
+    }
+
+    /// The segment's memory.
+    #[inline]
+    fn ptr(&self) -> *mut u8 {
+        // SAFETY: the view is live, so the header is; `base` is written only while no view
+        // exists.
+        let base = unsafe { *self.hdr.as_ref().base.get() };
+        base.wrapping_add(self.offset as usize)
     }
 
     /// Start of the segment's memory (for DMA translation or copying).
     #[inline]
     pub fn as_ptr(&self) -> *const u8 {
-        self.ptr
+        self.ptr()
     }
 
     /// Address of the segment's memory as an integer.
     #[inline]
     pub fn addr(&self) -> usize {
-        self.ptr as usize
+        self.ptr() as usize
     }
 
     /// Largest power of two (up to 4096) that the segment's address is a multiple of.
     #[inline]
     pub fn align(&self) -> usize {
-        1usize << (self.ptr as usize).trailing_zeros().min(12)
+        1usize << (self.ptr() as usize).trailing_zeros().min(12)
     }
 
     /// Splits the segment at `mid` into two views that complete independently.
@@ -226,33 +241,29 @@ impl<P: PacketPerms> PacketView<P> {
     /// # Panics
     /// If `mid > len()`, like `slice::split_at`.
     pub fn split_at(self, mid: usize) -> (Self, Self) {
-        assert!(mid <= self.len, "split_at: {mid} is past the view's {} bytes", self.len);
+        assert!(mid <= self.len(), "split_at: {mid} is past the view's {} bytes", self.len);
+        // Fits: at most `len`, a u32.
+        let mid = mid as u32;
         let this = ManuallyDrop::new(self);
         // SAFETY: `this` is a live view, so the header is alive and `outstanding >= 1`; adding
         // a view cannot race with the count reaching zero.
         unsafe { this.hdr.as_ref() }.outstanding.fetch_add(1, Ordering::Relaxed);
         let tail = Self {
             hdr: this.hdr,
-            ptr: this.ptr.wrapping_add(mid),
             offset: this.offset + mid,
             len: this.len - mid,
             _perms: PhantomData,
         };
-        let head = Self {
-            hdr: this.hdr,
-            ptr: this.ptr,
-            offset: this.offset,
-            len: mid,
-            _perms: PhantomData,
-        };
+        let head = Self { hdr: this.hdr, offset: this.offset, len: mid, _perms: PhantomData };
         (head, tail)
     }
 
     /// Completes the segment with `result`.
+    #[inline]
     pub fn complete(self, result: Result<(), Error>) {
         let this = ManuallyDrop::new(self);
         // SAFETY: the view is live and is given up here (not dropped again).
-        unsafe { Header::complete(this.hdr.as_ptr(), this.offset, this.len, result) }
+        unsafe { Header::complete(this.hdr.as_ptr(), this.offset(), this.len(), result) }
     }
 
     /// Completes the segment successfully.
@@ -273,7 +284,7 @@ impl PacketView<ToDevice> {
         // SAFETY: the segment is initialized memory of the packet's buffer, valid while the view
         // lives, and only read while the packet is in flight (a `ToDevice` packet is never
         // written by anyone while a view exists).
-        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
+        unsafe { core::slice::from_raw_parts(self.ptr(), self.len()) }
     }
 }
 
@@ -281,7 +292,7 @@ impl PacketView<FromDevice> {
     /// Start of the segment's memory, writable (for a device to write into).
     #[inline]
     pub fn as_mut_ptr(&self) -> *mut u8 {
-        self.ptr
+        self.ptr()
     }
 
     /// The segment's memory, to fill with data from the device.
@@ -289,12 +300,12 @@ impl PacketView<FromDevice> {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: the segment is initialized memory that only this view may access while it
         // lives (segments do not overlap and the owner waits for all views).
-        unsafe { core::slice::from_raw_parts_mut(self.ptr, self.len) }
+        unsafe { core::slice::from_raw_parts_mut(self.ptr(), self.len()) }
     }
 
     /// Copies `src` into the start of the segment; returns the bytes copied (the shorter length).
     pub fn fill_from(&mut self, src: &[u8]) -> usize {
-        let n = src.len().min(self.len);
+        let n = src.len().min(self.len());
         self.as_mut_slice()[..n].copy_from_slice(&src[..n]);
         n
     }
@@ -303,7 +314,9 @@ impl PacketView<FromDevice> {
 impl<P: PacketPerms> Drop for PacketView<P> {
     fn drop(&mut self) {
         // SAFETY: the view is live; drop runs once.
-        unsafe { Header::complete(self.hdr.as_ptr(), self.offset, self.len, Err(Error::DROPPED)) }
+        unsafe {
+            Header::complete(self.hdr.as_ptr(), self.offset(), self.len(), Err(Error::DROPPED))
+        }
     }
 }
 
@@ -313,7 +326,7 @@ impl<P: PacketPerms> core::fmt::Debug for PacketView<P> {
             .field("direction", &P::DIRECTION)
             .field("offset", &self.offset)
             .field("len", &self.len)
-            .field("ptr", &self.ptr)
+            .field("ptr", &self.ptr())
             .finish()
     }
 }
@@ -415,6 +428,10 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
     ///
     /// `driver` is the backend the packet's `Drop` drives if it must wait for segments; `None`
     /// when they complete on other threads. Most code wants [`submit`](Self::submit).
+    ///
+    /// Fails with [`ErrorKind::Busy`] while segments are in flight, and with
+    /// [`ErrorKind::InvalidInput`] without a buffer or with one over `u32::MAX` bytes (4 GiB:
+    /// split such I/O into several packets).
     pub fn start(
         self: Pin<&mut Self>,
         driver: Option<&'b dyn IoBackend>,
@@ -428,7 +445,12 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
             return Err(Error::new(ErrorKind::InvalidInput, Origin::Framework));
         };
         let (ptr, len) = buf.raw_parts();
+        // Views hold 32-bit offsets and lengths.
+        let Ok(view_len) = u32::try_from(len) else {
+            return Err(Error::new(ErrorKind::InvalidInput, Origin::Framework));
+        };
         this.len.set(len);
+        *this.hdr.base.get_mut() = ptr;
         this.driver.set(driver);
         *this.hdr.error.get_mut() = None;
         *this.hdr.sink.get_mut() = this.sink.map(|s| {
@@ -439,7 +461,12 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         });
         *this.hdr.outstanding.get_mut() = 1;
         *this.hdr.released.get_mut() = false;
-        Ok(PacketView { hdr: NonNull::from(&this.hdr), ptr, offset: 0, len, _perms: PhantomData })
+        Ok(PacketView {
+            hdr: NonNull::from(&this.hdr),
+            offset: 0,
+            len: view_len,
+            _perms: PhantomData,
+        })
     }
 
     /// Submits the whole packet to `backend` at `pos`. The backend only queues it; the I/O

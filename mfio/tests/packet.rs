@@ -354,3 +354,32 @@ fn errors_convert_to_io_errors_with_meaningful_kinds() {
 fn libc_enospc() -> i32 {
     28
 }
+
+#[test]
+fn views_are_two_words_and_packets_at_most_4_gib() {
+    // Two words: passed and returned in registers on the I/O path.
+    assert_eq!(std::mem::size_of::<mfio::PacketView<FromDevice>>(), 16);
+    assert_eq!(std::mem::size_of::<Option<mfio::PacketView<ToDevice>>>(), 16);
+
+    /// Claims one byte more than a view can describe; never touched.
+    struct Huge;
+    // SAFETY: the pointer is never dereferenced: `start` refuses the buffer before any view
+    // exists, and nothing else reads it.
+    unsafe impl mfio::IoBuf for Huge {
+        fn io_ptr(&self) -> *const u8 {
+            std::ptr::NonNull::<u8>::dangling().as_ptr()
+        }
+        fn io_len(&self) -> usize {
+            u32::MAX as usize + 1
+        }
+    }
+    // SAFETY: as above.
+    unsafe impl mfio::IoBufMut for Huge {
+        fn io_mut_ptr(&mut self) -> *mut u8 {
+            std::ptr::NonNull::<u8>::dangling().as_ptr()
+        }
+    }
+    let p = pin!(Packet::<FromDevice, Huge>::new(Huge));
+    let e = p.start(None).expect_err("over 4 GiB");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+}

@@ -419,6 +419,7 @@ impl Inner {
         }
     }
 
+    #[inline(always)]
     fn submit_rw<D: PciDevice, P: RwDir>(
         &mut self,
         q: &IoQueue<D>,
@@ -526,6 +527,7 @@ impl Inner {
     }
 
     /// Fills in the command ID, writes the SQE, records the slot as busy.
+    #[inline(always)] // `io` in registers, not through memory (store forwarding stalls).
     fn start(&mut self, idx: u16, cmd: &mut Command, io: SlotIo, bounce: Option<PoolSlot>) {
         let now = self.now_ms;
         let slot = &mut self.slots[usize::from(idx)];
@@ -540,6 +542,7 @@ impl Inner {
     }
 
     /// Frees the slot of a completion; returns the I/O to complete (`None` for a stray CQE).
+    #[inline(always)] // Its result in registers, as for `start`.
     fn finish(&mut self, cqe: Completion) -> Option<(SlotIo, Result<(), Error>)> {
         self.sq.set_head(cqe.sq_head);
         let mask = (1u16 << self.slot_bits) - 1;
@@ -721,6 +724,7 @@ impl<D: PciDevice> BlockDevice for IoQueue<D> {
 impl<D: PciDevice> IoQueue<D> {
     /// A read or a write: range checks, then straight to a slot when nothing is waiting (the
     /// common case), else behind what waits.
+    #[inline(always)]
     fn send_rw<P: RwDir>(&self, pos: u64, view: PacketView<P>) {
         let Some(view) = mfio::clip(pos, view, self.capacity(), self.ns.block_size, ORIGIN) else {
             return;
@@ -736,12 +740,14 @@ impl<D: PciDevice> IoQueue<D> {
 }
 
 impl<D: PciDevice> PacketIo<FromDevice, u64> for IoQueue<D> {
+    #[inline]
     fn send_io(&self, pos: u64, view: PacketView<FromDevice>) {
         self.send_rw(pos, view);
     }
 }
 
 impl<D: PciDevice> PacketIo<ToDevice, u64> for IoQueue<D> {
+    #[inline]
     fn send_io(&self, pos: u64, view: PacketView<ToDevice>) {
         self.send_rw(pos, view);
     }
