@@ -178,12 +178,19 @@ impl Header {
 /// can hand it to a device directly when the device can reach it, or bounce it otherwise.
 pub struct PacketView<P: PacketPerms> {
     hdr: NonNull<Header>,
-    // 32-bit offset and length keep a view at 16 bytes, which Rust passes and returns in two
-    // registers; at 32 bytes it went through memory at every call and stalled the CPU's store
-    // forwarding on the I/O path. A packet is at most `u32::MAX` bytes (`start` checks).
-    offset: u32,
-    len: u32,
+    /// The segment: offset from the packet's start (low 32 bits) and length (high 32 bits).
+    /// Two fields of two words make a scalar pair, which Rust passes and returns in two
+    /// registers; at 32 bytes (or with three fields) a view went through memory at every call
+    /// and stalled the CPU's store forwarding on the I/O path. A packet is at most `u32::MAX`
+    /// bytes (`start` checks).
+    span: u64,
     _perms: PhantomData<P>,
+}
+
+/// A view's `span`.
+#[inline]
+fn span(offset: u32, len: u32) -> u64 {
+    u64::from(offset) | (u64::from(len) << 32)
 }
 
 // SAFETY: a view is the only handle to its segment's memory while it lives, and every header
@@ -194,19 +201,19 @@ impl<P: PacketPerms> PacketView<P> {
     /// Length of the segment in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.len as usize
+        (self.span >> 32) as usize
     }
 
     /// Whether the segment is empty.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Offset of the segment from the start of its packet.
     #[inline]
     pub fn offset(&self) -> usize {
-        self.offset as usize
+        self.span as u32 as usize
     }
 
     /// The segment's memory.
@@ -215,7 +222,7 @@ impl<P: PacketPerms> PacketView<P> {
         // SAFETY: the view is live, so the header is; `base` is written only while no view
         // exists.
         let base = unsafe { *self.hdr.as_ref().base.get() };
-        base.wrapping_add(self.offset as usize)
+        base.wrapping_add(self.offset())
     }
 
     /// Start of the segment's memory (for DMA translation or copying).
@@ -241,20 +248,15 @@ impl<P: PacketPerms> PacketView<P> {
     /// # Panics
     /// If `mid > len()`, like `slice::split_at`.
     pub fn split_at(self, mid: usize) -> (Self, Self) {
-        assert!(mid <= self.len(), "split_at: {mid} is past the view's {} bytes", self.len);
-        // Fits: at most `len`, a u32.
-        let mid = mid as u32;
+        assert!(mid <= self.len(), "split_at: {mid} is past the view's {} bytes", self.len());
+        // All fit in u32: `mid <= len` and `offset + len` is within the packet.
+        let (offset, len, mid) = (self.offset() as u32, self.len() as u32, mid as u32);
         let this = ManuallyDrop::new(self);
         // SAFETY: `this` is a live view, so the header is alive and `outstanding >= 1`; adding
         // a view cannot race with the count reaching zero.
         unsafe { this.hdr.as_ref() }.outstanding.fetch_add(1, Ordering::Relaxed);
-        let tail = Self {
-            hdr: this.hdr,
-            offset: this.offset + mid,
-            len: this.len - mid,
-            _perms: PhantomData,
-        };
-        let head = Self { hdr: this.hdr, offset: this.offset, len: mid, _perms: PhantomData };
+        let tail = Self { hdr: this.hdr, span: span(offset + mid, len - mid), _perms: PhantomData };
+        let head = Self { hdr: this.hdr, span: span(offset, mid), _perms: PhantomData };
         (head, tail)
     }
 
@@ -324,8 +326,8 @@ impl<P: PacketPerms> core::fmt::Debug for PacketView<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PacketView")
             .field("direction", &P::DIRECTION)
-            .field("offset", &self.offset)
-            .field("len", &self.len)
+            .field("offset", &self.offset())
+            .field("len", &self.len())
             .field("ptr", &self.ptr())
             .finish()
     }
@@ -463,8 +465,7 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         *this.hdr.released.get_mut() = false;
         Ok(PacketView {
             hdr: NonNull::from(&this.hdr),
-            offset: 0,
-            len: view_len,
+            span: span(0, view_len),
             _perms: PhantomData,
         })
     }
