@@ -606,6 +606,7 @@ impl Inner {
     }
 }
 
+#[inline(always)] // The view in registers (see `Inner::start`).
 fn complete(io: SlotIo, result: Result<(), Error>) {
     match io {
         SlotIo::Read(v) => v.complete(result),

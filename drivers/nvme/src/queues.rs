@@ -159,6 +159,7 @@ impl SubmissionQueue {
     }
 
     /// Writes `cmd` at the tail. The caller has checked [`free`](Self::free).
+    #[inline(always)] // The command's fields come from registers, not reloaded from the stack.
     pub(crate) fn push(&mut self, cmd: &Command) {
         debug_assert!(self.free() > 0, "push on a full submission queue");
         let off = usize::from(self.tail) * COMMAND_SIZE;
