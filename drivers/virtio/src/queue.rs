@@ -142,6 +142,7 @@ impl AnyView {
             }
         }
     }
+    #[inline(always)]
     fn complete(self, r: Result<(), Error>) {
         match self {
             AnyView::From(v) => v.complete(r),
@@ -537,6 +538,7 @@ impl<D: PciDevice> BlkQueue<D> {
 
     /// Puts one request (or its first piece) on the ring. `Ok(rest)`: done, with what is left
     /// of it; `Err(p)`: out of resources, try again after completions.
+    #[inline(always)] // One caller; the request's fields stay in registers.
     fn submit(&self, st: &mut State, p: Pending) -> Result<Option<Pending>, Pending> {
         if st.parts.ctrl.available() == 0 {
             return Err(p);

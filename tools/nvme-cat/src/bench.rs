@@ -38,7 +38,7 @@ pub enum Rw {
 /// `nvme-cat bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// PCI address, `model[:...]` or `file:PATH`.
+    /// PCI address, `model[:...]`, `virtio-model[:null]` or `file:PATH`.
     device: String,
     /// Namespace ID (NVMe).
     #[arg(short = 'n', long, default_value_t = 1)]

@@ -36,7 +36,7 @@ pub struct Range {
 /// `nvme-cat read`.
 #[derive(Args, Debug)]
 pub struct ReadArgs {
-    /// PCI address, `model[:...]` or `file:PATH`.
+    /// PCI address, `model[:...]`, `virtio-model[:null]` or `file:PATH`.
     device: String,
     #[command(flatten)]
     range: Range,
@@ -48,7 +48,7 @@ pub struct ReadArgs {
 /// `nvme-cat write`.
 #[derive(Args, Debug)]
 pub struct WriteArgs {
-    /// PCI address, `model[:...]` or `file:PATH`.
+    /// PCI address, `model[:...]`, `virtio-model[:null]` or `file:PATH`.
     device: String,
     #[command(flatten)]
     range: Range,

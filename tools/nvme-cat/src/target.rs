@@ -39,8 +39,13 @@ pub fn parse(s: &str) -> Result<Spec, String> {
     if let Some(path) = s.strip_prefix("file:") {
         return Ok(Spec::File(path.to_string()));
     }
-    if s == "virtio-model" {
-        return Ok(Spec::VirtioModel(mfio_virtio::model::ModelOptions::default()));
+    if s == "virtio-model" || s == "virtio-model:null" {
+        // `:null`: the model checks every request but stores nothing (as the host benches use).
+        let null = s.ends_with(":null");
+        return Ok(Spec::VirtioModel(mfio_virtio::model::ModelOptions {
+            null,
+            ..Default::default()
+        }));
     }
     if s == "model" || s.starts_with("model:") {
         return model_config(s.strip_prefix("model").unwrap_or("").trim_start_matches(':'))

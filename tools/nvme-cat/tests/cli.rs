@@ -103,7 +103,7 @@ fn read_and_write_round_trip_on_an_image_file() {
 
 #[test]
 fn bench_reports_fio_style_figures() {
-    for dev in ["model", "virtio-model"] {
+    for dev in ["model", "virtio-model", "model:null=1", "virtio-model:null"] {
         let v = json(&[
             "bench", dev, "--rw", "randread", "--qd", "8", "--ios", "2000", "--time", "10", "-o",
             "json",

@@ -41,12 +41,16 @@ type PDesc = (u64, u32, u16, u16);
 fn read_desc(m: &DmaView, at: u64) -> R<PDesc> {
     let mut b = [0u8; 16];
     m.read(Iova(at), &mut b).map_err(dma)?;
-    Ok((
+    Ok(parse_desc(&b))
+}
+
+fn parse_desc(b: &[u8; 16]) -> PDesc {
+    (
         u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
         u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
         u16::from_le_bytes([b[12], b[13]]),
         u16::from_le_bytes([b[14], b[15]]),
-    ))
+    )
 }
 
 /// Checks the ring areas at QUEUE_ENABLE (alignment, mapping, a zeroed ring) and sets the
@@ -219,8 +223,19 @@ fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -
         return Err(Violation(format!("queue {q}: indirect table of {len} bytes")));
     }
     f.indirect = true;
+    // Small tables (a request's header, data and status) in one bounds-checked read.
+    let mut table = [0u8; 16 * 8];
+    let small = len as usize <= table.len();
+    if small {
+        m.read(Iova(addr), &mut table[..len as usize]).map_err(dma)?;
+    }
     for i in 0..u64::from(len / 16) {
-        let (a, l, _id, fl) = read_desc(m, addr + 16 * i)?;
+        let (a, l, _id, fl) = if small {
+            let o = 16 * i as usize;
+            parse_desc(table[o..o + 16].try_into().expect("16 bytes"))
+        } else {
+            read_desc(m, addr + 16 * i)?
+        };
         if fl & !ring::DESC_F_WRITE != 0 {
             return Err(Violation(format!(
                 "queue {q}: indirect table entry {i} has flags {fl:#x} (WRITE is the only one allowed)"
@@ -236,13 +251,15 @@ fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -
 pub(super) fn complete(st: &mut State, m: &DmaView, q: usize, f: &Fetched, written: u32) -> R<()> {
     let mq = &mut st.queues[q];
     let at = mq.desc + u64::from(mq.used_pos) * ring::DESC_SIZE as u64;
-    m.write_le16(Iova(at + DESC_ID as u64), f.id as u16).map_err(dma)?;
-    m.write_le32(Iova(at + DESC_LEN as u64), written).map_err(dma)?;
     let wrap = if mq.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
     let flags = wrap | if written > 0 { ring::DESC_F_WRITE } else { 0 };
-    // The ID and length before the flags that make them the driver's to read.
-    fence(Ordering::Release);
-    m.write_le16(Iova(at + DESC_FLAGS as u64), flags).map_err(dma)?;
+    // The length and ID, then (after a release fence) the flags that make them the driver's
+    // to read: one bounds-checked write.
+    const _: () = assert!(DESC_ID == DESC_LEN + 4 && DESC_FLAGS == DESC_ID + 2);
+    let mut len_id = [0u8; 6];
+    len_id[..4].copy_from_slice(&written.to_le_bytes());
+    len_id[4..].copy_from_slice(&(f.id as u16).to_le_bytes());
+    m.write_then(Iova(at + DESC_LEN as u64), &len_id, &flags.to_le_bytes()).map_err(dma)?;
     let w = &mut st.work[q];
     w.seen[usize::from(mq.used_pos)] = flags;
     mq.used_pos += f.ndescs;

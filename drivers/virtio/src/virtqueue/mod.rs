@@ -130,6 +130,7 @@ impl Virtqueue {
     }
 
     /// The next used buffer, if the device has used one.
+    #[inline(always)] // The completion in registers (store forwarding: see mfio's PacketView).
     pub(crate) fn next_used(&mut self) -> Option<Completion> {
         either!(self, next_used())
     }

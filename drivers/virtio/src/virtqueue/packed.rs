@@ -189,6 +189,7 @@ impl PackedQueue {
 
     /// The next used buffer, its descriptors and ID freed; `None` when the device has used
     /// nothing more.
+    #[inline(always)]
     pub(crate) fn next_used(&mut self) -> Option<Completion> {
         if self.num_free == self.size {
             return None; // nothing in flight: whatever the ring holds is old

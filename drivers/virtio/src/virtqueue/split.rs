@@ -173,6 +173,7 @@ impl SplitQueue {
     /// The next used entry, its chain freed; `None` when the device has used nothing more.
     /// The used index is read (acquire) only when the entries seen at the last read are all
     /// consumed, so a batch costs one read of it plus one to find the ring empty.
+    #[inline(always)]
     pub(crate) fn next_used(&mut self) -> Option<Completion> {
         if self.used_seen == self.last_used {
             let idx = u16::from_le(self.used.mem().load_acquire_u16(2));
