@@ -7,7 +7,7 @@
 #     allocations per I/O, doorbells (notifies) per I/O;
 #   - instructions per I/O under valgrind --tool=callgrind, which counts instructions and so
 #     is stable on a noisy 2-core machine where ns are not: nvme-cat bench on `model:null=1`
-#     and `virtio-model` run twice with different --ios, and (Ir2 - Ir1) / (ios2 - ios1) cancels
+#     and `virtio-model:null` run twice with different --ios, and (Ir2 - Ir1) / (ios2 - ios1) cancels
 #     start-up and bring-up. The figure covers the driver, the model (in the same thread) and
 #     the load generator; the top functions of each run are kept to split it.
 #
@@ -78,7 +78,7 @@ if [ "$CALLGRIND" = 1 ]; then
   NC=${CARGO_TARGET_DIR:-$ROOT/target}/release/nvme-cat
   if [ "$QUICK" = 1 ]; then N1=1000 N2=3000; else N1=5000 N2=25000; fi
   for dev in nvme virtio; do
-    if [ "$dev" = nvme ]; then spec=model:null=1; else spec=virtio-model; fi
+    if [ "$dev" = nvme ]; then spec=model:null=1; else spec=virtio-model:null; fi
     for qd in 1 32 128; do
       ok=1
       for n in "$N1" "$N2"; do
@@ -123,7 +123,7 @@ cell() {
 {
   echo "Host benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1), $(rustc --version | cut -d' ' -f1-2), total $((T1 - T0))s"
   [ "$QUICK" = 1 ] && echo "(--quick: short runs, figures are rough)"
-  echo "Benches: roundtrip ${STATUS[roundtrip]}, nvme ${STATUS[nvme]}, virtio ${STATUS[virtio]}; callgrind: nvme-cat bench on model:null=1 / virtio-model (memory-backed: includes a 4 KiB copy), ${N1:-?} and ${N2:-?} I/Os."
+  echo "Benches: roundtrip ${STATUS[roundtrip]}, nvme ${STATUS[nvme]}, virtio ${STATUS[virtio]}; callgrind: nvme-cat bench on model:null=1 / virtio-model:null (both null models), ${N1:-?} and ${N2:-?} I/Os."
   echo
   echo "| what | QD | ns / IO | allocs / IO | doorbells / IO | instructions / IO |"
   echo "|---|---:|---:|---:|---:|---:|"
