@@ -310,7 +310,9 @@ impl DeviceMemory for DmaView {
     fn resolve(&self, iova: Iova, len: usize) -> Option<usize> {
         let mut snap = self.snap.borrow_mut();
         if self.mapper.generation.load(Ordering::Acquire) != snap.generation {
-            *snap = Snapshot::new(self.mapper.snapshot());
+            // Keeps the cache's memory: no allocation however often the mappings change.
+            (snap.maps, snap.generation) = self.mapper.snapshot();
+            snap.by_page.clear();
         }
         snap.resolve(iova.0, len)
     }

@@ -99,8 +99,9 @@ struct Header {
 }
 
 // SAFETY: the counters and the waker are atomics; `error` is only accessed under `error_lock`
-// (or after `released`, when no other thread can touch it); `sink` is written only while no view
-// exists (so never concurrently with a reader) and points to a `Sync` observer.
+// (or after `released`, when no other thread can touch it); `sink` and `base` are written only
+// while no view exists (so never concurrently with a reader); `sink` points to a `Sync` observer
+// and `base` is only read to form a view's pointer, whose accesses the view's own rules govern.
 unsafe impl Sync for Header {}
 // SAFETY: as above; nothing in the header is tied to a thread.
 unsafe impl Send for Header {}
