@@ -182,6 +182,55 @@ pub trait DeviceMemory {
         Ok(out)
     }
 
+    /// Device-side read of an entry of `N` little-endian u64s that its writer publishes by
+    /// its last u64 (a descriptor's flags live there): the last is read first, then, after an
+    /// acquire fence, the others, so a reader that sees it published sees the rest as written.
+    /// Loads of the width of the writer's stores (see [`read_le64s`](Self::read_le64s)).
+    fn read_entry_le64s<const N: usize>(&self, iova: Iova) -> Result<[u64; N], DmaFault> {
+        let len = N * 8;
+        let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
+        let mut out = [0u64; N];
+        let at = |i: usize| (va + 8 * i) as *const u64;
+        if N > 0 {
+            // SAFETY: as in `read`, for the `len` bytes `resolve` checked; unaligned reads.
+            out[N - 1] = u64::from_le(unsafe { core::ptr::read_unaligned(at(N - 1)) });
+            core::sync::atomic::fence(Ordering::Acquire);
+        }
+        for (i, q) in out.iter_mut().enumerate().take(N.saturating_sub(1)) {
+            // SAFETY: as above.
+            *q = u64::from_le(unsafe { core::ptr::read_unaligned(at(i)) });
+        }
+        Ok(out)
+    }
+
+    /// Device-side read of `out.len()` little-endian u64s at `iova` (a small table the driver
+    /// stored as u64s), for one bounds check.
+    fn read_le64_slice(&self, iova: Iova, out: &mut [u64]) -> Result<(), DmaFault> {
+        let len = out.len() * 8;
+        let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
+        for (i, q) in out.iter_mut().enumerate() {
+            // SAFETY: as in `read`, for the `len` bytes `resolve` checked; unaligned reads.
+            *q = u64::from_le(unsafe { core::ptr::read_unaligned((va + 8 * i) as *const u64) });
+        }
+        Ok(())
+    }
+
+    /// Device-side release store of a little-endian u64 at `iova` (8-byte aligned): an entry's
+    /// last word published whole, after everything the device wrote before it. A misaligned
+    /// `iova` is a fault (kind "write (misaligned)"), as the store could not be atomic.
+    fn store_release_le64(&self, iova: Iova, v: u64) -> Result<(), DmaFault> {
+        let va = self.resolve(iova, 8).ok_or_else(|| self.mapper().fault(iova, 8, "write"))?;
+        if va % 8 != 0 || iova.0 % 8 != 0 {
+            return Err(self.mapper().fault(iova, 8, "write (misaligned)"));
+        }
+        // SAFETY: as in `write`, for the 8 bytes `resolve` checked, aligned (checked): an
+        // AtomicU64 has u64's layout, and the driver's side touches this memory only through
+        // volatile or atomic accesses.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(va as *mut u64) }
+            .store(v.to_le(), Ordering::Release);
+        Ok(())
+    }
+
     /// Device-side write: copy `buf` to `iova`.
     fn write(&self, iova: Iova, buf: &[u8]) -> Result<(), DmaFault> {
         let va = self
@@ -445,6 +494,30 @@ mod tests {
         assert!(view.read(ia, &mut [0]).is_err());
         assert!(view.is_mapped(b.iova(), 8192));
         assert_eq!(m.fault_count(), 2, "faults through a view count on the mapper");
+    }
+
+    #[test]
+    fn word_accesses_are_bounded_and_ordered() {
+        let m = Arc::new(CheckingMapper::new());
+        let space = DmaSpace::new(m.clone());
+        let view = m.view();
+        let a = space.alloc(4096).unwrap();
+        let at = |off: u64| Iova(a.iova().0 + off);
+        a.mem().write_le64s(16, [1, 2, 3]);
+        assert_eq!(view.read_entry_le64s::<3>(at(16)).unwrap(), [1, 2, 3]);
+        let mut t = [0u64; 2];
+        view.read_le64_slice(at(24), &mut t).unwrap();
+        assert_eq!(t, [2, 3]);
+        view.store_release_le64(at(4088), 0xfeed_0000_0000_0001).unwrap();
+        assert_eq!(a.mem().load_acquire_u64(4088), u64::to_le(0xfeed_0000_0000_0001));
+        // Past the end, and a store that could not be atomic: faults, nothing written.
+        assert!(view.read_entry_le64s::<2>(at(4088)).is_err());
+        assert!(view.read_le64_slice(at(4080), &mut [0; 3]).is_err());
+        assert!(view.store_release_le64(at(4092), 1).is_err());
+        let e = view.store_release_le64(at(4), 1).unwrap_err();
+        assert_eq!(e.kind, "write (misaligned)");
+        assert_eq!(a.mem().read_le64(0), 0, "the misaligned store wrote nothing");
+        assert_eq!(m.fault_count(), 4);
     }
 
     #[test]

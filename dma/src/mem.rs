@@ -231,6 +231,18 @@ impl<'a> DmaSlice<'a> {
         unsafe { AtomicU32::from_ptr(p) }.store(v, Ordering::Release)
     }
 
+    /// Release store of a u64 (native endian): an entry's last word, published whole after
+    /// the rest of it (a packed virtqueue descriptor's length, ID and flags).
+    ///
+    /// # Panics
+    /// If out of bounds or not 8-byte aligned.
+    #[inline]
+    pub fn store_release_u64(&self, offset: usize, v: u64) {
+        let p = self.elem_ptr::<u64>(offset);
+        // SAFETY: as in load_acquire_u32.
+        unsafe { AtomicU64::from_ptr(p) }.store(v, Ordering::Release)
+    }
+
     /// Acquire load of a u64.
     ///
     /// # Panics
@@ -316,6 +328,8 @@ mod tests {
             assert_eq!(s.load_acquire_u16(16), u16::from_le(0xabcd));
             s.store_release_u32(20, 7);
             assert_eq!(s.load_acquire_u32(20), 7);
+            s.store_release_u64(40, 0x1122_3344_5566_7788);
+            assert_eq!(s.load_acquire_u64(40), 0x1122_3344_5566_7788);
             s.copy_from_slice(30, b"hello");
             let mut out = [0u8; 5];
             s.copy_to_slice(30, &mut out);

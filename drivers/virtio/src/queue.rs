@@ -631,9 +631,10 @@ impl<D: PciDevice> BlkQueue<D> {
             Op::Discard => blk::T_DISCARD,
             Op::WriteZeroes { .. } => blk::T_WRITE_ZEROES,
         };
-        cm.write_le32(CTRL_HEADER, kind);
-        cm.write_le32(CTRL_HEADER + 4, 0);
-        cm.write_le64(CTRL_HEADER + 8, if matches!(op, Op::Read | Op::Write) { sector } else { 0 });
+        // Type, reserved, sector: as two u64s (a device reads it whole; same-width loads are
+        // forwarded from the store buffer, narrower stores under a wider load are not).
+        let header_sector = if matches!(op, Op::Read | Op::Write) { sector } else { 0 };
+        cm.write_le64s(CTRL_HEADER, [u64::from(kind), header_sector]);
         cm.write_u8(CTRL_STATUS, STATUS_UNSET);
         if let (Some(b), AnyView::To(v)) = (&bounce, &view) {
             st.parts.bounce.mem(b).copy_from_slice(0, v.as_slice());

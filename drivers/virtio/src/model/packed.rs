@@ -38,19 +38,14 @@ fn available(flags: u16, wrap: bool) -> bool {
 /// A descriptor: (addr, len, id, flags).
 type PDesc = (u64, u32, u16, u16);
 
+/// The descriptor at `at`, its flags read first (see `DeviceMemory::read_entry_le64s`).
 fn read_desc(m: &DmaView, at: u64) -> R<PDesc> {
-    let mut b = [0u8; 16];
-    m.read(Iova(at), &mut b).map_err(dma)?;
-    Ok(parse_desc(&b))
+    Ok(parse_desc(m.read_entry_le64s::<2>(Iova(at)).map_err(dma)?))
 }
 
-fn parse_desc(b: &[u8; 16]) -> PDesc {
-    (
-        u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
-        u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
-        u16::from_le_bytes([b[12], b[13]]),
-        u16::from_le_bytes([b[14], b[15]]),
-    )
+fn parse_desc([addr, word]: [u64; 2]) -> PDesc {
+    const _: () = assert!(DESC_LEN == 8 && DESC_ID == 12 && DESC_FLAGS == 14);
+    (addr, word as u32, (word >> 32) as u16, (word >> 48) as u16)
 }
 
 /// Checks the ring areas at QUEUE_ENABLE (alignment, mapping, a zeroed ring) and sets the
@@ -99,11 +94,32 @@ fn write_device_event(m: &DmaView, at: u64, pos: u16, wrap: bool, idx: bool) -> 
     m.write_le16(Iova(at + EVENT_FLAGS as u64), flags).map_err(dma)
 }
 
-/// Fetches every chain made available since the last call onto the queue's pending list.
-pub(super) fn fetch(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<()> {
+/// Fetches every chain made available since the last call, handing each to `each` (which
+/// carries it out, or keeps it by swapping in another entry).
+pub(super) fn fetch(
+    st: &mut State,
+    m: &DmaView,
+    q: usize,
+    each: &mut impl FnMut(&mut State, &mut Fetched) -> R<()>,
+) -> R<()> {
+    let mut f = st.spare.pop().unwrap_or_default();
+    let r = fetch_all(st, m, q, &mut f, each);
+    st.spare.push(f);
+    r
+}
+
+fn fetch_all(
+    st: &mut State,
+    m: &DmaView,
+    q: usize,
+    f: &mut Fetched,
+    each: &mut impl FnMut(&mut State, &mut Fetched) -> R<()>,
+) -> R<()> {
     let event_idx = st.driver_features & feature::EVENT_IDX != 0;
     loop {
-        while fetch_one(st, m, q, due)? {}
+        while fetch_one(st, m, q, f)? {
+            each(st, f)?;
+        }
         let mq = st.queues[q];
         if !event_idx {
             return Ok(());
@@ -120,13 +136,16 @@ pub(super) fn fetch(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<()> {
     }
 }
 
-/// Fetches the chain at the device's position, if one is available; returns whether one was.
-fn fetch_one(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<bool> {
+/// Fetches the chain at the device's position into `f`, if one is available; returns whether
+/// one was.
+#[inline]
+fn fetch_one(st: &mut State, m: &DmaView, q: usize, f: &mut Fetched) -> R<bool> {
     let mq = st.queues[q];
     let (size, desc) = (mq.size, mq.desc);
     let at = |pos: u16| desc + u64::from(pos) * ring::DESC_SIZE as u64;
-    // The flags first: the rest of the descriptor is read after they say available.
-    let flags = m.read_le16(Iova(at(mq.avail_pos) + DESC_FLAGS as u64)).map_err(dma)?;
+    // The flags first: the rest of the descriptor is read after them.
+    let mut desc = read_desc(m, at(mq.avail_pos))?;
+    let flags = desc.3;
     if flags == st.work[q].seen[usize::from(mq.avail_pos)] {
         return Ok(false);
     }
@@ -137,15 +156,16 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<bool> {
             mq.avail_pos, mq.avail_wrap as u8
         )));
     }
-    fence(Ordering::Acquire);
     let indirect_ok = st.driver_features & feature::INDIRECT_DESC != 0;
-    let mut f = st.spare.pop().unwrap_or_default();
     f.clear();
     let (mut pos, mut wrap) = (mq.avail_pos, mq.avail_wrap);
     let mut count = 0u16;
     let mut head_id = 0;
     loop {
-        let (addr, len, id, fl) = read_desc(m, at(pos))?;
+        if count > 0 {
+            desc = read_desc(m, at(pos))?;
+        }
+        let (addr, len, id, fl) = desc;
         if count > 0 && !available(fl, wrap) {
             return Err(Violation(format!(
                 "queue {q}: a chain continues into descriptor {pos}, whose flags {fl:#x} do not \
@@ -175,9 +195,9 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<bool> {
                     "queue {q}: indirect descriptor {pos} in a chain linked by NEXT"
                 )));
             }
-            indirect_table(m, q, addr, len, &mut f)?;
+            indirect_table(m, q, addr, len, f)?;
         } else {
-            push(&mut f.bufs, q, addr, len, fl)?;
+            push(f, q, addr, len, fl)?;
         }
         (pos, wrap) = if pos + 1 == size { (0, !wrap) } else { (pos + 1, wrap) };
         if fl & ring::DESC_F_NEXT == 0 {
@@ -210,8 +230,6 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<bool> {
     w.ids[word] |= bit;
     w.in_flight += u32::from(count);
     f.ndescs = count;
-    f.due = due;
-    w.pending.push(f);
     let mq = &mut st.queues[q];
     (mq.avail_pos, mq.avail_wrap) = (pos, wrap);
     Ok(true)
@@ -223,16 +241,17 @@ fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -
         return Err(Violation(format!("queue {q}: indirect table of {len} bytes")));
     }
     f.indirect = true;
-    // Small tables (a request's header, data and status) in one bounds-checked read.
-    let mut table = [0u8; 16 * 8];
-    let small = len as usize <= table.len();
+    // Small tables (a request's header, data and status) in one bounds-checked read, as the
+    // u64s the driver stored.
+    let mut table = [0u64; 2 * 8];
+    let small = len as usize <= 8 * table.len();
     if small {
-        m.read(Iova(addr), &mut table[..len as usize]).map_err(dma)?;
+        m.read_le64_slice(Iova(addr), &mut table[..len as usize / 8]).map_err(dma)?;
     }
     for i in 0..u64::from(len / 16) {
         let (a, l, _id, fl) = if small {
-            let o = 16 * i as usize;
-            parse_desc(table[o..o + 16].try_into().expect("16 bytes"))
+            let o = 2 * i as usize;
+            parse_desc([table[o], table[o + 1]])
         } else {
             read_desc(m, addr + 16 * i)?
         };
@@ -241,7 +260,7 @@ fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -
                 "queue {q}: indirect table entry {i} has flags {fl:#x} (WRITE is the only one allowed)"
             )));
         }
-        push(&mut f.bufs, q, a, l, fl)?;
+        push(f, q, a, l, fl)?;
     }
     Ok(())
 }
@@ -253,13 +272,10 @@ pub(super) fn complete(st: &mut State, m: &DmaView, q: usize, f: &Fetched, writt
     let at = mq.desc + u64::from(mq.used_pos) * ring::DESC_SIZE as u64;
     let wrap = if mq.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
     let flags = wrap | if written > 0 { ring::DESC_F_WRITE } else { 0 };
-    // The length and ID, then (after a release fence) the flags that make them the driver's
-    // to read: one bounds-checked write.
-    const _: () = assert!(DESC_ID == DESC_LEN + 4 && DESC_FLAGS == DESC_ID + 2);
-    let mut len_id = [0u8; 6];
-    len_id[..4].copy_from_slice(&written.to_le_bytes());
-    len_id[4..].copy_from_slice(&(f.id as u16).to_le_bytes());
-    m.write_then(Iova(at + DESC_LEN as u64), &len_id, &flags.to_le_bytes()).map_err(dma)?;
+    // The length, ID and flags in one release store: the flags that make the descriptor the
+    // driver's to read become visible with the rest, never before, and after the data.
+    let word = u64::from(written) | u64::from(f.id as u16) << 32 | u64::from(flags) << 48;
+    m.store_release_le64(Iova(at + DESC_LEN as u64), word).map_err(dma)?;
     let w = &mut st.work[q];
     w.seen[usize::from(mq.used_pos)] = flags;
     mq.used_pos += f.ndescs;

@@ -20,6 +20,10 @@ pub(super) struct Fetched {
     pub ndescs: u16,
     /// The request came in an indirect table.
     pub indirect: bool,
+    /// Buffers the device reads (they come first), and the bytes of those and of the rest.
+    pub readable: usize,
+    pub rlen: u64,
+    pub wlen: u64,
     /// Deferred: the notify count at which it completes.
     pub due: u64,
     pub bufs: Vec<Buf>,
@@ -33,6 +37,9 @@ impl Fetched {
         self.descs.clear();
         self.indirect = false;
         self.ndescs = 0;
+        self.readable = 0;
+        self.rlen = 0;
+        self.wlen = 0;
     }
 }
 
@@ -64,18 +71,48 @@ impl QueueWork {
 
 /// Processes queue `q`: fetches what is new, then completes what is due (everything when
 /// `all`, as on [`VirtioBlkModel::release`]).
+///
+/// In ring order ([`CompletionMode::InOrder`]) each chain is carried out and completed as soon
+/// as it is fetched, in the entry it was fetched into: the driver, which waits in the notify
+/// write, sees the same rings as if the model had fetched them all first.
 pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, all: bool) -> R<()> {
     let m = model.inner.dma.lock().unwrap_or_else(|p| p.into_inner());
     let mode = model.inner.opts.completion;
     let packed = st.driver_features & feature::RING_PACKED != 0;
+    if mode == CompletionMode::InOrder {
+        if packed {
+            packed::check_driver_event(st, &m, q)?;
+        }
+        let mut done = 0u32;
+        let mut each = |st: &mut State, f: &mut Fetched| {
+            done += 1;
+            carry_out(model, st, &m, q, packed, f)
+        };
+        let r = if packed {
+            packed::fetch(st, &m, q, &mut each)
+        } else {
+            split::fetch(st, &m, q, &mut each)
+        };
+        if !packed && done > 0 {
+            split::publish_used(st, &m, q)?;
+        }
+        return r;
+    }
     let due = match mode {
         CompletionMode::Deferred { notifies, .. } => st.notifies + u64::from(notifies.max(1)),
         _ => 0,
     };
+    // The others: onto the pending list first, each entry replaced by a spare.
+    let mut hold = |st: &mut State, f: &mut Fetched| {
+        f.due = due;
+        let spare = st.spare.pop().unwrap_or_default();
+        st.work[q].pending.push(std::mem::replace(f, spare));
+        Ok(())
+    };
     if packed {
-        packed::fetch(st, &m, q, due)?;
+        packed::fetch(st, &m, q, &mut hold)?;
     } else {
-        split::fetch(st, &m, q, due)?;
+        split::fetch(st, &m, q, &mut hold)?;
     }
     // What completes now, in fetch order.
     let mut batch = std::mem::take(&mut st.batch);
@@ -95,7 +132,6 @@ pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, al
     }
     // In the order the mode says.
     match mode {
-        CompletionMode::InOrder => {}
         CompletionMode::Reversed => batch.reverse(),
         CompletionMode::Shuffled { seed } | CompletionMode::Deferred { seed, .. } if seed != 0 => {
             if st.rng == 0 {
@@ -116,6 +152,27 @@ pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, al
     r
 }
 
+/// Carries out the request of `f` and writes its used entry (split: the used index follows
+/// in [`split::publish_used`]).
+#[inline]
+fn carry_out(
+    model: &VirtioBlkModel,
+    st: &mut State,
+    m: &DmaView,
+    q: usize,
+    packed: bool,
+    f: &Fetched,
+) -> R<()> {
+    let written = requests::request(model, st, m, f)?;
+    st.requests += 1;
+    st.indirect_requests += u64::from(f.indirect);
+    if packed {
+        packed::complete(st, m, q, f, written)
+    } else {
+        split::complete(st, m, q, f, written)
+    }
+}
+
 /// Carries out and completes `batch` in its order.
 fn complete(
     model: &VirtioBlkModel,
@@ -132,14 +189,7 @@ fn complete(
         packed::check_driver_event(st, m, q)?;
     }
     for f in batch.drain(..) {
-        let written = requests::request(model, st, m, &f.bufs)?;
-        st.requests += 1;
-        st.indirect_requests += u64::from(f.indirect);
-        if packed {
-            packed::complete(st, m, q, &f, written)?;
-        } else {
-            split::complete(st, m, q, &f, written)?;
-        }
+        carry_out(model, st, m, q, packed, &f)?;
         st.spare.push(f);
     }
     if !packed {

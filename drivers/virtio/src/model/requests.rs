@@ -2,6 +2,7 @@
 //! status), checked for framing and lengths, carried out on the backing store, its status
 //! byte written.
 
+use super::process::Fetched;
 use super::{dma, State, Violation, VirtioBlkModel, R};
 use crate::spec::{blk, feature, ring};
 use mfio_dma::{DeviceMemory, DmaView, Iova};
@@ -11,20 +12,25 @@ use mfio_dma::{DeviceMemory, DmaView, Iova};
 pub(super) struct Buf {
     pub addr: u64,
     pub len: u32,
-    pub write: bool,
 }
 
-/// Appends a buffer of a chain, checking its length and that no device-readable buffer
-/// follows a writable one.
-pub(super) fn push(bufs: &mut Vec<Buf>, q: usize, addr: u64, len: u32, flags: u16) -> R<()> {
+/// Appends a buffer of a chain to `f`, checking its length and that no device-readable
+/// buffer follows a writable one; keeps the readable and writable byte counts.
+#[inline]
+pub(super) fn push(f: &mut Fetched, q: usize, addr: u64, len: u32, flags: u16) -> R<()> {
     let write = flags & ring::DESC_F_WRITE != 0;
     if len == 0 {
         return Err(Violation(format!("queue {q}: zero-length descriptor")));
     }
-    if !write && bufs.last().is_some_and(|b| b.write) {
+    if write {
+        f.wlen += u64::from(len);
+    } else if f.wlen > 0 {
         return Err(Violation(format!("queue {q}: device-readable buffer after a writable one")));
+    } else {
+        f.rlen += u64::from(len);
+        f.readable += 1;
     }
-    bufs.push(Buf { addr, len, write });
+    f.bufs.push(Buf { addr, len });
     Ok(())
 }
 
@@ -34,9 +40,6 @@ struct Stream<'a> {
 }
 
 impl Stream<'_> {
-    fn len(&self) -> u64 {
-        self.bufs.iter().map(|b| u64::from(b.len)).sum()
-    }
     /// Calls `f(iova, range in the stream)` for each piece of `[off, off + len)`.
     fn pieces(&self, off: u64, len: u64, mut f: impl FnMut(u64, u64, u64) -> R<()>) -> R<()> {
         let (mut at, end) = (0u64, off + len);
@@ -73,21 +76,26 @@ impl Stream<'_> {
 }
 
 /// Carries out one request; returns the bytes written into the chain (data and status).
-pub(super) fn request(model: &VirtioBlkModel, st: &mut State, m: &DmaView, bufs: &[Buf]) -> R<u32> {
-    let split = bufs.iter().position(|b| b.write).unwrap_or(bufs.len());
-    let rd = Stream { bufs: &bufs[..split] };
-    let wr = Stream { bufs: &bufs[split..] };
-    let (rlen, wlen) = (rd.len(), wr.len());
+pub(super) fn request(model: &VirtioBlkModel, st: &mut State, m: &DmaView, f: &Fetched) -> R<u32> {
+    let (rd, wr) = f.bufs.split_at(f.readable);
+    let (rlen, wlen) = (f.rlen, f.wlen);
     if rlen < blk::HEADER_SIZE as u64 {
         return Err(Violation(format!("request header of {rlen} bytes")));
     }
     if wlen < 1 {
         return Err(Violation("request without a status byte".into()));
     }
-    let mut h = [0u8; 16];
-    rd.read(m, 0, &mut h)?;
-    let kind = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
-    let sector = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+    let (rd, wr) = (Stream { bufs: rd }, Stream { bufs: wr });
+    // The header as the two u64s the driver stores (loads of the stores' width, which a CPU
+    // forwards from its store buffer), when its first buffer holds it, as it does in practice.
+    let [h0, sector] = if rd.bufs[0].len as usize >= blk::HEADER_SIZE {
+        m.read_le64s::<2>(Iova(rd.bufs[0].addr)).map_err(dma)?
+    } else {
+        let mut h = [0u8; 16];
+        rd.read(m, 0, &mut h)?;
+        [0, 8].map(|o| u64::from_le_bytes(h[o..o + 8].try_into().expect("8 bytes")))
+    };
+    let kind = h0 as u32;
     let opts = &model.inner.opts;
     let cap = opts.capacity_sectors;
     let nego = |f: u64| st.driver_features & f != 0;
@@ -200,6 +208,8 @@ pub(super) fn request(model: &VirtioBlkModel, st: &mut State, m: &DmaView, bufs:
             _ => blk::S_UNSUPP,
         }
     };
-    wr.write(m, wlen - 1, &[status])?;
+    // The status is the chain's last byte: the last byte of its last buffer.
+    let last = wr.bufs[wr.bufs.len() - 1];
+    m.write(Iova(last.addr + u64::from(last.len) - 1), &[status]).map_err(dma)?;
     Ok(written)
 }

@@ -12,18 +12,32 @@ use std::sync::atomic::{fence, Ordering};
 /// Reads descriptor `i` of the table at `table`: (addr, len, flags, next).
 fn read_desc(m: &DmaView, table: u64, i: u64) -> R<(u64, u32, u16, u16)> {
     let at = table + i * ring::DESC_SIZE as u64;
-    let mut b = [0u8; 16];
-    m.read(Iova(at), &mut b).map_err(dma)?;
-    Ok((
-        u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
-        u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
-        u16::from_le_bytes([b[12], b[13]]),
-        u16::from_le_bytes([b[14], b[15]]),
-    ))
+    // As the u64s the driver stores (same-width loads are forwarded from its store buffer).
+    let [addr, word] = m.read_le64s::<2>(Iova(at)).map_err(dma)?;
+    Ok((addr, word as u32, (word >> 32) as u16, (word >> 48) as u16))
 }
 
-/// Fetches every chain made available since the last call onto the queue's pending list.
-pub(super) fn fetch(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<()> {
+/// Fetches every chain made available since the last call, handing each to `each` (which
+/// carries it out, or keeps it by swapping in another entry).
+pub(super) fn fetch(
+    st: &mut State,
+    m: &DmaView,
+    q: usize,
+    each: &mut impl FnMut(&mut State, &mut Fetched) -> R<()>,
+) -> R<()> {
+    let mut f = st.spare.pop().unwrap_or_default();
+    let r = fetch_all(st, m, q, &mut f, each);
+    st.spare.push(f);
+    r
+}
+
+fn fetch_all(
+    st: &mut State,
+    m: &DmaView,
+    q: usize,
+    f: &mut Fetched,
+    each: &mut impl FnMut(&mut State, &mut Fetched) -> R<()>,
+) -> R<()> {
     let mq = st.queues[q];
     let flags = m.read_le16(Iova(mq.driver)).map_err(dma)?;
     if flags & !ring::AVAIL_F_NO_INTERRUPT != 0 {
@@ -43,13 +57,11 @@ pub(super) fn fetch(st: &mut State, m: &DmaView, q: usize, due: u64) -> R<()> {
         let last = mq.last_avail.wrapping_add(k);
         let slot = u64::from(last % mq.size);
         let head = m.read_le16(Iova(mq.driver + 4 + 2 * slot)).map_err(dma)?;
-        let mut f = st.spare.pop().unwrap_or_default();
         f.clear();
         f.id = u32::from(head);
-        f.due = due;
-        walk(m, st, q, head, &mut f)?;
+        walk(m, st, q, head, f)?;
         st.queues[q].last_avail = last.wrapping_add(1);
-        st.work[q].pending.push(f);
+        each(st, f)?;
     }
     if st.driver_features & feature::EVENT_IDX != 0 {
         // Tell me when you pass what I have seen.
@@ -110,7 +122,7 @@ fn walk(m: &DmaView, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<
                 if fl & ring::DESC_F_INDIRECT != 0 {
                     return Err(Violation(format!("queue {q}: nested indirect table")));
                 }
-                push(&mut f.bufs, q, a, l, fl)?;
+                push(f, q, a, l, fl)?;
                 if fl & ring::DESC_F_NEXT == 0 {
                     break;
                 }
@@ -123,7 +135,7 @@ fn walk(m: &DmaView, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<
             }
             return Ok(());
         }
-        push(&mut f.bufs, q, addr, len, flags)?;
+        push(f, q, addr, len, flags)?;
         if flags & ring::DESC_F_NEXT == 0 {
             return Ok(());
         }
@@ -136,8 +148,9 @@ fn walk(m: &DmaView, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<
 pub(super) fn complete(st: &mut State, m: &DmaView, q: usize, f: &Fetched, written: u32) -> R<()> {
     let mq = &mut st.queues[q];
     let slot = u64::from(mq.used_idx % mq.size);
-    m.write_le32(Iova(mq.device + 4 + 8 * slot), f.id).map_err(dma)?;
-    m.write_le32(Iova(mq.device + 8 + 8 * slot), written).map_err(dma)?;
+    // ID and length in one bounds-checked write (the element is only 4-byte aligned).
+    let elem = u64::from(f.id) | u64::from(written) << 32;
+    m.write_le64(Iova(mq.device + 4 + 8 * slot), elem).map_err(dma)?;
     mq.used_idx = mq.used_idx.wrapping_add(1);
     for &d in &f.descs {
         st.work[q].busy[usize::from(d)] = false;

@@ -14,7 +14,7 @@
 //! Every descriptor of a chain carries its buffer ID: the specification reads it from the
 //! last, QEMU up to 9.0 from the first.
 
-use super::{Completion, Desc, Used};
+use super::{desc_words, Completion, Desc, Used};
 use crate::spec::packed::{
     DESC_FLAGS, DESC_F_AVAIL, DESC_F_USED, DESC_ID, DESC_LEN, EVENT_FLAGS, EVENT_F_DESC,
     EVENT_F_DISABLE, EVENT_OFF_WRAP, EVENT_SIZE, EVENT_WRAP, MAX_SIZE,
@@ -23,6 +23,9 @@ use crate::spec::ring::{self, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
 use mfio_dma::{DmaBuffer, DmaSlice, DmaSpace};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
+
+// `desc_words` puts the length at 8, the ID at 12 and the flags at 14.
+const _: () = assert!(DESC_LEN == 8 && DESC_ID == 12 && DESC_FLAGS == 14);
 
 /// Where the event suppression structures lie in their buffer: the driver's at the start, the
 /// device's a cache line further (each side writes only its own, so they do not share one).
@@ -121,19 +124,17 @@ impl PackedQueue {
         let id = self.free_ids.pop().expect("a free ID for every free descriptor");
         let m = self.ring.mem();
         let head = usize::from(self.next_avail) * DESC_SIZE;
-        let mut head_flags = 0;
+        let mut head_word = 0;
         for k in 0..n {
             let d = desc_of(usize::from(k));
             let at = usize::from(self.next_avail) * DESC_SIZE;
             let next = if k + 1 < n { DESC_F_NEXT } else { 0 };
-            let flags = d.flags | next | self.avail_bits;
-            m.write_le64(at, d.addr);
-            m.write_le32(at + DESC_LEN, d.len);
-            m.write_le16(at + DESC_ID, id);
+            let [addr, word] = desc_words(d.addr, d.len, id, d.flags | next | self.avail_bits);
             if k == 0 {
-                head_flags = flags;
+                m.write_le64(at, addr);
+                head_word = word;
             } else {
-                m.write_le16(at + DESC_FLAGS, flags);
+                m.write_le64s(at, [addr, word]);
             }
             self.next_avail += 1;
             if self.next_avail == self.size {
@@ -142,8 +143,8 @@ impl PackedQueue {
             }
         }
         // Release: the rest of the chain (and the request it points to) is visible before the
-        // head says available.
-        m.store_release_u16(head + DESC_FLAGS, head_flags.to_le());
+        // head says available. Its length, ID and flags go in one store.
+        m.store_release_u64(head + DESC_LEN, head_word.to_le());
         self.chain_len[usize::from(id)] = n;
         self.num_free -= n;
         self.added += n;
@@ -196,16 +197,17 @@ impl PackedQueue {
         }
         let m = self.ring.mem();
         let at = usize::from(self.next_used) * DESC_SIZE;
-        // Acquire: the ID and length the device wrote before these flags are read after them.
-        let flags = u16::from_le(m.load_acquire_u16(at + DESC_FLAGS));
+        // Acquire: the length, ID and flags in one load (the device wrote the flags last, so
+        // if they are new, so are the others); nothing after it is read before it.
+        let word = u64::from_le(m.load_acquire_u64(at + DESC_LEN));
+        let flags = (word >> 48) as u16;
         let used = flags & DESC_F_USED != 0;
         // Used means both bits equal the wrap counter: a descriptor of ours from the lap
         // before can have USED set too (with AVAIL clear).
         if used != self.used_wrap || (flags & DESC_F_AVAIL != 0) != used {
             return None;
         }
-        let id = m.read_le16(at + DESC_ID);
-        let len = m.read_le32(at + DESC_LEN);
+        let (id, len) = ((word >> 32) as u16, word as u32);
         let n = self.chain_len.get(usize::from(id)).copied().unwrap_or(0);
         if n == 0 {
             return Some(Completion::Broken(
@@ -240,10 +242,7 @@ pub(crate) fn write_table(table: &DmaSlice<'_>, n: usize, mut desc_of: impl FnMu
     for k in 0..n {
         let d = desc_of(k);
         let at = k * DESC_SIZE;
-        table.write_le64(at, d.addr);
-        table.write_le32(at + DESC_LEN, d.len);
-        table.write_le16(at + DESC_ID, 0);
-        table.write_le16(at + DESC_FLAGS, d.flags & DESC_F_WRITE);
+        table.write_le64s(at, desc_words(d.addr, d.len, 0, d.flags & DESC_F_WRITE));
     }
 }
 

@@ -6,7 +6,7 @@
 //! Indexes are free-running 16-bit counters, as the specification has them; ring slots are
 //! the index modulo the (power of two) queue size.
 
-use super::{Completion, Desc, Used};
+use super::{desc_words, Completion, Desc, Used};
 use crate::spec::ring::{self, DESC_F_NEXT, DESC_SIZE};
 use mfio_dma::{DmaBuffer, DmaSlice, DmaSpace};
 use std::sync::atomic::{fence, Ordering};
@@ -105,10 +105,8 @@ impl SplitQueue {
             let next = self.next[usize::from(id)];
             let last = k + 1 == n;
             let at = usize::from(id) * DESC_SIZE;
-            table.write_le64(at, d.addr);
-            table.write_le32(at + 8, d.len);
-            table.write_le16(at + 12, if last { d.flags } else { d.flags | DESC_F_NEXT });
-            table.write_le16(at + 14, if last { 0 } else { next });
+            let (flags, link) = if last { (d.flags, 0) } else { (d.flags | DESC_F_NEXT, next) };
+            table.write_le64s(at, desc_words(d.addr, d.len, flags, link));
             if last {
                 self.tail[usize::from(head)] = id;
                 self.free_head = next;
@@ -206,10 +204,8 @@ pub(crate) fn write_table(table: &DmaSlice<'_>, n: usize, mut desc_of: impl FnMu
         let d = desc_of(k);
         let at = k * DESC_SIZE;
         let last = k + 1 == n;
-        table.write_le64(at, d.addr);
-        table.write_le32(at + 8, d.len);
-        table.write_le16(at + 12, if last { d.flags } else { d.flags | DESC_F_NEXT });
-        table.write_le16(at + 14, if last { 0 } else { k as u16 + 1 });
+        let (flags, link) = if last { (d.flags, 0) } else { (d.flags | DESC_F_NEXT, k as u16 + 1) };
+        table.write_le64s(at, desc_words(d.addr, d.len, flags, link));
     }
 }
 
