@@ -331,15 +331,16 @@ impl Snapshot {
         Snapshot { maps, generation, by_page: PageCache::new() }
     }
 
-    #[inline]
-    fn resolve(&mut self, iova: u64, len: usize) -> Option<usize> {
-        if let Some(m) = self.by_page.get(iova).and_then(|i| self.maps.get(i)) {
-            if let Some(off) = iova.checked_sub(m.iova) {
-                if off.checked_add(len as u64).is_some_and(|end| end <= m.len as u64) {
-                    return Some(m.virt + off as usize);
-                }
-            }
-        }
+    /// Where `[iova, iova + len)` is if the page cache's entry for its page holds all of it.
+    #[inline(always)]
+    fn hit(&self, iova: u64, len: usize) -> Option<usize> {
+        let m = self.maps.get(self.by_page.get(iova)?)?;
+        let off = iova.checked_sub(m.iova)?;
+        (off.checked_add(len as u64)? <= m.len as u64).then_some(m.virt + off as usize)
+    }
+
+    /// A page cache miss: a binary search, whose answer the cache keeps.
+    fn search(&mut self, iova: u64, len: usize) -> Option<usize> {
         let i = self.maps.partition_point(|m| m.iova <= iova).checked_sub(1)?;
         let va = find(&self.maps[i..=i], iova, len)?;
         self.by_page.set(iova, i);
@@ -352,18 +353,37 @@ impl DmaView {
     pub fn checking_mapper(&self) -> &Arc<CheckingMapper> {
         &self.mapper
     }
-}
 
-impl DeviceMemory for DmaView {
-    #[inline]
-    fn resolve(&self, iova: Iova, len: usize) -> Option<usize> {
+    /// The snapshot renewed if the mappings changed, then searched.
+    #[cold]
+    #[inline(never)]
+    fn resolve_slow(&self, iova: u64, len: usize) -> Option<usize> {
         let mut snap = self.snap.borrow_mut();
         if self.mapper.generation.load(Ordering::Acquire) != snap.generation {
             // Keeps the cache's memory: no allocation however often the mappings change.
             (snap.maps, snap.generation) = self.mapper.snapshot();
             snap.by_page.clear();
         }
-        snap.resolve(iova.0, len)
+        if let Some(va) = snap.hit(iova, len) {
+            return Some(va);
+        }
+        snap.search(iova, len)
+    }
+}
+
+impl DeviceMemory for DmaView {
+    /// Inline, the common case: the snapshot is current and its page cache hits. The rest
+    /// (a new snapshot, a search) is out of line, so the hit path saves no registers.
+    #[inline(always)]
+    fn resolve(&self, iova: Iova, len: usize) -> Option<usize> {
+        if let Ok(snap) = self.snap.try_borrow() {
+            if self.mapper.generation.load(Ordering::Acquire) == snap.generation {
+                if let Some(va) = snap.hit(iova.0, len) {
+                    return Some(va);
+                }
+            }
+        }
+        self.resolve_slow(iova.0, len)
     }
 
     fn mapper(&self) -> &CheckingMapper {

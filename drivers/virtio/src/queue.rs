@@ -17,7 +17,7 @@ use mfio::{
     clip, Activity, BlockDevice, Error, ErrorKind, FromDevice, IoBackend, Origin, Packet, PacketIo,
     PacketView, ToDevice,
 };
-use mfio_dma::{DmaPool, DmaSpace, Iova, IovaSegment, PoolSlot, Translator};
+use mfio_dma::{DmaBuffer, DmaPool, DmaSlice, DmaSpace, Iova, IovaSegment, PoolSlot, Translator};
 use mfio_pci::PciDevice;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -60,7 +60,11 @@ pub(crate) struct QueueParts {
     index: u16,
     notify: u64,
     vq: Virtqueue,
-    ctrl: DmaPool,
+    /// The control slots, one per buffer ID (so a request's is known before it is added, and
+    /// never allocated or freed on the I/O path).
+    ctrl: DmaBuffer,
+    /// Each control slot's IOVA.
+    ctrl_iova: Vec<u64>,
     bounce: DmaPool,
 }
 
@@ -72,20 +76,18 @@ impl QueueParts {
         limits: &Limits,
     ) -> Result<Self, String> {
         let vq = Virtqueue::new(space, size, limits.layout, limits.event_idx)?;
-        let mut ctrl = DmaPool::new(space, CTRL_SLOT, usize::from(size), CTRL_SLOT)
-            .map_err(|e| format!("request control pool: {e}"))?;
-        // Every control slot lies in one page, so each has one IOVA: check it now, once.
-        let taken: Vec<PoolSlot> = (0..size).filter_map(|_| ctrl.alloc()).collect();
-        let all_contiguous = taken.iter().all(|s| ctrl.iova(s).is_some());
-        for s in taken {
-            ctrl.free(s).map_err(|e| e.to_string())?;
-        }
-        if !all_contiguous {
-            return Err("a request control slot is not IOVA-contiguous".into());
-        }
+        let n = usize::from(size);
+        let ctrl = space
+            .alloc(n * CTRL_SLOT)
+            .map_err(|e| format!("request control slots ({} bytes): {e}", n * CTRL_SLOT))?;
+        // Every control slot lies in one page, so each has one IOVA: find them now, once.
+        let ctrl_iova = (0..n)
+            .map(|k| ctrl.contiguous_iova(k * CTRL_SLOT, CTRL_SLOT).map(|i| i.get()))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or("a request control slot is not IOVA-contiguous")?;
         let bounce = DmaPool::new(space, limits.bounce_size, limits.bounce_slots, 4096)
             .map_err(|e| format!("bounce pool: {e}"))?;
-        Ok(Self { index, notify: 0, vq, ctrl, bounce })
+        Ok(Self { index, notify: 0, vq, ctrl, ctrl_iova, bounce })
     }
 
     pub(crate) fn with_notify(mut self, notify: u64) -> Self {
@@ -99,6 +101,15 @@ impl QueueParts {
 
     pub(crate) fn ring_iovas(&self) -> (u64, u64, u64) {
         self.vq.iovas()
+    }
+
+    /// The control slot of buffer `id`.
+    #[inline]
+    fn ctrl_mem(&self, id: u16) -> DmaSlice<'_> {
+        self.ctrl
+            .mem()
+            .sub(usize::from(id) * CTRL_SLOT, CTRL_SLOT)
+            .expect("a control slot per buffer ID")
     }
 }
 
@@ -165,7 +176,6 @@ struct Pending {
 struct Inflight {
     op: Op,
     view: AnyView,
-    ctrl: PoolSlot,
     bounce: Option<PoolSlot>,
 }
 
@@ -432,7 +442,7 @@ impl<D: PciDevice> BlkQueue<D> {
                 .expect("a buffer in flight has its request recorded");
             st.stats.completions += 1;
             done += 1;
-            let ctrl = st.parts.ctrl.mem(&inf.ctrl);
+            let ctrl = st.parts.ctrl_mem(u.id as u16);
             let result = map_status(ctrl.read_u8(CTRL_STATUS));
             let view = match inf.view {
                 AnyView::From(mut v) if result.is_ok() => {
@@ -448,7 +458,6 @@ impl<D: PciDevice> BlkQueue<D> {
                 }
                 other => other,
             };
-            st.parts.ctrl.free(inf.ctrl).expect("control slot of this queue");
             if let Some(b) = inf.bounce {
                 st.parts.bounce.free(b).expect("bounce slot of this queue");
             }
@@ -462,7 +471,6 @@ impl<D: PciDevice> BlkQueue<D> {
         for id in 0..st.inflight.len() {
             if let Some(inf) = st.inflight[id].take() {
                 st.parts.vq.abandon(id as u16);
-                st.parts.ctrl.free(inf.ctrl).expect("control slot of this queue");
                 if let Some(b) = inf.bounce {
                     st.parts.bounce.free(b).expect("bounce slot of this queue");
                 }
@@ -540,9 +548,10 @@ impl<D: PciDevice> BlkQueue<D> {
     /// of it; `Err(p)`: out of resources, try again after completions.
     #[inline(always)] // One caller; the request's fields stay in registers.
     fn submit(&self, st: &mut State, p: Pending) -> Result<Option<Pending>, Pending> {
-        if st.parts.ctrl.available() == 0 {
+        // The buffer ID the request will have, and so its control slot.
+        let Some(id) = st.parts.vq.next_id() else {
             return Err(p);
-        }
+        };
         let Pending { op, pos, range, view } = p;
         let mut bounce = None;
         let mut rest = None;
@@ -619,9 +628,8 @@ impl<D: PciDevice> BlkQueue<D> {
                 (view, 0)
             }
         };
-        let ctrl = st.parts.ctrl.alloc().expect("a control slot was available");
-        let cm = st.parts.ctrl.mem(&ctrl);
-        let ctrl_iova = st.parts.ctrl.iova(&ctrl).expect("control slots are contiguous").get();
+        let cm = st.parts.ctrl_mem(id);
+        let ctrl_iova = st.parts.ctrl_iova[usize::from(id)];
         let sector = pos / blk::SECTOR_SIZE;
         let kind = match op {
             Op::Read => blk::T_IN,
@@ -681,7 +689,7 @@ impl<D: PciDevice> BlkQueue<D> {
             }
         };
         let n = nseg + 2;
-        let id = if self.limits.indirect {
+        let added = if self.limits.indirect {
             let table = cm.sub(CTRL_TABLE, n * ring::DESC_SIZE).expect("the table fits its slot");
             st.parts.vq.write_table(&table, n, desc_of);
             let table = Desc {
@@ -694,12 +702,13 @@ impl<D: PciDevice> BlkQueue<D> {
             st.parts.vq.add_chain(n as u16, desc_of)
         }
         .expect("descriptors were checked free");
+        debug_assert_eq!(added, id, "the buffer ID next_id named");
         if bounce.is_some() {
             st.stats.bounced += 1;
         }
         st.stats.requests += 1;
         tracing::trace!(queue = self.index, id, ?op, sector, len = data_len, "request");
-        st.inflight[usize::from(id)] = Some(Inflight { op, view, ctrl, bounce });
+        st.inflight[usize::from(id)] = Some(Inflight { op, view, bounce });
         Ok(rest)
     }
 

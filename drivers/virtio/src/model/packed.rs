@@ -245,7 +245,10 @@ fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -
     // u64s the driver stored.
     let mut table = [0u64; 2 * 8];
     let small = len as usize <= 8 * table.len();
-    if small {
+    if len == 48 {
+        // Header, one data buffer, status: the usual request, in fixed-size loads.
+        table[..6].copy_from_slice(&m.read_le64s::<6>(Iova(addr)).map_err(dma)?);
+    } else if small {
         m.read_le64_slice(Iova(addr), &mut table[..len as usize / 8]).map_err(dma)?;
     }
     for i in 0..u64::from(len / 16) {

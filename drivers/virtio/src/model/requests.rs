@@ -64,6 +64,7 @@ impl Stream<'_> {
         })
     }
     /// Checks that `[off, off + len)` is reachable without moving data (null mode).
+    #[inline]
     fn touch(&self, m: &DmaView, off: u64, len: u64) -> R<()> {
         self.pieces(off, len, |iova, _, n| {
             if m.is_mapped(Iova(iova), n as usize) {

@@ -113,6 +113,12 @@ impl Virtqueue {
         either!(self, add_chain(n, desc_of))
     }
 
+    /// The buffer ID the next [`add_chain`](Self::add_chain) returns, if a descriptor is free
+    /// (a request's control slot is its ID's, written before the chain is added).
+    pub(crate) fn next_id(&self) -> Option<u16> {
+        either!(self, next_id())
+    }
+
     /// Writes an indirect table of `n` descriptors into `table` in this layout's format (split
     /// links entries with NEXT; packed entries follow each other and carry WRITE only).
     pub(crate) fn write_table(

@@ -110,6 +110,14 @@ impl PackedQueue {
         self.avail_bits & DESC_F_AVAIL != 0
     }
 
+    /// The buffer ID the next chain gets (the most recently freed), if a descriptor is free.
+    pub(crate) fn next_id(&self) -> Option<u16> {
+        if self.num_free == 0 {
+            return None;
+        }
+        self.free_ids.last().copied()
+    }
+
     /// Writes a chain of `n` descriptors at the next ring positions and makes it available
     /// (head flags last); returns its buffer ID. `None` when fewer than `n` are free.
     pub(crate) fn add_chain(

@@ -82,6 +82,11 @@ impl SplitQueue {
         self.num_free
     }
 
+    /// The ID the next chain gets (the free list's head), if a descriptor is free.
+    pub(crate) fn next_id(&self) -> Option<u16> {
+        (self.num_free > 0).then_some(self.free_head)
+    }
+
     /// IOVAs of the descriptor table, available ring and used ring.
     pub(crate) fn iovas(&self) -> (u64, u64, u64) {
         (self.desc.iova().get(), self.avail.iova().get(), self.used.iova().get())
