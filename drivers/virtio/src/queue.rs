@@ -2,13 +2,14 @@
 //! device: `PacketIo` for reads and writes at byte offsets, `IoBackend` to drive it, and the
 //! other virtio-blk requests (flush, discard, write zeroes, get id) as methods.
 //!
-//! A request is a header (type, sector) and a status byte in the request's control slot (a
-//! per-queue DMA pool entry that also holds its indirect table), and its data: the view's own
-//! memory when it translates to IOVAs (zero copy), otherwise a bounce buffer. `send_io` only
-//! queues; `poll_backend` reaps the used ring, turns queued requests into descriptor chains
-//! (splitting at SEG_MAX, SIZE_MAX, the largest transfer and the bounce buffer size) on the
-//! split or packed ring, publishes them (split: one available-index store) with at most one
-//! notify write, and reaps again. Nothing on that path locks, allocates or makes a system call.
+//! A request is a header (type, sector) and a status byte in its control slot (the slot of
+//! its buffer ID, which also holds its indirect table), and its data: the view's own memory
+//! when it translates to IOVAs (zero copy), otherwise a bounce buffer. `send_io` turns a read
+//! or write into a descriptor chain at once when nothing waits before it (else it queues it);
+//! `poll_backend` reaps the used ring, turns queued requests into chains (splitting at
+//! SEG_MAX, SIZE_MAX, the largest transfer and the bounce buffer size) on the split or packed
+//! ring, publishes them (split: one available-index store) with at most one notify write, and
+//! reaps again. Nothing on that path locks, allocates or makes a system call.
 
 use crate::device::{RingLayout, Shared};
 use crate::spec::{blk, feature, ring, status};
@@ -213,7 +214,9 @@ struct State {
 /// One virtqueue of a virtio-blk device, for one thread: an mfio block device.
 ///
 /// Reads and writes go through [`PacketIo`] (so [`mfio::ReadAt`] / [`mfio::WriteAt`] apply);
-/// nothing reaches the device until [`IoBackend::poll_backend`]. Dropping it with requests in
+/// the device is notified only in [`IoBackend::poll_backend`], once per batch (a split ring's
+/// requests are published there too; a packed ring's device may see them sooner, as the
+/// specification allows). Dropping it with requests in
 /// flight resets the device first (every queue of it then fails its I/O), so the device never
 /// writes memory given back to its owner.
 pub struct BlkQueue<D: PciDevice> {
@@ -315,6 +318,26 @@ impl<D: PciDevice> BlkQueue<D> {
             return;
         }
         self.pending.borrow_mut().push_back(p);
+    }
+
+    /// A read or write: straight onto the ring when nothing queued waits before it (so order
+    /// is kept) and the queue is not being driven at this moment, else queued. Either way the
+    /// device hears of it at the next [`poll_backend`](IoBackend::poll_backend), which rings
+    /// once for the batch (a packed ring's device may find it sooner: that is allowed).
+    #[inline(always)]
+    fn send_rw(&self, p: Pending) {
+        if !self.is_broken() && self.pending.borrow().is_empty() {
+            if let Ok(mut guard) = self.st.try_borrow_mut() {
+                if let Some(st) = guard.as_mut() {
+                    match self.submit(st, p) {
+                        Ok(None) => {}
+                        Ok(Some(p)) | Err(p) => self.pending.borrow_mut().push_back(p),
+                    }
+                    return;
+                }
+            }
+        }
+        self.enqueue(p);
     }
 
     /// Flushes the device's write cache. Without FLUSH the device has none (it writes
@@ -743,7 +766,7 @@ impl<D: PciDevice> BlockDevice for BlkQueue<D> {
 impl<D: PciDevice> PacketIo<FromDevice, u64> for BlkQueue<D> {
     fn send_io(&self, pos: u64, view: PacketView<FromDevice>) {
         if let Some(view) = clip(pos, view, self.capacity, self.block_size, Origin::Virtio) {
-            self.enqueue(Pending { op: Op::Read, pos, range: 0, view: AnyView::From(view) });
+            self.send_rw(Pending { op: Op::Read, pos, range: 0, view: AnyView::From(view) });
         }
     }
 }
@@ -755,7 +778,7 @@ impl<D: PciDevice> PacketIo<ToDevice, u64> for BlkQueue<D> {
             return;
         }
         if let Some(view) = clip(pos, view, self.capacity, self.block_size, Origin::Virtio) {
-            self.enqueue(Pending { op: Op::Write, pos, range: 0, view: AnyView::To(view) });
+            self.send_rw(Pending { op: Op::Write, pos, range: 0, view: AnyView::To(view) });
         }
     }
 }
