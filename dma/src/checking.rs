@@ -171,6 +171,9 @@ pub trait DeviceMemory {
     /// Device-side read of `N` little-endian u64s at `iova` (an entry the driver stored as
     /// u64s: loads of the same width as its stores, which a CPU forwards from its store
     /// buffer when driver and model share a thread; wider loads would stall).
+    // Inline: the words come back in registers (through memory, a caller's wider loads of
+    // them would stall on store forwarding).
+    #[inline(always)]
     fn read_le64s<const N: usize>(&self, iova: Iova) -> Result<[u64; N], DmaFault> {
         let len = N * 8;
         let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
@@ -186,6 +189,7 @@ pub trait DeviceMemory {
     /// its last u64 (a descriptor's flags live there): the last is read first, then, after an
     /// acquire fence, the others, so a reader that sees it published sees the rest as written.
     /// Loads of the width of the writer's stores (see [`read_le64s`](Self::read_le64s)).
+    #[inline(always)]
     fn read_entry_le64s<const N: usize>(&self, iova: Iova) -> Result<[u64; N], DmaFault> {
         let len = N * 8;
         let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
@@ -205,6 +209,7 @@ pub trait DeviceMemory {
 
     /// Device-side read of `out.len()` little-endian u64s at `iova` (a small table the driver
     /// stored as u64s), for one bounds check.
+    #[inline(always)]
     fn read_le64_slice(&self, iova: Iova, out: &mut [u64]) -> Result<(), DmaFault> {
         let len = out.len() * 8;
         let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
@@ -218,6 +223,7 @@ pub trait DeviceMemory {
     /// Device-side release store of a little-endian u64 at `iova` (8-byte aligned): an entry's
     /// last word published whole, after everything the device wrote before it. A misaligned
     /// `iova` is a fault (kind "write (misaligned)"), as the store could not be atomic.
+    #[inline(always)]
     fn store_release_le64(&self, iova: Iova, v: u64) -> Result<(), DmaFault> {
         let va = self.resolve(iova, 8).ok_or_else(|| self.mapper().fault(iova, 8, "write"))?;
         if va % 8 != 0 || iova.0 % 8 != 0 {

@@ -241,29 +241,37 @@ fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -
         return Err(Violation(format!("queue {q}: indirect table of {len} bytes")));
     }
     f.indirect = true;
-    // Small tables (a request's header, data and status) in one bounds-checked read, as the
-    // u64s the driver stored.
-    let mut table = [0u64; 2 * 8];
-    let small = len as usize <= 8 * table.len();
-    if len == 48 {
-        // Header, one data buffer, status: the usual request, in fixed-size loads.
-        table[..6].copy_from_slice(&m.read_le64s::<6>(Iova(addr)).map_err(dma)?);
-    } else if small {
-        m.read_le64_slice(Iova(addr), &mut table[..len as usize / 8]).map_err(dma)?;
-    }
-    for i in 0..u64::from(len / 16) {
-        let (a, l, _id, fl) = if small {
-            let o = 2 * i as usize;
-            parse_desc([table[o], table[o + 1]])
-        } else {
-            read_desc(m, addr + 16 * i)?
-        };
+    let entry = |f: &mut Fetched, i: usize, d: PDesc| {
+        let (a, l, _id, fl) = d;
         if fl & !ring::DESC_F_WRITE != 0 {
             return Err(Violation(format!(
                 "queue {q}: indirect table entry {i} has flags {fl:#x} (WRITE is the only one allowed)"
             )));
         }
-        push(f, q, a, l, fl)?;
+        push(f, q, a, l, fl)
+    };
+    if len == 48 {
+        // Header, one data buffer, status: the usual request, in one bounds-checked read of
+        // the six u64s the driver stored, kept in registers.
+        let t = m.read_le64s::<6>(Iova(addr)).map_err(dma)?;
+        for i in 0..3 {
+            entry(f, i, parse_desc([t[2 * i], t[2 * i + 1]]))?;
+        }
+        return Ok(());
+    }
+    let n = len as usize / 16;
+    let mut small = [0u64; 2 * 8];
+    if n <= 8 {
+        // Other small tables in one bounds-checked read too.
+        m.read_le64_slice(Iova(addr), &mut small[..2 * n]).map_err(dma)?;
+    }
+    for i in 0..n {
+        let d = if n <= 8 {
+            parse_desc([small[2 * i], small[2 * i + 1]])
+        } else {
+            read_desc(m, addr + 16 * i as u64)?
+        };
+        entry(f, i, d)?;
     }
     Ok(())
 }
