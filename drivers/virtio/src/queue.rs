@@ -735,10 +735,7 @@ impl<D: PciDevice> BlkQueue<D> {
         // record goes from registers to its slot; assigned with `=`, it was built on the stack
         // around the drop call and copied with loads wider than its stores (a store-forwarding
         // stall, 60% of send_io in perf annotate).
-        let old = std::mem::replace(
-            &mut st.inflight[usize::from(id)],
-            Some(Inflight { op, view, bounce }),
-        );
+        let old = st.inflight[usize::from(id)].replace(Inflight { op, view, bounce });
         debug_assert!(old.is_none(), "buffer ID {id} was free");
         Ok(rest)
     }
