@@ -140,25 +140,27 @@ fn fetch_all(
 /// one was.
 #[inline]
 fn fetch_one(st: &mut State, m: &DmaView, q: usize, f: &mut Fetched) -> R<bool> {
-    let mq = st.queues[q];
-    let (size, desc) = (mq.size, mq.desc);
+    // Field by field: a copy of the whole MQueue loads it in 16-byte pieces over the 2-byte
+    // stores that last moved the positions, which the CPU cannot forward (a stall).
+    let mq = &st.queues[q];
+    let (size, desc, avail_pos, avail_wrap) = (mq.size, mq.desc, mq.avail_pos, mq.avail_wrap);
     let at = |pos: u16| desc + u64::from(pos) * ring::DESC_SIZE as u64;
     // The flags first: the rest of the descriptor is read after them.
-    let mut desc = read_desc(m, at(mq.avail_pos))?;
+    let mut desc = read_desc(m, at(avail_pos))?;
     let flags = desc.3;
-    if flags == st.work[q].seen[usize::from(mq.avail_pos)] {
+    if flags == st.work[q].seen[usize::from(avail_pos)] {
         return Ok(false);
     }
-    if !available(flags, mq.avail_wrap) {
+    if !available(flags, avail_wrap) {
         return Err(Violation(format!(
             "queue {q}: descriptor {} changed to flags {flags:#x}, which do not mark it available \
              for wrap counter {} (a wrong wrap counter?)",
-            mq.avail_pos, mq.avail_wrap as u8
+            avail_pos, avail_wrap as u8
         )));
     }
     let indirect_ok = st.driver_features & feature::INDIRECT_DESC != 0;
     f.clear();
-    let (mut pos, mut wrap) = (mq.avail_pos, mq.avail_wrap);
+    let (mut pos, mut wrap) = (avail_pos, avail_wrap);
     let mut count = 0u16;
     let mut head_id = 0;
     loop {

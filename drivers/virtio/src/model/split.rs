@@ -74,8 +74,7 @@ fn fetch_all(
 /// Walks the chain headed by `head` into `f` (its buffers and descriptor ids), marking its
 /// descriptors busy until used.
 fn walk(m: &DmaView, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<()> {
-    let mq = st.queues[q];
-    let size = mq.size;
+    let (size, table) = (st.queues[q].size, st.queues[q].desc);
     let indirect_ok = st.driver_features & feature::INDIRECT_DESC != 0;
     let busy = &mut st.work[q].busy;
     let mut id = head;
@@ -89,7 +88,7 @@ fn walk(m: &DmaView, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<
             )));
         }
         f.descs.push(id);
-        let (addr, len, flags, next) = read_desc(m, mq.desc, u64::from(id))?;
+        let (addr, len, flags, next) = read_desc(m, table, u64::from(id))?;
         if flags & !(ring::DESC_F_NEXT | ring::DESC_F_WRITE | ring::DESC_F_INDIRECT) != 0 {
             return Err(Violation(format!(
                 "queue {q}: descriptor {id} has unknown flags {flags:#x}"
