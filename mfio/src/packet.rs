@@ -154,7 +154,18 @@ impl Header {
             if let Err(e) = result {
                 (*hdr).record_error(offset, e);
             }
-            if (*hdr).outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let outstanding = &(*hdr).outstanding;
+            // The only view left is ours: no other can complete or split (a view comes only
+            // from a live one), so the count is ours to zero with a plain store, not a locked
+            // read-modify-write (the usual case: a packet in one view). Acquire pairs with
+            // the other completers' decrements, as the read-modify-write's would.
+            let last = if outstanding.load(Ordering::Acquire) == 1 {
+                outstanding.store(0, Ordering::Release);
+                true
+            } else {
+                outstanding.fetch_sub(1, Ordering::AcqRel) == 1
+            };
+            if last {
                 // The owner cannot free the packet until `released` is set, so the waker is
                 // still ours to use. No access to `*hdr` after the store.
                 (*hdr).waker.wake();
