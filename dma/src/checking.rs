@@ -140,6 +140,26 @@ impl CheckingMapper {
     }
 }
 
+/// A little-endian u64 at `va`, loaded as one 8-byte load: volatile when aligned, so the
+/// compiler cannot merge neighbouring loads into wider ones (a 16-byte load over two 8-byte
+/// stores the driver just made is not forwarded from the store buffer: the CPU stalls until
+/// they drain).
+///
+/// # Safety
+/// `[va, va + 8)` must be readable memory.
+#[inline(always)]
+unsafe fn load_le64(va: usize) -> u64 {
+    let p = va as *const u64;
+    // SAFETY: the caller's; `read_volatile` only where `p` is aligned.
+    u64::from_le(unsafe {
+        if va % 8 == 0 {
+            core::ptr::read_volatile(p)
+        } else {
+            core::ptr::read_unaligned(p)
+        }
+    })
+}
+
 /// Device-side access to memory by IOVA, bounded to what the driver mapped: a model's DMA.
 ///
 /// An access that any byte of falls outside every mapping fails with a [`DmaFault`] (counted
@@ -179,8 +199,8 @@ pub trait DeviceMemory {
         let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
         let mut out = [0u64; N];
         for (i, q) in out.iter_mut().enumerate() {
-            // SAFETY: as in `read`, for the `len` bytes `resolve` checked; unaligned reads.
-            *q = u64::from_le(unsafe { core::ptr::read_unaligned((va + 8 * i) as *const u64) });
+            // SAFETY: as in `read`, for the `len` bytes `resolve` checked.
+            *q = unsafe { load_le64(va + 8 * i) };
         }
         Ok(out)
     }
@@ -194,15 +214,15 @@ pub trait DeviceMemory {
         let len = N * 8;
         let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
         let mut out = [0u64; N];
-        let at = |i: usize| (va + 8 * i) as *const u64;
+        let at = |i: usize| va + 8 * i;
         if N > 0 {
-            // SAFETY: as in `read`, for the `len` bytes `resolve` checked; unaligned reads.
-            out[N - 1] = u64::from_le(unsafe { core::ptr::read_unaligned(at(N - 1)) });
+            // SAFETY: as in `read`, for the `len` bytes `resolve` checked.
+            out[N - 1] = unsafe { load_le64(at(N - 1)) };
             core::sync::atomic::fence(Ordering::Acquire);
         }
         for (i, q) in out.iter_mut().enumerate().take(N.saturating_sub(1)) {
             // SAFETY: as above.
-            *q = u64::from_le(unsafe { core::ptr::read_unaligned(at(i)) });
+            *q = unsafe { load_le64(at(i)) };
         }
         Ok(out)
     }
@@ -214,8 +234,8 @@ pub trait DeviceMemory {
         let len = out.len() * 8;
         let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
         for (i, q) in out.iter_mut().enumerate() {
-            // SAFETY: as in `read`, for the `len` bytes `resolve` checked; unaligned reads.
-            *q = u64::from_le(unsafe { core::ptr::read_unaligned((va + 8 * i) as *const u64) });
+            // SAFETY: as in `read`, for the `len` bytes `resolve` checked.
+            *q = unsafe { load_le64(va + 8 * i) };
         }
         Ok(())
     }

@@ -86,6 +86,11 @@ struct Header {
     /// True when no completer can touch the header any more. Set by the completer that took
     /// `outstanding` to zero, after its last access; the owner waits for it before freeing.
     released: AtomicBool,
+    /// Set by the owner before it first registers a waker in a round: the last completer
+    /// wakes only then (most packets are found done at their first poll and never register,
+    /// and waking costs two locked read-modify-writes). Both sides' accesses to it and to
+    /// `outstanding` are SeqCst, so one always sees the other's (see `complete`).
+    waiting: AtomicBool,
     waker: AtomicWaker,
     /// Guards `error` (errors are rare: a tiny lock off the success path).
     error_lock: AtomicBool,
@@ -111,6 +116,7 @@ impl Header {
         Self {
             outstanding: AtomicUsize::new(0),
             released: AtomicBool::new(true),
+            waiting: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             error_lock: AtomicBool::new(false),
             error: UnsafeCell::new(None),
@@ -154,21 +160,17 @@ impl Header {
             if let Err(e) = result {
                 (*hdr).record_error(offset, e);
             }
-            let outstanding = &(*hdr).outstanding;
-            // The only view left is ours: no other can complete or split (a view comes only
-            // from a live one), so the count is ours to zero with a plain store, not a locked
-            // read-modify-write (the usual case: a packet in one view). Acquire pairs with
-            // the other completers' decrements, as the read-modify-write's would.
-            let last = if outstanding.load(Ordering::Acquire) == 1 {
-                outstanding.store(0, Ordering::Release);
-                true
-            } else {
-                outstanding.fetch_sub(1, Ordering::AcqRel) == 1
-            };
+            // SeqCst, as the owner's store of `waiting` and its load of `outstanding` after it
+            // (in `poll_done`): if we read `waiting` false below, the owner has not stored it
+            // yet, so its load comes after our decrement and sees zero: it finds the packet
+            // done without waiting, and skipping the wake loses nothing.
+            let last = (*hdr).outstanding.fetch_sub(1, Ordering::SeqCst) == 1;
             if last {
                 // The owner cannot free the packet until `released` is set, so the waker is
                 // still ours to use. No access to `*hdr` after the store.
-                (*hdr).waker.wake();
+                if (*hdr).waiting.load(Ordering::SeqCst) {
+                    (*hdr).waker.wake();
+                }
                 (*hdr).released.store(true, Ordering::Release);
             }
         }
@@ -475,6 +477,7 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         });
         *this.hdr.outstanding.get_mut() = 1;
         *this.hdr.released.get_mut() = false;
+        *this.hdr.waiting.get_mut() = false;
         Ok(PacketView {
             hdr: NonNull::from(&this.hdr),
             span: span(0, view_len),
@@ -498,8 +501,12 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         if self.hdr.is_idle() {
             return Poll::Ready(self.transfer());
         }
+        if !self.hdr.waiting.load(Ordering::Relaxed) {
+            // Before registering, and SeqCst: see `Header::complete`.
+            self.hdr.waiting.store(true, Ordering::SeqCst);
+        }
         self.hdr.waker.register(cx.waker());
-        if self.hdr.outstanding.load(Ordering::Acquire) == 0 {
+        if self.hdr.outstanding.load(Ordering::SeqCst) == 0 {
             // The last completer is between its decrement and its release: a few instructions.
             self.hdr.wait_released();
             return Poll::Ready(self.transfer());

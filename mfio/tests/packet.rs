@@ -335,6 +335,52 @@ fn views_completed_on_another_thread() {
     worker.join().unwrap();
 }
 
+/// The owner polls with a real waker and parks; a worker thread completes the view at the same
+/// moment, round after round. A lost wake-up (the completion skipping the wake while the owner
+/// registers) leaves the owner parked with its packet done: the timeout fails the test.
+#[test]
+fn a_parked_owner_is_always_woken_by_a_completion_on_another_thread() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::{Duration, Instant};
+    struct Unpark(std::thread::Thread, AtomicUsize);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.unpark();
+        }
+    }
+    let unpark = Arc::new(Unpark(std::thread::current(), AtomicUsize::new(0)));
+    let waker = Waker::from(unpark.clone());
+    let mut cx = Context::from_waker(&waker);
+    let (tx, rx) = mpsc::channel::<mfio::PacketView<FromDevice>>();
+    let worker = std::thread::spawn(move || {
+        for v in rx {
+            v.ok();
+        }
+    });
+    let mut parked = 0;
+    for round in 0..20_000 {
+        let mut pkt = pin!(Packet::<FromDevice, _>::new([0u8; 8]));
+        tx.send(pkt.as_mut().start(None).unwrap()).unwrap();
+        let mut wait = pin!(pkt.as_ref().wait());
+        loop {
+            if let Poll::Ready(t) = wait.as_mut().poll(&mut cx) {
+                assert!(t.is_complete());
+                break;
+            }
+            parked += 1;
+            let t0 = Instant::now();
+            std::thread::park_timeout(Duration::from_secs(10));
+            assert!(t0.elapsed() < Duration::from_secs(10), "round {round}: never woken");
+        }
+    }
+    drop(tx);
+    worker.join().unwrap();
+    assert!(parked > 0, "the owner never had to wait: the test raced nothing");
+    assert!(unpark.1.load(Ordering::Relaxed) > 0, "no completion ever woke the owner");
+}
+
 #[test]
 fn errors_convert_to_io_errors_with_meaningful_kinds() {
     use std::io;
