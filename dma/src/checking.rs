@@ -172,11 +172,13 @@ pub trait DeviceMemory {
     fn mapper(&self) -> &CheckingMapper;
 
     /// Whether `[iova, iova + len)` lies within one mapping.
+    #[inline]
     fn is_mapped(&self, iova: Iova, len: usize) -> bool {
         self.resolve(iova, len).is_some()
     }
 
     /// Device-side read: copy `buf.len()` bytes from `iova` into `buf`.
+    #[inline]
     fn read(&self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault> {
         let va = self
             .resolve(iova, buf.len())
@@ -258,6 +260,7 @@ pub trait DeviceMemory {
     }
 
     /// Device-side write: copy `buf` to `iova`.
+    #[inline]
     fn write(&self, iova: Iova, buf: &[u8]) -> Result<(), DmaFault> {
         let va = self
             .resolve(iova, buf.len())
@@ -271,6 +274,7 @@ pub trait DeviceMemory {
     /// release fence between them: how a device publishes an entry whose last bytes say it
     /// is valid (an NVMe CQE's phase tag, a virtqueue descriptor's flags), so a driver that
     /// sees `last` also sees `body`.
+    #[inline]
     fn write_then(&self, iova: Iova, body: &[u8], last: &[u8]) -> Result<(), DmaFault> {
         let len = body.len() + last.len();
         let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "write"))?;
@@ -284,6 +288,7 @@ pub trait DeviceMemory {
     }
 
     /// Device-side little-endian u16 read.
+    #[inline]
     fn read_le16(&self, iova: Iova) -> Result<u16, DmaFault> {
         let mut b = [0; 2];
         self.read(iova, &mut b)?;
@@ -291,6 +296,7 @@ pub trait DeviceMemory {
     }
 
     /// Device-side little-endian u32 read.
+    #[inline]
     fn read_le32(&self, iova: Iova) -> Result<u32, DmaFault> {
         let mut b = [0; 4];
         self.read(iova, &mut b)?;
@@ -298,6 +304,7 @@ pub trait DeviceMemory {
     }
 
     /// Device-side little-endian u64 read.
+    #[inline]
     fn read_le64(&self, iova: Iova) -> Result<u64, DmaFault> {
         let mut b = [0; 8];
         self.read(iova, &mut b)?;
@@ -305,16 +312,19 @@ pub trait DeviceMemory {
     }
 
     /// Device-side little-endian u16 write.
+    #[inline]
     fn write_le16(&self, iova: Iova, v: u16) -> Result<(), DmaFault> {
         self.write(iova, &v.to_le_bytes())
     }
 
     /// Device-side little-endian u32 write.
+    #[inline]
     fn write_le32(&self, iova: Iova, v: u32) -> Result<(), DmaFault> {
         self.write(iova, &v.to_le_bytes())
     }
 
     /// Device-side little-endian u64 write.
+    #[inline]
     fn write_le64(&self, iova: Iova, v: u64) -> Result<(), DmaFault> {
         self.write(iova, &v.to_le_bytes())
     }

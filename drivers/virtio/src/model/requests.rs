@@ -16,22 +16,29 @@ pub(super) struct Buf {
 
 /// Appends a buffer of a chain to `f`, checking its length and that no device-readable
 /// buffer follows a writable one; keeps the readable and writable byte counts.
-#[inline]
+#[inline(always)]
 pub(super) fn push(f: &mut Fetched, q: usize, addr: u64, len: u32, flags: u16) -> R<()> {
     let write = flags & ring::DESC_F_WRITE != 0;
     if len == 0 {
-        return Err(Violation(format!("queue {q}: zero-length descriptor")));
+        return Err(violation(q, "zero-length descriptor"));
     }
     if write {
         f.wlen += u64::from(len);
     } else if f.wlen > 0 {
-        return Err(Violation(format!("queue {q}: device-readable buffer after a writable one")));
+        return Err(violation(q, "device-readable buffer after a writable one"));
     } else {
         f.rlen += u64::from(len);
         f.readable += 1;
     }
     f.bufs.push(Buf { addr, len });
     Ok(())
+}
+
+/// A violation on queue `q` (out of line: the hot path only branches to it).
+#[cold]
+#[inline(never)]
+fn violation(q: usize, what: &str) -> Violation {
+    Violation(format!("queue {q}: {what}"))
 }
 
 /// Bytes of a chain seen as one stream (the readable or the writable part).
