@@ -41,6 +41,18 @@ fn violation(q: usize, what: &str) -> Violation {
     Violation(format!("queue {q}: {what}"))
 }
 
+#[cold]
+#[inline(never)]
+fn unmapped(iova: u64, n: u64) -> Violation {
+    Violation(format!("data buffer at IOVA {iova:#x} ({n} bytes) is unmapped"))
+}
+
+#[cold]
+#[inline(never)]
+fn wrong_length(what: &str, got: u64, want: u64) -> Violation {
+    Violation(format!("{what}: {got} bytes where {want} belong"))
+}
+
 /// Bytes of a chain seen as one stream (the readable or the writable part).
 struct Stream<'a> {
     bufs: &'a [Buf],
@@ -48,6 +60,7 @@ struct Stream<'a> {
 
 impl Stream<'_> {
     /// Calls `f(iova, range in the stream)` for each piece of `[off, off + len)`.
+    #[inline(always)]
     fn pieces(&self, off: u64, len: u64, mut f: impl FnMut(u64, u64, u64) -> R<()>) -> R<()> {
         let (mut at, end) = (0u64, off + len);
         for b in self.bufs {
@@ -77,7 +90,7 @@ impl Stream<'_> {
             if m.is_mapped(Iova(iova), n as usize) {
                 Ok(())
             } else {
-                Err(Violation(format!("data buffer at IOVA {iova:#x} ({n} bytes) is unmapped")))
+                Err(unmapped(iova, n))
             }
         })
     }
@@ -113,7 +126,7 @@ pub(super) fn request(model: &VirtioBlkModel, st: &mut State, m: &DmaView, f: &F
         if got == want {
             Ok(())
         } else {
-            Err(Violation(format!("{what}: {got} bytes where {want} belong")))
+            Err(wrong_length(what, got, want))
         }
     };
     let mut written = 1u32;

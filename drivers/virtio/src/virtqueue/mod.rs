@@ -109,6 +109,7 @@ impl Virtqueue {
     /// Writes a chain of `n` descriptors (`desc_of(k)` gives the k-th) and makes it available
     /// to the device (split: not yet published); returns its buffer ID, `None` when fewer than
     /// `n` descriptors are free.
+    #[inline(always)] // With `n` constant (one descriptor for an indirect table), the loop folds.
     pub(crate) fn add_chain(&mut self, n: u16, desc_of: impl FnMut(usize) -> Desc) -> Option<u16> {
         either!(self, add_chain(n, desc_of))
     }

@@ -94,6 +94,7 @@ impl SplitQueue {
 
     /// Writes a chain of `n` descriptors (`desc_of(k)` gives the k-th) and makes its head
     /// available (not yet published). `None` when fewer than `n` descriptors are free.
+    #[inline(always)] // With `n` constant (one descriptor for an indirect table), the loop folds.
     pub(crate) fn add_chain(
         &mut self,
         n: u16,
