@@ -225,6 +225,14 @@ pub(crate) struct Violation(pub String);
 
 type R<T> = Result<T, Violation>;
 
+/// A violation whose message is built out of line (`why` runs only when a rule is broken), so
+/// the checks on the hot path are a compare and a branch.
+#[cold]
+#[inline(never)]
+fn cold(why: impl FnOnce() -> String) -> Violation {
+    Violation(why())
+}
+
 fn dma(e: DmaFault) -> Violation {
     Violation(format!("DMA fault: {e}"))
 }

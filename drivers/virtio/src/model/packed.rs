@@ -18,7 +18,7 @@
 
 use super::process::Fetched;
 use super::requests::push;
-use super::{dma, State, Violation, R};
+use super::{cold, dma, State, Violation, R};
 use crate::spec::packed::{
     DESC_FLAGS, DESC_F_AVAIL, DESC_F_USED, DESC_ID, DESC_LEN, EVENT_FLAGS, EVENT_F_DESC,
     EVENT_F_ENABLE, EVENT_OFF_WRAP, EVENT_SIZE, EVENT_WRAP,
@@ -152,11 +152,13 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, f: &mut Fetched) -> R<bool> 
         return Ok(false);
     }
     if !available(flags, avail_wrap) {
-        return Err(Violation(format!(
+        return Err(cold(|| {
+            format!(
             "queue {q}: descriptor {} changed to flags {flags:#x}, which do not mark it available \
              for wrap counter {} (a wrong wrap counter?)",
             avail_pos, avail_wrap as u8
-        )));
+        )
+        }));
     }
     let indirect_ok = st.driver_features & feature::INDIRECT_DESC != 0;
     f.clear();
@@ -169,16 +171,16 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, f: &mut Fetched) -> R<bool> 
         }
         let (addr, len, id, fl) = desc;
         if count > 0 && !available(fl, wrap) {
-            return Err(Violation(format!(
+            return Err(cold(|| {
+                format!(
                 "queue {q}: a chain continues into descriptor {pos}, whose flags {fl:#x} do not \
                  mark it available for wrap counter {}",
                 wrap as u8
-            )));
+            )
+            }));
         }
         if fl & !KNOWN_FLAGS != 0 {
-            return Err(Violation(format!(
-                "queue {q}: descriptor {pos} has unknown flags {fl:#x}"
-            )));
+            return Err(cold(|| format!("queue {q}: descriptor {pos} has unknown flags {fl:#x}")));
         }
         st.work[q].seen[usize::from(pos)] = fl;
         count += 1;
@@ -188,14 +190,14 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, f: &mut Fetched) -> R<bool> 
         f.id = u32::from(id);
         if fl & ring::DESC_F_INDIRECT != 0 {
             if !indirect_ok {
-                return Err(Violation(format!(
-                    "queue {q}: indirect descriptor without INDIRECT_DESC"
-                )));
+                return Err(cold(|| {
+                    format!("queue {q}: indirect descriptor without INDIRECT_DESC")
+                }));
             }
             if fl & ring::DESC_F_NEXT != 0 || count != 1 {
-                return Err(Violation(format!(
-                    "queue {q}: indirect descriptor {pos} in a chain linked by NEXT"
-                )));
+                return Err(cold(|| {
+                    format!("queue {q}: indirect descriptor {pos} in a chain linked by NEXT")
+                }));
             }
             indirect_table(m, q, addr, len, f)?;
         } else {
@@ -206,28 +208,32 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, f: &mut Fetched) -> R<bool> 
             break;
         }
         if count == size {
-            return Err(Violation(format!("queue {q}: a chain longer than the ring ({size})")));
+            return Err(cold(|| format!("queue {q}: a chain longer than the ring ({size})")));
         }
     }
     let id = f.id as u16;
     if head_id != id {
-        return Err(Violation(format!(
+        return Err(cold(|| {
+            format!(
             "queue {q}: buffer ID {id} in the chain's last descriptor but {head_id} in its first \
              (QEMU up to 9.0 reads the first)"
-        )));
+        )
+        }));
     }
     let w = &mut st.work[q];
     let (word, bit) = (usize::from(id) / 64, 1u64 << (id % 64));
     if w.ids[word] & bit != 0 {
-        return Err(Violation(format!(
-            "queue {q}: buffer ID {id} made available again while still in flight"
-        )));
+        return Err(cold(|| {
+            format!("queue {q}: buffer ID {id} made available again while still in flight")
+        }));
     }
     if w.in_flight + u32::from(count) > u32::from(size) {
-        return Err(Violation(format!(
-            "queue {q}: {} descriptors in flight, more than the ring's {size}",
-            w.in_flight + u32::from(count)
-        )));
+        return Err(cold(|| {
+            format!(
+                "queue {q}: {} descriptors in flight, more than the ring's {size}",
+                w.in_flight + u32::from(count)
+            )
+        }));
     }
     w.ids[word] |= bit;
     w.in_flight += u32::from(count);
@@ -240,15 +246,17 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, f: &mut Fetched) -> R<bool> 
 /// Reads the indirect table at `addr` (`len` bytes) into `f`.
 fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -> R<()> {
     if len == 0 || len % 16 != 0 {
-        return Err(Violation(format!("queue {q}: indirect table of {len} bytes")));
+        return Err(cold(|| format!("queue {q}: indirect table of {len} bytes")));
     }
     f.indirect = true;
     let entry = |f: &mut Fetched, i: usize, d: PDesc| {
         let (a, l, _id, fl) = d;
         if fl & !ring::DESC_F_WRITE != 0 {
-            return Err(Violation(format!(
+            return Err(cold(|| {
+                format!(
                 "queue {q}: indirect table entry {i} has flags {fl:#x} (WRITE is the only one allowed)"
-            )));
+            )
+            }));
         }
         push(f, q, a, l, fl)
     };
@@ -309,10 +317,12 @@ pub(super) fn check_driver_event(st: &State, m: &DmaView, q: usize) -> R<()> {
     let flags = m.read_le16(Iova(at)).map_err(dma)?;
     let max = if st.driver_features & feature::EVENT_IDX != 0 { EVENT_F_DESC } else { 1 };
     if flags > max {
-        return Err(Violation(format!(
+        return Err(cold(|| {
+            format!(
             "queue {q}: driver event suppression flags {flags:#x} (reserved bits, or DESC without \
              EVENT_IDX)"
-        )));
+        )
+        }));
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! byte written.
 
 use super::process::Fetched;
-use super::{dma, State, Violation, VirtioBlkModel, R};
+use super::{cold, dma, State, Violation, VirtioBlkModel, R};
 use crate::spec::{blk, feature, ring};
 use mfio_dma::{DeviceMemory, DmaView, Iova};
 
@@ -20,37 +20,18 @@ pub(super) struct Buf {
 pub(super) fn push(f: &mut Fetched, q: usize, addr: u64, len: u32, flags: u16) -> R<()> {
     let write = flags & ring::DESC_F_WRITE != 0;
     if len == 0 {
-        return Err(violation(q, "zero-length descriptor"));
+        return Err(cold(|| format!("queue {q}: zero-length descriptor")));
     }
     if write {
         f.wlen += u64::from(len);
     } else if f.wlen > 0 {
-        return Err(violation(q, "device-readable buffer after a writable one"));
+        return Err(cold(|| format!("queue {q}: device-readable buffer after a writable one")));
     } else {
         f.rlen += u64::from(len);
         f.readable += 1;
     }
     f.bufs.push(Buf { addr, len });
     Ok(())
-}
-
-/// A violation on queue `q` (out of line: the hot path only branches to it).
-#[cold]
-#[inline(never)]
-fn violation(q: usize, what: &str) -> Violation {
-    Violation(format!("queue {q}: {what}"))
-}
-
-#[cold]
-#[inline(never)]
-fn unmapped(iova: u64, n: u64) -> Violation {
-    Violation(format!("data buffer at IOVA {iova:#x} ({n} bytes) is unmapped"))
-}
-
-#[cold]
-#[inline(never)]
-fn wrong_length(what: &str, got: u64, want: u64) -> Violation {
-    Violation(format!("{what}: {got} bytes where {want} belong"))
 }
 
 /// Bytes of a chain seen as one stream (the readable or the writable part).
@@ -90,7 +71,7 @@ impl Stream<'_> {
             if m.is_mapped(Iova(iova), n as usize) {
                 Ok(())
             } else {
-                Err(unmapped(iova, n))
+                Err(cold(|| format!("data buffer at IOVA {iova:#x} ({n} bytes) is unmapped")))
             }
         })
     }
@@ -101,7 +82,7 @@ pub(super) fn request(model: &VirtioBlkModel, st: &mut State, m: &DmaView, f: &F
     let (rd, wr) = f.bufs.split_at(f.readable);
     let (rlen, wlen) = (f.rlen, f.wlen);
     if rlen < blk::HEADER_SIZE as u64 {
-        return Err(Violation(format!("request header of {rlen} bytes")));
+        return Err(cold(|| format!("request header of {rlen} bytes")));
     }
     if wlen < 1 {
         return Err(Violation("request without a status byte".into()));
@@ -126,7 +107,7 @@ pub(super) fn request(model: &VirtioBlkModel, st: &mut State, m: &DmaView, f: &F
         if got == want {
             Ok(())
         } else {
-            Err(wrong_length(what, got, want))
+            Err(cold(|| format!("{what}: {got} bytes where {want} belong")))
         }
     };
     let mut written = 1u32;
@@ -138,7 +119,7 @@ pub(super) fn request(model: &VirtioBlkModel, st: &mut State, m: &DmaView, f: &F
                 exact("read request's readable part", rlen, 16)?;
                 let len = wlen - 1;
                 if len % 512 != 0 || len == 0 {
-                    return Err(Violation(format!("read of {len} bytes: not whole sectors")));
+                    return Err(cold(|| format!("read of {len} bytes: not whole sectors")));
                 }
                 if !in_range(sector, len / 512) || ioerr(st, sector, len / 512) {
                     blk::S_IOERR
@@ -157,7 +138,7 @@ pub(super) fn request(model: &VirtioBlkModel, st: &mut State, m: &DmaView, f: &F
                 exact("write request's writable part", wlen, 1)?;
                 let len = rlen - 16;
                 if len % 512 != 0 || len == 0 {
-                    return Err(Violation(format!("write of {len} bytes: not whole sectors")));
+                    return Err(cold(|| format!("write of {len} bytes: not whole sectors")));
                 }
                 if !in_range(sector, len / 512) || ioerr(st, sector, len / 512) {
                     blk::S_IOERR
@@ -196,13 +177,13 @@ pub(super) fn request(model: &VirtioBlkModel, st: &mut State, m: &DmaView, f: &F
                 exact("range request's writable part", wlen, 1)?;
                 let ranges = rlen - 16;
                 if ranges == 0 || ranges % 16 != 0 {
-                    return Err(Violation(format!("range request with {ranges} bytes of ranges")));
+                    return Err(cold(|| format!("range request with {ranges} bytes of ranges")));
                 }
                 if !nego(f) {
                     blk::S_UNSUPP
                 } else if ranges / 16 > 1 {
                     // The model's max_*_seg is 1.
-                    return Err(Violation(format!("{} ranges where max_*_seg is 1", ranges / 16)));
+                    return Err(cold(|| format!("{} ranges where max_*_seg is 1", ranges / 16)));
                 } else {
                     let mut r = [0u8; 16];
                     rd.read(m, 16, &mut r)?;

@@ -4,7 +4,7 @@
 
 use super::process::Fetched;
 use super::requests::push;
-use super::{dma, State, Violation, R};
+use super::{cold, dma, State, R};
 use crate::spec::{feature, ring};
 use mfio_dma::{DeviceMemory, DmaView, Iova};
 use std::sync::atomic::{fence, Ordering};
@@ -41,17 +41,19 @@ fn fetch_all(
     let mq = st.queues[q];
     let flags = m.read_le16(Iova(mq.driver)).map_err(dma)?;
     if flags & !ring::AVAIL_F_NO_INTERRUPT != 0 {
-        return Err(Violation(format!("queue {q}: available ring flags {flags:#x}")));
+        return Err(cold(|| format!("queue {q}: available ring flags {flags:#x}")));
     }
     let avail_idx = m.read_le16(Iova(mq.driver + 2)).map_err(dma)?;
     // The ring entries and descriptors are read after the index that published them.
     fence(Ordering::Acquire);
     let n = avail_idx.wrapping_sub(mq.last_avail);
     if n > mq.size {
-        return Err(Violation(format!(
-            "queue {q}: available index {avail_idx} is {n} past the device's {} (size {})",
-            mq.last_avail, mq.size
-        )));
+        return Err(cold(|| {
+            format!(
+                "queue {q}: available index {avail_idx} is {n} past the device's {} (size {})",
+                mq.last_avail, mq.size
+            )
+        }));
     }
     for k in 0..n {
         let last = mq.last_avail.wrapping_add(k);
@@ -80,33 +82,35 @@ fn walk(m: &DmaView, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<
     let mut id = head;
     loop {
         if id >= size {
-            return Err(Violation(format!("queue {q}: descriptor id {id} >= queue size {size}")));
+            return Err(cold(|| format!("queue {q}: descriptor id {id} >= queue size {size}")));
         }
         if std::mem::replace(&mut busy[usize::from(id)], true) {
-            return Err(Violation(format!(
-                "queue {q}: descriptor {id} used twice (a loop, or in two chains at once)"
-            )));
+            return Err(cold(|| {
+                format!("queue {q}: descriptor {id} used twice (a loop, or in two chains at once)")
+            }));
         }
         f.descs.push(id);
         let (addr, len, flags, next) = read_desc(m, table, u64::from(id))?;
         if flags & !(ring::DESC_F_NEXT | ring::DESC_F_WRITE | ring::DESC_F_INDIRECT) != 0 {
-            return Err(Violation(format!(
-                "queue {q}: descriptor {id} has unknown flags {flags:#x}"
-            )));
+            return Err(cold(|| {
+                format!("queue {q}: descriptor {id} has unknown flags {flags:#x}")
+            }));
         }
         if flags & ring::DESC_F_INDIRECT != 0 {
             if !indirect_ok {
-                return Err(Violation(format!(
-                    "queue {q}: indirect descriptor without INDIRECT_DESC"
-                )));
+                return Err(cold(|| {
+                    format!("queue {q}: indirect descriptor without INDIRECT_DESC")
+                }));
             }
             if flags & (ring::DESC_F_NEXT | ring::DESC_F_WRITE) != 0 || id != head {
-                return Err(Violation(format!(
+                return Err(cold(|| {
+                    format!(
                     "queue {q}: indirect descriptor {id} with NEXT or WRITE, or not alone in its chain"
-                )));
+                )
+                }));
             }
             if len == 0 || len % 16 != 0 {
-                return Err(Violation(format!("queue {q}: indirect table of {len} bytes")));
+                return Err(cold(|| format!("queue {q}: indirect table of {len} bytes")));
             }
             f.indirect = true;
             let n = u64::from(len / 16);
@@ -115,20 +119,20 @@ fn walk(m: &DmaView, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<
             loop {
                 count += 1;
                 if count > n {
-                    return Err(Violation(format!("queue {q}: indirect table loops")));
+                    return Err(cold(|| format!("queue {q}: indirect table loops")));
                 }
                 let (a, l, fl, nx) = read_desc(m, addr, i)?;
                 if fl & ring::DESC_F_INDIRECT != 0 {
-                    return Err(Violation(format!("queue {q}: nested indirect table")));
+                    return Err(cold(|| format!("queue {q}: nested indirect table")));
                 }
                 push(f, q, a, l, fl)?;
                 if fl & ring::DESC_F_NEXT == 0 {
                     break;
                 }
                 if u64::from(nx) >= n {
-                    return Err(Violation(format!(
-                        "queue {q}: indirect next {nx} past the table of {n}"
-                    )));
+                    return Err(cold(|| {
+                        format!("queue {q}: indirect next {nx} past the table of {n}")
+                    }));
                 }
                 i = u64::from(nx);
             }
