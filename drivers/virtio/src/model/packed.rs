@@ -16,7 +16,7 @@
 //! suppression: the driver's structure must hold a valid mode; the device's is DESC at the
 //! next position to fetch with EVENT_IDX, ENABLE without.
 
-use super::process::Fetched;
+use super::process::{Each, Fetched};
 use super::requests::push;
 use super::{cold, dma, State, Violation, R};
 use crate::spec::packed::{
@@ -94,26 +94,14 @@ fn write_device_event(m: &DmaView, at: u64, pos: u16, wrap: bool, idx: bool) -> 
     m.write_le16(Iova(at + EVENT_FLAGS as u64), flags).map_err(dma)
 }
 
-/// Fetches every chain made available since the last call, handing each to `each` (which
-/// carries it out, or keeps it by swapping in another entry).
+/// Fetches every chain made available since the last call into `f`, handing each to `each`
+/// (which carries it out, or keeps it by swapping in another entry).
 pub(super) fn fetch(
     st: &mut State,
     m: &DmaView,
     q: usize,
-    each: &mut impl FnMut(&mut State, &mut Fetched) -> R<()>,
-) -> R<()> {
-    let mut f = st.spare.pop().unwrap_or_default();
-    let r = fetch_all(st, m, q, &mut f, each);
-    st.spare.push(f);
-    r
-}
-
-fn fetch_all(
-    st: &mut State,
-    m: &DmaView,
-    q: usize,
     f: &mut Fetched,
-    each: &mut impl FnMut(&mut State, &mut Fetched) -> R<()>,
+    each: &mut impl Each,
 ) -> R<()> {
     let event_idx = st.driver_features & feature::EVENT_IDX != 0;
     loop {

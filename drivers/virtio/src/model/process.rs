@@ -43,6 +43,10 @@ impl Fetched {
     }
 }
 
+/// What a fetch does with each chain: carry it out, or keep it (swapping in another entry).
+pub(super) trait Each: FnMut(&mut State, &mut Fetched) -> R<()> {}
+impl<T: FnMut(&mut State, &mut Fetched) -> R<()>> Each for T {}
+
 /// One queue's device-side state beyond its registers.
 #[derive(Default)]
 pub(super) struct QueueWork {
@@ -88,11 +92,7 @@ pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, al
             done += 1;
             carry_out(model, st, &m, q, packed, f)
         };
-        let r = if packed {
-            packed::fetch(st, &m, q, &mut each)
-        } else {
-            split::fetch(st, &m, q, &mut each)
-        };
+        let r = fetch(st, &m, q, packed, &mut each);
         if !packed && done > 0 {
             split::publish_used(st, &m, q)?;
         }
@@ -109,11 +109,7 @@ pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, al
         st.work[q].pending.push(std::mem::replace(f, spare));
         Ok(())
     };
-    if packed {
-        packed::fetch(st, &m, q, &mut hold)?;
-    } else {
-        split::fetch(st, &m, q, &mut hold)?;
-    }
+    fetch(st, &m, q, packed, &mut hold)?;
     // What completes now, in fetch order.
     let mut batch = std::mem::take(&mut st.batch);
     let pending = &mut st.work[q].pending;
@@ -149,6 +145,18 @@ pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, al
     }
     let r = complete(model, st, &m, q, packed, &mut batch);
     st.batch = batch;
+    r
+}
+
+/// Fetches queue `q`'s new chains (either layout) into a spare entry, handing each to `each`.
+fn fetch(st: &mut State, m: &DmaView, q: usize, packed: bool, each: &mut impl Each) -> R<()> {
+    let mut f = st.spare.pop().unwrap_or_default();
+    let r = if packed {
+        packed::fetch(st, m, q, &mut f, each)
+    } else {
+        split::fetch(st, m, q, &mut f, each)
+    };
+    st.spare.push(f);
     r
 }
 

@@ -2,7 +2,7 @@
 //! loops, flags, indirect rules, a descriptor reused while its chain is in flight) and writing
 //! used elements and the used index.
 
-use super::process::Fetched;
+use super::process::{Each, Fetched};
 use super::requests::push;
 use super::{cold, dma, State, R};
 use crate::spec::{feature, ring};
@@ -17,26 +17,14 @@ fn read_desc(m: &DmaView, table: u64, i: u64) -> R<(u64, u32, u16, u16)> {
     Ok((addr, word as u32, (word >> 32) as u16, (word >> 48) as u16))
 }
 
-/// Fetches every chain made available since the last call, handing each to `each` (which
-/// carries it out, or keeps it by swapping in another entry).
+/// Fetches every chain made available since the last call into `f`, handing each to `each`
+/// (which carries it out, or keeps it by swapping in another entry).
 pub(super) fn fetch(
     st: &mut State,
     m: &DmaView,
     q: usize,
-    each: &mut impl FnMut(&mut State, &mut Fetched) -> R<()>,
-) -> R<()> {
-    let mut f = st.spare.pop().unwrap_or_default();
-    let r = fetch_all(st, m, q, &mut f, each);
-    st.spare.push(f);
-    r
-}
-
-fn fetch_all(
-    st: &mut State,
-    m: &DmaView,
-    q: usize,
     f: &mut Fetched,
-    each: &mut impl FnMut(&mut State, &mut Fetched) -> R<()>,
+    each: &mut impl Each,
 ) -> R<()> {
     let mq = st.queues[q];
     let flags = m.read_le16(Iova(mq.driver)).map_err(dma)?;
