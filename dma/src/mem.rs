@@ -61,6 +61,24 @@ macro_rules! volatile_rw {
     };
 }
 
+/// The panics of an access outside a slice or misaligned, out of line: on the hot path an
+/// access is a compare and a branch.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn out_of_bounds(offset: usize, len: usize, slice_len: usize) -> ! {
+    panic!(
+        "DMA access of {len} bytes at offset {offset:#x} is outside a {slice_len:#x}-byte buffer"
+    )
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn misaligned(offset: usize, align: usize) -> ! {
+    panic!("DMA access at offset {offset:#x} is not aligned to {align} bytes")
+}
+
 impl<'a> DmaSlice<'a> {
     /// A window on `len` bytes at `ptr`.
     ///
@@ -107,29 +125,23 @@ impl<'a> DmaSlice<'a> {
         })
     }
 
-    #[inline]
+    #[inline(always)]
     #[track_caller]
     fn check(&self, offset: usize, len: usize) {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.len => {}
-            _ => panic!(
-                "DMA access of {len} bytes at offset {offset:#x} is outside a {:#x}-byte buffer",
-                self.len
-            ),
+        if offset > self.len || self.len - offset < len {
+            out_of_bounds(offset, len, self.len);
         }
     }
 
-    #[inline]
+    #[inline(always)]
     #[track_caller]
     fn elem_ptr<T>(&self, offset: usize) -> *mut T {
         self.check(offset, core::mem::size_of::<T>());
         // SAFETY: checked in bounds just above.
         let p = unsafe { self.ptr.as_ptr().add(offset) };
-        assert!(
-            (p as usize) % core::mem::align_of::<T>() == 0,
-            "DMA access at offset {offset:#x} is not aligned to {} bytes",
-            core::mem::align_of::<T>()
-        );
+        if (p as usize) % core::mem::align_of::<T>() != 0 {
+            misaligned(offset, core::mem::align_of::<T>());
+        }
         p.cast()
     }
 
@@ -353,6 +365,14 @@ mod tests {
     #[should_panic(expected = "outside")]
     fn qwords_out_of_bounds_panic() {
         with_slice(|s| s.write_le64s(48, [0u64; 3]));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn an_offset_past_the_end_panics_without_overflow() {
+        with_slice(|s| {
+            s.read_u8(usize::MAX);
+        });
     }
 
     #[test]

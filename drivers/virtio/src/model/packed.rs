@@ -39,6 +39,7 @@ fn available(flags: u16, wrap: bool) -> bool {
 type PDesc = (u64, u32, u16, u16);
 
 /// The descriptor at `at`, its flags read first (see `DeviceMemory::read_entry_le64s`).
+#[inline(always)]
 fn read_desc(m: &DmaView, at: u64) -> R<PDesc> {
     Ok(parse_desc(m.read_entry_le64s::<2>(Iova(at)).map_err(dma)?))
 }
