@@ -185,6 +185,23 @@ pub mod ring {
     /// Largest split queue size.
     pub const MAX_SIZE: u16 = 32768;
 
+    /// A descriptor as two little-endian u64 words, as both layouts lay it out: the address,
+    /// then the length (bytes 8..12) and two 16-bit fields at bytes 12 and 14 (split: flags,
+    /// next; packed: buffer ID, flags). Driver and model store and load it as these words:
+    /// fewer bounds checks, and loads of the stores' width, which a CPU forwards from its
+    /// store buffer when both run in one thread.
+    #[inline(always)]
+    pub const fn desc_words(addr: u64, len: u32, at12: u16, at14: u16) -> [u64; 2] {
+        [addr, len as u64 | (at12 as u64) << 32 | (at14 as u64) << 48]
+    }
+
+    /// The fields of a descriptor read as [`desc_words`]: (address, length, the 16-bit field
+    /// at byte 12, the one at byte 14).
+    #[inline(always)]
+    pub const fn desc_fields([addr, word]: [u64; 2]) -> (u64, u32, u16, u16) {
+        (addr, word as u32, (word >> 32) as u16, (word >> 48) as u16)
+    }
+
     /// EVENT_IDX rule: must the other side be told, now that the index moved from `old` to
     /// `new`, given that it asked to be told once `event` is passed? (`vring_need_event`)
     #[inline]
@@ -203,6 +220,8 @@ pub mod packed {
     pub const DESC_ID: usize = 12;
     /// Offset of `flags` in a descriptor.
     pub const DESC_FLAGS: usize = 14;
+    // `ring::desc_words` puts the length at 8, the ID at 12 and the flags at 14.
+    const _: () = assert!(DESC_LEN == 8 && DESC_ID == 12 && DESC_FLAGS == 14);
     /// Descriptor flag: available (matches the driver's wrap counter when made available).
     pub const DESC_F_AVAIL: u16 = 1 << 7;
     /// Descriptor flag: used (matches the device's wrap counter when used; AVAIL then equals it).

@@ -12,9 +12,7 @@ use std::sync::atomic::{fence, Ordering};
 /// Reads descriptor `i` of the table at `table`: (addr, len, flags, next).
 fn read_desc(m: &DmaView, table: u64, i: u64) -> R<(u64, u32, u16, u16)> {
     let at = table + i * ring::DESC_SIZE as u64;
-    // As the u64s the driver stores (same-width loads are forwarded from its store buffer).
-    let [addr, word] = m.read_le64s::<2>(Iova(at)).map_err(dma)?;
-    Ok((addr, word as u32, (word >> 32) as u16, (word >> 48) as u16))
+    Ok(ring::desc_fields(m.read_le64s::<2>(Iova(at)).map_err(dma)?))
 }
 
 /// Fetches every chain made available since the last call into `f`, handing each to `each`

@@ -24,15 +24,6 @@ pub(crate) struct Desc {
     pub flags: u16,
 }
 
-/// A descriptor as the two little-endian u64s both layouts store: the address, then the
-/// length and the 16-bit fields at bytes 12 and 14 (split: flags, next; packed: buffer ID,
-/// flags). Whole-word stores: fewer bounds checks, and a device model reading the descriptor
-/// as u64s has its loads forwarded from the store buffer.
-#[inline(always)]
-pub(crate) fn desc_words(addr: u64, len: u32, at12: u16, at14: u16) -> [u64; 2] {
-    [addr, u64::from(len) | u64::from(at12) << 32 | u64::from(at14) << 48]
-}
-
 /// A used buffer: the ID it was made available with, and the bytes the device wrote into it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Used {

@@ -14,18 +14,15 @@
 //! Every descriptor of a chain carries its buffer ID: the specification reads it from the
 //! last, QEMU up to 9.0 from the first.
 
-use super::{desc_words, Completion, Desc, Used};
+use super::{Completion, Desc, Used};
 use crate::spec::packed::{
-    DESC_FLAGS, DESC_F_AVAIL, DESC_F_USED, DESC_ID, DESC_LEN, EVENT_FLAGS, EVENT_F_DESC,
-    EVENT_F_DISABLE, EVENT_OFF_WRAP, EVENT_SIZE, EVENT_WRAP, MAX_SIZE,
+    DESC_F_AVAIL, DESC_F_USED, DESC_LEN, EVENT_FLAGS, EVENT_F_DESC, EVENT_F_DISABLE,
+    EVENT_OFF_WRAP, EVENT_SIZE, EVENT_WRAP, MAX_SIZE,
 };
-use crate::spec::ring::{self, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
+use crate::spec::ring::{self, desc_words, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
 use mfio_dma::{DmaBuffer, DmaSlice, DmaSpace};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-
-// `desc_words` puts the length at 8, the ID at 12 and the flags at 14.
-const _: () = assert!(DESC_LEN == 8 && DESC_ID == 12 && DESC_FLAGS == 14);
 
 /// Where the event suppression structures lie in their buffer: the driver's at the start, the
 /// device's a cache line further (each side writes only its own, so they do not share one).

@@ -3,7 +3,7 @@
 //! that must not look used, notification suppression, and the indirect table format.
 
 use super::*;
-use crate::spec::packed::EVENT_F_ENABLE;
+use crate::spec::packed::{DESC_FLAGS, DESC_ID, EVENT_F_ENABLE};
 use crate::spec::ring::DESC_F_INDIRECT;
 use mfio_dma::CheckingMapper;
 

@@ -6,8 +6,8 @@
 //! Indexes are free-running 16-bit counters, as the specification has them; ring slots are
 //! the index modulo the (power of two) queue size.
 
-use super::{desc_words, Completion, Desc, Used};
-use crate::spec::ring::{self, DESC_F_NEXT, DESC_SIZE};
+use super::{Completion, Desc, Used};
+use crate::spec::ring::{self, desc_words, DESC_F_NEXT, DESC_SIZE};
 use mfio_dma::{DmaBuffer, DmaSlice, DmaSpace};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
