@@ -197,13 +197,8 @@ pub trait DeviceMemory {
     // them would stall on store forwarding).
     #[inline(always)]
     fn read_le64s<const N: usize>(&self, iova: Iova) -> Result<[u64; N], DmaFault> {
-        let len = N * 8;
-        let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
         let mut out = [0u64; N];
-        for (i, q) in out.iter_mut().enumerate() {
-            // SAFETY: as in `read`, for the `len` bytes `resolve` checked.
-            *q = unsafe { load_le64(va + 8 * i) };
-        }
+        self.read_le64_slice(iova, &mut out)?;
         Ok(out)
     }
 

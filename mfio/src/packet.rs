@@ -164,8 +164,7 @@ impl Header {
             // (in `poll_done`): if we read `waiting` false below, the owner has not stored it
             // yet, so its load comes after our decrement and sees zero: it finds the packet
             // done without waiting, and skipping the wake loses nothing.
-            let last = (*hdr).outstanding.fetch_sub(1, Ordering::SeqCst) == 1;
-            if last {
+            if (*hdr).outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
                 // The owner cannot free the packet until `released` is set, so the waker is
                 // still ours to use. No access to `*hdr` after the store.
                 if (*hdr).waiting.load(Ordering::SeqCst) {

@@ -139,10 +139,10 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, f: &mut Fetched) -> R<bool> 
     if !available(flags, avail_wrap) {
         return Err(cold(|| {
             format!(
-            "queue {q}: descriptor {} changed to flags {flags:#x}, which do not mark it available \
-             for wrap counter {} (a wrong wrap counter?)",
-            avail_pos, avail_wrap as u8
-        )
+                "queue {q}: descriptor {} changed to flags {flags:#x}, which do not mark it \
+                 available for wrap counter {} (a wrong wrap counter?)",
+                avail_pos, avail_wrap as u8
+            )
         }));
     }
     let indirect_ok = st.driver_features & feature::INDIRECT_DESC != 0;
@@ -158,10 +158,10 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, f: &mut Fetched) -> R<bool> 
         if count > 0 && !available(fl, wrap) {
             return Err(cold(|| {
                 format!(
-                "queue {q}: a chain continues into descriptor {pos}, whose flags {fl:#x} do not \
-                 mark it available for wrap counter {}",
-                wrap as u8
-            )
+                    "queue {q}: a chain continues into descriptor {pos}, whose flags {fl:#x} do \
+                     not mark it available for wrap counter {}",
+                    wrap as u8
+                )
             }));
         }
         if fl & !KNOWN_FLAGS != 0 {
@@ -200,9 +200,9 @@ fn fetch_one(st: &mut State, m: &DmaView, q: usize, f: &mut Fetched) -> R<bool> 
     if head_id != id {
         return Err(cold(|| {
             format!(
-            "queue {q}: buffer ID {id} in the chain's last descriptor but {head_id} in its first \
-             (QEMU up to 9.0 reads the first)"
-        )
+                "queue {q}: buffer ID {id} in the chain's last descriptor but {head_id} in its \
+                 first (QEMU up to 9.0 reads the first)"
+            )
         }));
     }
     let w = &mut st.work[q];
@@ -239,8 +239,9 @@ fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -
         if fl & !ring::DESC_F_WRITE != 0 {
             return Err(cold(|| {
                 format!(
-                "queue {q}: indirect table entry {i} has flags {fl:#x} (WRITE is the only one allowed)"
-            )
+                    "queue {q}: indirect table entry {i} has flags {fl:#x} (WRITE is the only \
+                     one allowed)"
+                )
             }));
         }
         push(f, q, a, l, fl)
@@ -305,9 +306,9 @@ pub(super) fn check_driver_event(st: &State, m: &DmaView, q: usize) -> R<()> {
     if flags > max {
         return Err(cold(|| {
             format!(
-            "queue {q}: driver event suppression flags {flags:#x} (reserved bits, or DESC without \
-             EVENT_IDX)"
-        )
+                "queue {q}: driver event suppression flags {flags:#x} (reserved bits, or DESC \
+                 without EVENT_IDX)"
+            )
         }));
     }
     Ok(())
