@@ -13,7 +13,6 @@ use crate::addr::{Iova, VirtAddr, PAGE_SIZE};
 use crate::error::DmaError;
 use crate::iova::IovaAllocator;
 use crate::mapper::{check_page_range, DmaMapper, MappedChunk};
-use crate::page_cache::PageCache;
 
 /// First IOVA the checking mapper hands out: 64 GiB, far from where Linux puts user mappings
 /// (0x55.. for the heap, 0x7f.. for mmap), so a driver that hands a device a virtual address
@@ -352,29 +351,64 @@ pub struct DmaView {
 struct Snapshot {
     maps: Maps,
     generation: u64,
-    /// By IOVA page: the index in `maps` of the mapping that last held an access there. New
-    /// with every snapshot, so it never names a mapping that is gone.
-    by_page: PageCache,
+    /// By IOVA page: a copy of the mapping that last held an access there (one load from the
+    /// slot to the bounds, where an index into `maps` was two dependent ones). New with every
+    /// snapshot, so it never holds a mapping that is gone.
+    by_page: MapCache,
+}
+
+/// A direct-mapped cache from IOVA pages to copies of mappings.
+#[derive(Debug)]
+struct MapCache(Box<[Mapping; MAP_SLOTS]>);
+
+/// Slots of a [`MapCache`]: as many as the page cache of `crate::page_cache` has.
+const MAP_SLOTS: usize = 512;
+/// An empty slot: no access falls in it (`len` 0 holds nothing).
+const NO_MAPPING: Mapping = Mapping { iova: u64::MAX, virt: 0, len: 0 };
+
+impl MapCache {
+    fn new() -> MapCache {
+        MapCache(Box::new([NO_MAPPING; MAP_SLOTS]))
+    }
+
+    #[inline(always)]
+    fn slot(iova: u64) -> usize {
+        (iova / PAGE_SIZE as u64) as usize % MAP_SLOTS
+    }
+
+    #[inline(always)]
+    fn get(&self, iova: u64) -> Mapping {
+        self.0[Self::slot(iova)]
+    }
+
+    fn set(&mut self, iova: u64, m: Mapping) {
+        self.0[Self::slot(iova)] = m;
+    }
+
+    fn clear(&mut self) {
+        self.0.fill(NO_MAPPING);
+    }
 }
 
 impl Snapshot {
     fn new((maps, generation): (Maps, u64)) -> Snapshot {
-        Snapshot { maps, generation, by_page: PageCache::new() }
+        Snapshot { maps, generation, by_page: MapCache::new() }
     }
 
     /// Where `[iova, iova + len)` is if the page cache's entry for its page holds all of it.
     #[inline(always)]
     fn hit(&self, iova: u64, len: usize) -> Option<usize> {
-        let m = self.maps.get(self.by_page.get(iova)?)?;
+        let m = self.by_page.get(iova);
         let off = iova.checked_sub(m.iova)?;
-        (off.checked_add(len as u64)? <= m.len as u64).then_some(m.virt + off as usize)
+        (off.checked_add(len as u64)? <= m.len as u64 && m.len != 0)
+            .then_some(m.virt + off as usize)
     }
 
     /// A page cache miss: a binary search, whose answer the cache keeps.
     fn search(&mut self, iova: u64, len: usize) -> Option<usize> {
         let i = self.maps.partition_point(|m| m.iova <= iova).checked_sub(1)?;
         let va = find(&self.maps[i..=i], iova, len)?;
-        self.by_page.set(iova, i);
+        self.by_page.set(iova, self.maps[i]);
         Some(va)
     }
 }
@@ -545,6 +579,38 @@ mod tests {
         assert!(view.read(ia, &mut [0]).is_err());
         assert!(view.is_mapped(b.iova(), 8192));
         assert_eq!(m.fault_count(), 2, "faults through a view count on the mapper");
+    }
+
+    #[test]
+    fn a_views_page_cache_answers_only_for_the_mapping_it_holds() {
+        // Empty slots hold nothing, not even a zero-length access at the top IOVA.
+        let c = MapCache::new();
+        let snap = Snapshot { maps: Arc::new(Vec::new()), generation: 0, by_page: c };
+        assert_eq!(snap.hit(u64::MAX, 0), None);
+        assert_eq!(snap.hit(0, 0), None);
+        // Two mappings whose pages share a slot (MAP_SLOTS pages apart): each access finds its
+        // own after the other evicted it, and a hit never reaches past a mapping's end.
+        let m = Arc::new(CheckingMapper::new());
+        let space = DmaSpace::new(m.clone());
+        let view = m.view();
+        let a = space.alloc(4096).unwrap();
+        let mut spacer = Vec::new();
+        let b = loop {
+            let b = space.alloc(4096).unwrap();
+            if MapCache::slot(b.iova().0) == MapCache::slot(a.iova().0) {
+                break b;
+            }
+            spacer.push(b);
+        };
+        a.mem().write_le64(0, 0xa);
+        b.mem().write_le64(0, 0xb);
+        for _ in 0..2 {
+            assert_eq!(view.read_le64(a.iova()).unwrap(), 0xa);
+            assert_eq!(view.read_le64(b.iova()).unwrap(), 0xb);
+        }
+        assert!(view.read_le64(Iova(a.iova().0 + 4092)).is_err(), "past a's end, after a hit");
+        assert!(view.is_mapped(Iova(b.iova().0 + 4095), 1));
+        assert!(!view.is_mapped(Iova(b.iova().0 + 4095), 2));
     }
 
     #[test]
