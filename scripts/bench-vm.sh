@@ -27,7 +27,8 @@
 #   --diag               instead of the tables: one boot with QEMU tracing doorbells, notifies,
 #                        interrupts and commands, a few framed runs per contender
 #                        (vm-tests/guest/bench-diag.sh), QEMU's threads' CPU sampled; prints
-#                        device events per I/O and where QEMU's CPU time went, per run. Tracing
+#                        device events per I/O and where QEMU's CPU time went, per run, and
+#                        the steps of a QD1 NVMe I/O (scripts/qd1-timeline.py). Tracing
 #                        slows QEMU: its IOPS are not comparable with the tables'
 # Needs fio, qemu-img (Debian's qemu-utils, with the nvme block driver) and jq on the host: the
 # guest runs the host's binaries through its 9p root. A run that fails or hangs shows as "fail:
@@ -78,6 +79,7 @@ diag() {
   local tr="$OUT/diag-trace.log" cpu="$OUT/diag-cpu.log" sampler rc=0 qpid=""
   local events=(pci_cfg_read pci_nvme_admin_cmd pci_nvme_mmio_start_success pci_nvme_mmio_stopped pci_nvme_mmio_doorbell_sq pci_nvme_mmio_doorbell_cq pci_nvme_irq_msix
     pci_nvme_io_cmd pci_nvme_dbbuf_config pci_nvme_shadow_doorbell_sq pci_nvme_shadow_doorbell_cq
+    blk_co_preadv pci_nvme_rw_cb pci_nvme_enqueue_req_completion
     virtio_queue_notify virtio_notify virtio_notify_irqfd virtio_blk_handle_read)
   local qargs=() e
   for e in "${events[@]}"; do qargs+=(--qemu-arg -trace --qemu-arg "enable=$e"); done
@@ -160,6 +162,11 @@ diag() {
       per() { awk -v x="$1" -v n="$n" 'BEGIN { if (n > 0) printf "%.2f", x / n; else print "-" }'; }
       echo "| $label | $iops | $n | $(per "$sq") | $(per "$cq") | $(per "$sh") | $(per "$irq") | $(per "$vn") | $(per "$vi") | $cv | $cm | $cw |"
     done <"$OUT/diag/order.tsv"
+    echo
+    echo "Where a QD1 I/O's time goes (scripts/qd1-timeline.py: each I/O from its SQ doorbell to the next):"
+    echo
+    python3 "$HERE/qd1-timeline.py" "$tr" "$OUT/diag-segments.tsv" "$OUT/diag/order.tsv" ||
+      echo "(qd1-timeline.py failed)"
     echo
     echo "Guest clock:"
     sed 's/^/    /' "$OUT/diag/clock.txt" 2>/dev/null
