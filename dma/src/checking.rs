@@ -13,6 +13,7 @@ use crate::addr::{Iova, VirtAddr, PAGE_SIZE};
 use crate::error::DmaError;
 use crate::iova::IovaAllocator;
 use crate::mapper::{check_page_range, DmaMapper, MappedChunk};
+use crate::page_cache::PageCache;
 
 /// First IOVA the checking mapper hands out: 64 GiB, far from where Linux puts user mappings
 /// (0x55.. for the heap, 0x7f.. for mmap), so a driver that hands a device a virtual address
@@ -354,45 +355,15 @@ struct Snapshot {
     /// By IOVA page: a copy of the mapping that last held an access there (one load from the
     /// slot to the bounds, where an index into `maps` was two dependent ones). New with every
     /// snapshot, so it never holds a mapping that is gone.
-    by_page: MapCache,
+    by_page: PageCache<Mapping>,
 }
 
-/// A direct-mapped cache from IOVA pages to copies of mappings.
-#[derive(Debug)]
-struct MapCache(Box<[Mapping; MAP_SLOTS]>);
-
-/// Slots of a [`MapCache`]: as many as the page cache of `crate::page_cache` has.
-const MAP_SLOTS: usize = 512;
-/// An empty slot: no access falls in it (`len` 0 holds nothing).
+/// An empty page cache slot: no access falls in it (`len` 0 holds nothing).
 const NO_MAPPING: Mapping = Mapping { iova: u64::MAX, virt: 0, len: 0 };
-
-impl MapCache {
-    fn new() -> MapCache {
-        MapCache(Box::new([NO_MAPPING; MAP_SLOTS]))
-    }
-
-    #[inline(always)]
-    fn slot(iova: u64) -> usize {
-        (iova / PAGE_SIZE as u64) as usize % MAP_SLOTS
-    }
-
-    #[inline(always)]
-    fn get(&self, iova: u64) -> Mapping {
-        self.0[Self::slot(iova)]
-    }
-
-    fn set(&mut self, iova: u64, m: Mapping) {
-        self.0[Self::slot(iova)] = m;
-    }
-
-    fn clear(&mut self) {
-        self.0.fill(NO_MAPPING);
-    }
-}
 
 impl Snapshot {
     fn new((maps, generation): (Maps, u64)) -> Snapshot {
-        Snapshot { maps, generation, by_page: MapCache::new() }
+        Snapshot { maps, generation, by_page: PageCache::new(NO_MAPPING) }
     }
 
     /// Where `[iova, iova + len)` is if the page cache's entry for its page holds all of it.
@@ -584,11 +555,10 @@ mod tests {
     #[test]
     fn a_views_page_cache_answers_only_for_the_mapping_it_holds() {
         // Empty slots hold nothing, not even a zero-length access at the top IOVA.
-        let c = MapCache::new();
-        let snap = Snapshot { maps: Arc::new(Vec::new()), generation: 0, by_page: c };
+        let snap = Snapshot::new((Arc::new(Vec::new()), 0));
         assert_eq!(snap.hit(u64::MAX, 0), None);
         assert_eq!(snap.hit(0, 0), None);
-        // Two mappings whose pages share a slot (MAP_SLOTS pages apart): each access finds its
+        // Two mappings whose pages share a slot (SLOTS pages apart): each access finds its
         // own after the other evicted it, and a hit never reaches past a mapping's end.
         let m = Arc::new(CheckingMapper::new());
         let space = DmaSpace::new(m.clone());
@@ -597,7 +567,7 @@ mod tests {
         let mut spacer = Vec::new();
         let b = loop {
             let b = space.alloc(4096).unwrap();
-            if MapCache::slot(b.iova().0) == MapCache::slot(a.iova().0) {
+            if (b.iova().0 - a.iova().0) % (crate::page_cache::SLOTS * PAGE_SIZE) as u64 == 0 {
                 break b;
             }
             spacer.push(b);

@@ -109,7 +109,7 @@ impl DmaSpace {
     /// A translator for one queue (or thread).
     pub fn translator(self: &Arc<Self>) -> Translator {
         let (snapshot, generation) = self.snapshot_with_generation();
-        Translator { space: self.clone(), snapshot, generation, by_page: PageCache::new() }
+        Translator { space: self.clone(), snapshot, generation, by_page: PageCache::new(NO_CHUNK) }
     }
 
     /// The current translation table.
@@ -149,9 +149,13 @@ pub struct Translator {
     snapshot: Arc<TranslationTable>,
     generation: u64,
     /// By virtual page: the chunk that last held a buffer starting there (a queue reuses its
-    /// buffers), emptied with every new snapshot.
-    by_page: PageCache,
+    /// buffers) and its index in the table, emptied with every new snapshot.
+    by_page: PageCache<(MappedChunk, usize)>,
 }
+
+/// An empty page cache slot: a chunk of no bytes holds no address.
+const NO_CHUNK: (MappedChunk, usize) =
+    (MappedChunk { virt: VirtAddr(0), iova: Iova(0), len: 0 }, usize::MAX);
 
 impl std::fmt::Debug for Translator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,7 +181,7 @@ impl Translator {
     #[inline]
     pub fn segments(&mut self, ptr: *const u8, len: usize) -> Segments<'_> {
         self.refresh();
-        let hint = self.chunk_of(ptr as usize);
+        let hint = self.chunk_of(ptr as usize).map(|(_, i)| i);
         self.snapshot.segments_from(VirtAddr::from_ptr(ptr), len, hint)
     }
 
@@ -188,26 +192,22 @@ impl Translator {
     pub fn contiguous(&mut self, ptr: *const u8, len: usize) -> Option<Iova> {
         self.refresh();
         let va = ptr as usize;
-        let i = self.chunk_of(va)?;
-        let c = self.snapshot.chunks()[i];
+        let (c, _) = self.chunk_of(va)?;
         let end = va.checked_add(len)?;
         (end <= c.virt_end()).then(|| Iova(c.iova.0 + (va - c.virt.0) as u64))
     }
 
-    /// The index of the chunk holding `va`: the page cache, else a binary search (cached).
+    /// The chunk holding `va` and its index: the page cache, else a binary search (cached).
     #[inline]
-    fn chunk_of(&mut self, va: usize) -> Option<usize> {
-        let chunks = self.snapshot.chunks();
-        match self.by_page.get(va as u64) {
-            Some(i) if chunks.get(i).is_some_and(|c| c.contains(va)) => Some(i),
-            _ => {
-                let found = self.snapshot.find(va);
-                if let Some(i) = found {
-                    self.by_page.set(va as u64, i);
-                }
-                found
-            }
+    fn chunk_of(&mut self, va: usize) -> Option<(MappedChunk, usize)> {
+        let hit = self.by_page.get(va as u64);
+        if hit.0.contains(va) {
+            return Some(hit);
         }
+        let i = self.snapshot.find(va)?;
+        let found = (self.snapshot.chunks()[i], i);
+        self.by_page.set(va as u64, found);
+        Some(found)
     }
 
     /// Translate `len` bytes at `ptr` into `out`, returning the number of segments written.
