@@ -51,7 +51,7 @@ fn find(maps: &[Mapping], iova: u64, len: usize) -> Option<usize> {
     let m = maps[i];
     let off = iova - m.iova;
     let end = off.checked_add(len as u64)?;
-    (end <= m.len as u64).then_some(m.virt + off as usize)
+    (end <= m.len as u64).then(|| m.virt + off as usize)
 }
 
 #[derive(Debug)]
@@ -371,8 +371,7 @@ impl Snapshot {
     fn hit(&self, iova: u64, len: usize) -> Option<usize> {
         let m = self.by_page.get(iova);
         let off = iova.checked_sub(m.iova)?;
-        (off.checked_add(len as u64)? <= m.len as u64 && m.len != 0)
-            .then_some(m.virt + off as usize)
+        (off.checked_add(len as u64)? <= m.len as u64 && m.len != 0).then(|| m.virt + off as usize)
     }
 
     /// A page cache miss: a binary search, whose answer the cache keeps.
@@ -579,6 +578,12 @@ mod tests {
             assert_eq!(view.read_le64(b.iova()).unwrap(), 0xb);
         }
         assert!(view.read_le64(Iova(a.iova().0 + 4092)).is_err(), "past a's end, after a hit");
+        // Far above every mapping, in a's slot: a fault, not an overflow of a's address.
+        let span = (crate::page_cache::SLOTS * PAGE_SIZE) as u64;
+        let top = u64::MAX - 2 * span;
+        let far = Iova(top - (top - a.iova().0) % span);
+        assert!(view.read_le64(far).is_err());
+        assert!(m.read_le64(far).is_err(), "the mapper's own search too");
         assert!(view.is_mapped(Iova(b.iova().0 + 4095), 1));
         assert!(!view.is_mapped(Iova(b.iova().0 + 4095), 2));
     }
