@@ -26,14 +26,28 @@ pub(super) struct Fetched {
     pub wlen: u64,
     /// Deferred: the notify count at which it completes.
     pub due: u64,
+    /// The buffers, in order (see [`Fetched::bufs`]).
     pub bufs: Vec<Buf>,
+    /// Instead of `bufs`, a chain of three buffers, one readable and two writable: the shape
+    /// of almost every request (header; data; status), kept without a push per buffer.
+    pub three: Option<[Buf; 3]>,
     /// Split: the descriptors of the chain (busy until used).
     pub descs: Vec<u16>,
 }
 
 impl Fetched {
+    /// The chain's buffers, in order.
+    #[inline]
+    pub fn bufs(&self) -> &[Buf] {
+        match &self.three {
+            Some(t) => t,
+            None => &self.bufs,
+        }
+    }
+
     pub fn clear(&mut self) {
         self.bufs.clear();
+        self.three = None;
         self.descs.clear();
         self.indirect = false;
         self.ndescs = 0;
