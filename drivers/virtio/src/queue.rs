@@ -714,7 +714,15 @@ impl<D: PciDevice> BlkQueue<D> {
         let n = nseg + 2;
         let added = if self.limits.indirect {
             let table = cm.sub(CTRL_TABLE, n * ring::DESC_SIZE).expect("the table fits its slot");
-            st.parts.vq.write_table(&table, n, desc_of);
+            if let (Op::Read | Op::Write, [s]) = (op, &segs[..]) {
+                // One data segment (almost every request): the three entries without asking
+                // `desc_of` which one each is.
+                let data = Desc { addr: s.iova.get(), len: s.len as u32, flags: data_flags };
+                let three = [header, data, status];
+                st.parts.vq.write_table(&table, 3, |k| three[k]);
+            } else {
+                st.parts.vq.write_table(&table, n, desc_of);
+            }
             let table = Desc {
                 addr: ctrl_iova + CTRL_TABLE as u64,
                 len: (n * ring::DESC_SIZE) as u32,
