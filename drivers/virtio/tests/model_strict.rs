@@ -319,22 +319,24 @@ fn packed_violation_with_needs_reset_fails_the_driver_cleanly() {
     assert_eq!(q.in_flight(), 0);
 }
 
-/// Offers one request by hand on a fresh packed device (null model, violations recorded): an
-/// indirect table of three entries, a header (type, sector) of `header_len` bytes, a data
-/// buffer of `data_len` bytes at `data` (None: in the same DMA buffer), a status byte; returns
-/// the violations.
+/// Offers one request by hand on a fresh device (null model, violations recorded; a split-only
+/// one when `split`): an indirect table of three entries, a header (type, sector) of
+/// `header_len` bytes, a data buffer of `data_len` bytes at `data` (None: in the same DMA
+/// buffer), a status byte; returns the violations.
 fn three_entry_request(
+    split: bool,
     header_len: u32,
     kind: u32,
     data_len: u32,
     data: Option<u64>,
 ) -> Vec<String> {
+    let model = if split { ModelOptions::split_only() } else { ModelOptions::default() };
     let (m, dev) = up(
-        ModelOptions { null: true, on_violation: OnViolation::NeedsReset, ..Default::default() },
+        ModelOptions { null: true, on_violation: OnViolation::NeedsReset, ..model },
         Options::default(),
     );
     let _q = dev.queue(0).unwrap();
-    let (ring, _) = rings(&m);
+    let (ring, avail) = rings(&m);
     let mem = m.dma().alloc(8192).unwrap();
     let base = mem.iova().get();
     let (table, header, status, buf) = (base, base + 64, base + 128, base + 4096);
@@ -343,27 +345,43 @@ fn three_entry_request(
     let entries =
         [(header, header_len, 0u16), (data.unwrap_or(buf), data_len, WRITE), (status, 1, WRITE)];
     for (i, (addr, len, flags)) in entries.into_iter().enumerate() {
-        pdesc(&m, table, i as u64, addr, len, 0, flags);
+        if split {
+            // Linked in table order.
+            let next = if i < 2 { NEXT } else { 0 };
+            write_desc(&m, table, i as u64, addr, len, flags | next, i as u16 + 1);
+        } else {
+            pdesc(&m, table, i as u64, addr, len, 0, flags);
+        }
     }
-    pdesc(&m, ring, 0, table, 48, 0, INDIRECT | AVAIL);
-    notify(&m);
+    if split {
+        write_desc(&m, ring, 0, table, 48, INDIRECT, 0);
+        offer(&m, avail, 0);
+    } else {
+        pdesc(&m, ring, 0, table, 48, 0, INDIRECT | AVAIL);
+        notify(&m);
+    }
     let v = m.violations();
     drop(mem);
     v
 }
 
 #[test]
-fn packed_model_checks_the_usual_three_entry_request_as_strictly_as_any() {
+fn the_usual_three_entry_request_is_checked_as_strictly_as_any() {
     // The model keeps a table of one readable and two writable buffers without a buffer list
-    // (its most common shape): the same checks must hold on that path.
-    assert_eq!(three_entry_request(16, 0, 4096, None), Vec::<String>::new(), "a valid read");
-    let v = three_entry_request(8, 0, 4096, None);
-    assert!(v[0].contains("request header of 8 bytes"), "{v:?}");
-    let v = three_entry_request(16, 0, 100, None);
-    assert!(v[0].contains("read of 100 bytes: not whole sectors"), "{v:?}");
-    let v = three_entry_request(32, 0, 4096, None);
-    assert!(v[0].contains("read request's readable part: 32 bytes where 16 belong"), "{v:?}");
-    // The guard page after the DMA buffer: never mapped.
-    let v = three_entry_request(16, 0, 4096, Some(u64::MAX - 8191));
-    assert!(v[0].contains("is unmapped"), "{v:?}");
+    // (its most common shape), in both layouts: the same checks must hold on that path.
+    for split in [false, true] {
+        let req = |h, k, d, at| three_entry_request(split, h, k, d, at);
+        assert_eq!(req(16, 0, 4096, None), Vec::<String>::new(), "a valid read (split {split})");
+        let v = req(8, 0, 4096, None);
+        assert!(v[0].contains("request header of 8 bytes"), "{v:?}");
+        let v = req(16, 0, 100, None);
+        assert!(v[0].contains("read of 100 bytes: not whole sectors"), "{v:?}");
+        let v = req(32, 0, 4096, None);
+        assert!(v[0].contains("read request's readable part: 32 bytes where 16 belong"), "{v:?}");
+        let v = req(16, 0, 0, None);
+        assert!(v[0].contains("zero-length descriptor"), "{v:?}");
+        // Far above every mapping: never mapped.
+        let v = req(16, 0, 4096, Some(u64::MAX - 8191));
+        assert!(v[0].contains("is unmapped"), "{v:?}");
+    }
 }

@@ -17,7 +17,7 @@
 //! next position to fetch with EVENT_IDX, ENABLE without.
 
 use super::process::{Each, Fetched};
-use super::requests::{push, Buf};
+use super::requests::{keep_read_shape, push, Buf};
 use super::{cold, dma, State, Violation, R};
 use crate::spec::packed::{
     DESC_FLAGS, DESC_F_AVAIL, DESC_F_USED, DESC_ID, DESC_LEN, EVENT_FLAGS, EVENT_F_DESC,
@@ -251,15 +251,10 @@ fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -
         // through the stack array below it measured 3 % slower per I/O).
         let t = m.read_le64s::<6>(Iova(addr)).map_err(dma)?;
         let d = [0, 1, 2].map(|i| desc_fields([t[2 * i], t[2 * i + 1]]));
-        // One readable buffer then two writable ones, none empty: what three pushes would
-        // accept and record, recorded at once.
-        let flags = [d[0].3, d[1].3, d[2].3];
-        if flags == [0, ring::DESC_F_WRITE, ring::DESC_F_WRITE] && d.iter().all(|e| e.1 > 0) {
-            f.three = Some(d.map(|(addr, len, _, _)| Buf { addr, len }));
-            f.readable = 1;
-            f.rlen = u64::from(d[0].1);
-            f.wlen = u64::from(d[1].1) + u64::from(d[2].1);
-            return Ok(());
+        // One readable buffer then two writable ones: what three pushes would accept and
+        // record, recorded at once.
+        if [d[0].3, d[1].3, d[2].3] == [0, ring::DESC_F_WRITE, ring::DESC_F_WRITE] {
+            return keep_read_shape(f, q, d.map(|(addr, len, _, _)| Buf { addr, len }));
         }
         for (i, e) in d.into_iter().enumerate() {
             entry(f, i, e)?;

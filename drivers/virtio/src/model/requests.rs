@@ -34,6 +34,21 @@ pub(super) fn push(f: &mut Fetched, q: usize, addr: u64, len: u32, flags: u16) -
     Ok(())
 }
 
+/// Records a chain of one readable buffer then two writable ones (a read: header; data,
+/// status) whose flags the caller has checked, as three pushes would, without pushing: the
+/// model's most common chain (see `Fetched::three`).
+#[inline(always)]
+pub(super) fn keep_read_shape(f: &mut Fetched, q: usize, bufs: [Buf; 3]) -> R<()> {
+    if bufs.iter().any(|b| b.len == 0) {
+        return Err(cold(|| format!("queue {q}: zero-length descriptor")));
+    }
+    f.three = Some(bufs);
+    f.readable = 1;
+    f.rlen = u64::from(bufs[0].len);
+    f.wlen = u64::from(bufs[1].len) + u64::from(bufs[2].len);
+    Ok(())
+}
+
 /// Bytes of a chain seen as one stream (the readable or the writable part).
 struct Stream<'a> {
     bufs: &'a [Buf],
