@@ -524,16 +524,24 @@ impl<D: PciDevice> BlkQueue<D> {
     /// Fills `st.segs` with the IOVA segments of up to `want` bytes at `ptr`, within the
     /// segment limits; returns the bytes covered (whole blocks when cut short; 0 when the
     /// memory is not DMA-mapped from its first byte).
+    #[inline(always)]
     fn plan(&self, st: &mut State, ptr: *const u8, want: usize) -> usize {
         let State { tr, segs, seg_limit, .. } = st;
         segs.clear();
-        // Fast path: one mapped chunk holds it all and one descriptor can carry it.
+        // Fast path (inline): one mapped chunk holds it all and one descriptor can carry it.
         if *seg_limit > 0 && want <= self.limits.size_max {
             if let Some(iova) = tr.contiguous(ptr, want) {
                 segs.push(IovaSegment { iova, len: want });
                 return want;
             }
         }
+        self.plan_pieces(st, ptr, want)
+    }
+
+    /// [`plan`](Self::plan) when the buffer spans chunks or descriptors: out of line.
+    #[inline(never)]
+    fn plan_pieces(&self, st: &mut State, ptr: *const u8, want: usize) -> usize {
+        let State { tr, segs, seg_limit, .. } = st;
         let mut total = 0usize;
         'outer: for s in tr.segments(ptr, want) {
             let Ok(s) = s else { break };
