@@ -42,16 +42,29 @@ struct Mapping {
     len: usize,
 }
 
+impl Mapping {
+    /// The virtual address of `[iova, iova + len)` if this mapping holds all of it (an empty
+    /// mapping, as in an empty page cache slot, holds nothing). The address is computed only
+    /// once the range is known to be inside: far above the mapping it would overflow.
+    #[inline(always)]
+    fn at(&self, iova: u64, len: usize) -> Option<usize> {
+        let off = iova.checked_sub(self.iova)?;
+        (off.checked_add(len as u64)? <= self.len as u64 && self.len != 0)
+            .then(|| self.virt + off as usize)
+    }
+}
+
 /// The mappings, sorted by IOVA (disjoint: each has its own IOVA range).
 type Maps = Arc<Vec<Mapping>>;
 
+/// The index of the mapping that would hold `iova` (the last starting at or below it).
+fn search_index(maps: &[Mapping], iova: u64) -> Option<usize> {
+    maps.partition_point(|m| m.iova <= iova).checked_sub(1)
+}
+
 /// The virtual address of `[iova, iova + len)` if one mapping holds all of it: a binary search.
 fn find(maps: &[Mapping], iova: u64, len: usize) -> Option<usize> {
-    let i = maps.partition_point(|m| m.iova <= iova).checked_sub(1)?;
-    let m = maps[i];
-    let off = iova - m.iova;
-    let end = off.checked_add(len as u64)?;
-    (end <= m.len as u64).then(|| m.virt + off as usize)
+    maps[search_index(maps, iova)?].at(iova, len)
 }
 
 #[derive(Debug)]
@@ -369,16 +382,14 @@ impl Snapshot {
     /// Where `[iova, iova + len)` is if the page cache's entry for its page holds all of it.
     #[inline(always)]
     fn hit(&self, iova: u64, len: usize) -> Option<usize> {
-        let m = self.by_page.get(iova);
-        let off = iova.checked_sub(m.iova)?;
-        (off.checked_add(len as u64)? <= m.len as u64 && m.len != 0).then(|| m.virt + off as usize)
+        self.by_page.get(iova).at(iova, len)
     }
 
     /// A page cache miss: a binary search, whose answer the cache keeps.
     fn search(&mut self, iova: u64, len: usize) -> Option<usize> {
-        let i = self.maps.partition_point(|m| m.iova <= iova).checked_sub(1)?;
-        let va = find(&self.maps[i..=i], iova, len)?;
-        self.by_page.set(iova, self.maps[i]);
+        let m = self.maps[search_index(&self.maps, iova)?];
+        let va = m.at(iova, len)?;
+        self.by_page.set(iova, m);
         Some(va)
     }
 }
