@@ -20,7 +20,7 @@ pub(super) struct Buf {
 pub(super) fn push(f: &mut Fetched, q: usize, addr: u64, len: u32, flags: u16) -> R<()> {
     let write = flags & ring::DESC_F_WRITE != 0;
     if len == 0 {
-        return Err(cold(|| format!("queue {q}: zero-length descriptor")));
+        return Err(zero_length(q));
     }
     if write {
         f.wlen += u64::from(len);
@@ -34,13 +34,25 @@ pub(super) fn push(f: &mut Fetched, q: usize, addr: u64, len: u32, flags: u16) -
     Ok(())
 }
 
+fn zero_length(q: usize) -> Violation {
+    cold(|| format!("queue {q}: zero-length descriptor"))
+}
+
+/// The three descriptors of a 48-byte indirect table at `addr`, as the u64 words the driver
+/// stored (either layout: (address, length, the 16-bit fields at bytes 12 and 14)).
+#[inline(always)]
+pub(super) fn read_three(m: &DmaView, addr: u64) -> R<[(u64, u32, u16, u16); 3]> {
+    let t = m.read_le64s::<6>(Iova(addr)).map_err(dma)?;
+    Ok([0, 1, 2].map(|i| ring::desc_fields([t[2 * i], t[2 * i + 1]])))
+}
+
 /// Records a chain of one readable buffer then two writable ones (a read: header; data,
 /// status) whose flags the caller has checked, as three pushes would, without pushing: the
 /// model's most common chain (see `Fetched::three`).
 #[inline(always)]
 pub(super) fn keep_read_shape(f: &mut Fetched, q: usize, bufs: [Buf; 3]) -> R<()> {
     if bufs.iter().any(|b| b.len == 0) {
-        return Err(cold(|| format!("queue {q}: zero-length descriptor")));
+        return Err(zero_length(q));
     }
     f.three = Some(bufs);
     f.readable = 1;

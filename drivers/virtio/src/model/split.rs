@@ -3,7 +3,7 @@
 //! used elements and the used index.
 
 use super::process::{Each, Fetched};
-use super::requests::{keep_read_shape, push, Buf};
+use super::requests::{keep_read_shape, push, read_three, Buf};
 use super::{cold, dma, State, R};
 use crate::spec::{feature, ring};
 use mfio_dma::{DeviceMemory, DmaView, Iova};
@@ -102,8 +102,7 @@ fn walk(m: &DmaView, st: &mut State, q: usize, head: u16, f: &mut Fetched) -> R<
             if len == 48 {
                 // Header -> data -> status, linked in table order: the usual read, read whole
                 // and recorded as three pushes would (see `keep_read_shape`).
-                let t = m.read_le64s::<6>(Iova(addr)).map_err(dma)?;
-                let d = [0, 1, 2].map(|i| ring::desc_fields([t[2 * i], t[2 * i + 1]]));
+                let d = read_three(m, addr)?;
                 let (next, write) = (ring::DESC_F_NEXT, ring::DESC_F_WRITE);
                 let links = [(d[0].2, d[0].3), (d[1].2, d[1].3), (d[2].2, d[2].3)];
                 if links[0] == (next, 1) && links[1] == (next | write, 2) && links[2].0 == write {
