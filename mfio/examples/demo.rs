@@ -6,6 +6,7 @@ use mfio::backends::{FileBackend, FileOptions, MemoryBackend, Stripe};
 use mfio::{block_on, BlockDevice, Error, Packet, ReadAt, ToDevice, WriteAt};
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 fn main() -> std::io::Result<()> {
@@ -67,11 +68,12 @@ fn main() -> std::io::Result<()> {
     // 4. Fragmentation: one packet over 4 striped devices, its segments observed as they complete.
     let stripe = Stripe::new((0..4).map(|_| MemoryBackend::new(1 << 20)).collect(), 64 << 10)
         .expect("valid stripe");
-    let segments = AtomicUsize::new(0);
-    let sink = |_off: usize, _len: usize, _r: Result<(), Error>| {
-        segments.fetch_add(1, Ordering::Relaxed);
-    };
-    let mut pkt = pin!(Packet::<ToDevice, _>::new(vec![7u8; 1 << 20]).with_sink(&sink));
+    let segments = Arc::new(AtomicUsize::new(0));
+    let counted = segments.clone();
+    let sink = Arc::new(move |_off: usize, _len: usize, _r: Result<(), Error>| {
+        counted.fetch_add(1, Ordering::Relaxed);
+    });
+    let mut pkt = pin!(Packet::<ToDevice, _>::new(vec![7u8; 1 << 20]).with_sink(sink));
     let t = block_on(&stripe, pkt.as_mut().io(&stripe, 32 << 10));
     println!(
         "1 MiB packet striped over 4 devices in 64 KiB units: {} segments, {} bytes done, error {:?}",

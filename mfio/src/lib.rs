@@ -29,6 +29,7 @@
 //! - `no_std` + `alloc`: disable the default `std` feature.
 #![no_std]
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 #[cfg(feature = "std")]
@@ -42,14 +43,21 @@ mod error;
 mod io;
 mod packet;
 mod perms;
+#[cfg(feature = "std")]
+mod stall;
+mod unwind;
 
 pub use backend::{block_on, Activity, BlockDevice, Driver, IoBackend, PacketIo, PollingHandle};
 pub use block::clip;
 pub use buf::{IoBuf, IoBufMut, Window};
 pub use error::{Error, ErrorKind, Origin, PartialError};
 pub use io::{command, All, At, CommandIo, Finish, Io, ReadAt, WriteAt};
-pub use packet::{BufFor, Packet, PacketFuture, PacketView, SegmentSink, Transfer, Wait};
+pub use packet::{
+    BufFor, Packet, PacketFuture, PacketView, SegmentSink, Transfer, Wait, DROP_PANICS,
+};
 pub use perms::{Direction, FromDevice, PacketPerms, ToDevice};
+#[cfg(feature = "std")]
+pub use stall::report_stalled_drops_after;
 
 /// Waits a little longer each time: spins first, then (with `std`) yields the thread.
 pub(crate) fn backoff(spins: &mut u32) {

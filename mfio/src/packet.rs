@@ -12,13 +12,24 @@
 //! device works. What keeps them valid is the packet's drop: a packet can only be submitted once
 //! pinned, and its `Drop` does not return until every view has completed (it drives the backend
 //! the packet was submitted to, so single-threaded polled backends make progress). Pin's drop
-//! guarantee means the packet's memory is never reused before that. Dropping a view without
-//! completing it completes it with [`Error::DROPPED`]: never a silent success.
+//! guarantee means the packet's memory is never reused before that; a leaked packet
+//! (`mem::forget` of a `Box::pin`) leaks its buffer and its sink with it, so they stay valid for
+//! every view that outlives it. Dropping a view without completing it completes it with
+//! [`Error::DROPPED`]: never a silent success.
+//!
+//! User code that runs while segments are in flight (the sink, the waker, the backend polled by
+//! the drop) cannot unwind past the point that keeps the memory alive: see `unwind.rs`. A view
+//! that is leaked instead of completed keeps its packet waiting for ever (the memory stays lent
+//! to whoever holds the view); with `std`, a drop that has waited long reports it on stderr.
 
 use crate::backend::{IoBackend, PacketIo};
 use crate::buf::{IoBuf, IoBufMut};
 use crate::error::{Error, ErrorKind, Origin, PartialError};
 use crate::perms::{FromDevice, PacketPerms, ToDevice};
+#[cfg(feature = "std")]
+use crate::stall;
+use crate::unwind;
+use alloc::sync::Arc;
 use atomic_waker::AtomicWaker;
 use core::cell::{Cell, UnsafeCell};
 use core::future::Future;
@@ -33,12 +44,17 @@ use core::task::{Context, Poll, Waker};
 ///
 /// Called on the thread that completes the segment, before the packet is told; `offset` is
 /// relative to the packet's start. A router, a mirror or a progress meter can watch I/O this way.
-pub trait SegmentSink: Sync {
+/// The packet owns its sink (an `Arc`, so the caller can keep a handle to read it), because a
+/// leaked packet's views may still complete after every borrow has ended.
+///
+/// A sink that panics does not stop the segment from completing: the panic is caught and raised
+/// again on the packet's owner when it sees the packet done (without `std`, the process aborts).
+pub trait SegmentSink: Sync + Send {
     /// One segment of `len` bytes at `offset` in the packet completed with `result`.
     fn segment(&self, offset: usize, len: usize, result: Result<(), Error>);
 }
 
-impl<F: Fn(usize, usize, Result<(), Error>) + Sync> SegmentSink for F {
+impl<F: Fn(usize, usize, Result<(), Error>) + Sync + Send> SegmentSink for F {
     fn segment(&self, offset: usize, len: usize, result: Result<(), Error>) {
         self(offset, len, result)
     }
@@ -96,15 +112,20 @@ struct Header {
     error_lock: AtomicBool,
     /// The failed segment nearest the packet's start: (offset, error).
     error: UnsafeCell<Option<(usize, Error)>>,
-    /// Observer of segments; written only while no view exists.
+    /// The first panic of the sink this round, for the owner to raise (under `error_lock`).
+    #[cfg(feature = "std")]
+    panic: UnsafeCell<Option<unwind::Payload>>,
+    /// Observer of segments; written only while no view exists. Points into the packet's
+    /// `Arc`, which lives at least as long as the packet (leaked with it, if it is leaked).
     sink: UnsafeCell<Option<NonNull<dyn SegmentSink>>>,
     /// The buffer's start; written only while no view exists. Views keep an offset from it, so
     /// a view is two words and moves in registers.
     base: UnsafeCell<*mut u8>,
 }
 
-// SAFETY: the counters and the waker are atomics; `error` is only accessed under `error_lock`
-// (or after `released`, when no other thread can touch it); `sink` and `base` are written only
+// SAFETY: the counters and the waker are atomics; `error` and `panic` are only accessed under
+// `error_lock` (or after `released`, when no other thread can touch them; the payload is
+// `Send`); `sink` and `base` are written only
 // while no view exists (so never concurrently with a reader); `sink` points to a `Sync` observer
 // and `base` is only read to form a view's pointer, whose accesses the view's own rules govern.
 unsafe impl Sync for Header {}
@@ -120,6 +141,8 @@ impl Header {
             waker: AtomicWaker::new(),
             error_lock: AtomicBool::new(false),
             error: UnsafeCell::new(None),
+            #[cfg(feature = "std")]
+            panic: UnsafeCell::new(None),
             sink: UnsafeCell::new(None),
             base: UnsafeCell::new(core::ptr::null_mut()),
         }
@@ -129,7 +152,8 @@ impl Header {
         self.released.load(Ordering::Acquire)
     }
 
-    fn record_error(&self, offset: usize, e: Error) {
+    /// Runs `f` holding `error_lock`, which guards `error` and `panic`.
+    fn locked<R>(&self, f: impl FnOnce() -> R) -> R {
         while self
             .error_lock
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -137,13 +161,54 @@ impl Header {
         {
             core::hint::spin_loop();
         }
-        // SAFETY: `error_lock` is held, so no other thread accesses `error`.
-        let slot = unsafe { &mut *self.error.get() };
-        match slot {
-            Some((o, _)) if *o <= offset => {}
-            _ => *slot = Some((offset, e)),
-        }
+        // `f` is the framework's own code and does not panic (a comparison and a store, or a
+        // move of a payload), so the lock is always released.
+        let r = f();
         self.error_lock.store(false, Ordering::Release);
+        r
+    }
+
+    fn record_error(&self, offset: usize, e: Error) {
+        self.locked(|| {
+            // SAFETY: `error_lock` is held, so no other thread accesses `error`.
+            let slot = unsafe { &mut *self.error.get() };
+            match slot {
+                Some((o, _)) if *o <= offset => {}
+                _ => *slot = Some((offset, e)),
+            }
+        })
+    }
+
+    /// Calls the sink so that its panic cannot unwind into the completing backend: caught and
+    /// kept for the owner (the first one of a round), or, without `std`, an abort.
+    #[inline]
+    fn call_sink(&self, sink: &dyn SegmentSink, offset: usize, len: usize, r: Result<(), Error>) {
+        #[cfg(feature = "std")]
+        if let Err(payload) = unwind::catch(|| sink.segment(offset, len, r)) {
+            self.locked(|| {
+                // SAFETY: `error_lock` is held, so no other thread accesses `panic`.
+                let slot = unsafe { &mut *self.panic.get() };
+                if slot.is_none() {
+                    *slot = Some(payload);
+                }
+            });
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            let guard = unwind::AbortOnUnwind("a SegmentSink panicked while completing a segment");
+            sink.segment(offset, len, r);
+            guard.disarm();
+        }
+    }
+
+    /// A panic the sink raised this round, taken for the owner to raise again.
+    ///
+    /// # Safety
+    /// Only while idle (no view, so no completer touches `panic`), or through `&mut`.
+    #[cfg(feature = "std")]
+    unsafe fn take_panic(&self) -> Option<unwind::Payload> {
+        // SAFETY: the caller's: no other thread accesses `panic`.
+        unsafe { (*self.panic.get()).take() }
     }
 
     /// Completes one segment. After this returns the header may already be freed.
@@ -151,11 +216,12 @@ impl Header {
     /// # Safety
     /// `hdr` points to a live header with a segment in flight that the caller gives up here.
     unsafe fn complete(hdr: *const Header, offset: usize, len: usize, result: Result<(), Error>) {
-        // SAFETY: the caller's segment keeps the packet (and so the header) alive until the
-        // `outstanding` decrement below; `sink` is not written while a view exists.
+        // SAFETY: the caller's segment keeps the packet (and so the header, and the sink its
+        // `Arc` holds) alive until the `outstanding` decrement below; `sink` is not written
+        // while a view exists. Nothing here unwinds: the sink's panic is contained.
         unsafe {
             if let Some(sink) = *(*hdr).sink.get() {
-                sink.as_ref().segment(offset, len, result);
+                (*hdr).call_sink(sink.as_ref(), offset, len, result);
             }
             if let Err(e) = result {
                 (*hdr).record_error(offset, e);
@@ -166,21 +232,34 @@ impl Header {
             // done without waiting, and skipping the wake loses nothing.
             if (*hdr).outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
                 // The owner cannot free the packet until `released` is set, so the waker is
-                // still ours to use. No access to `*hdr` after the store.
-                if (*hdr).waiting.load(Ordering::SeqCst) {
-                    (*hdr).waker.wake();
-                }
+                // still ours to take. It is woken after the release: no access to `*hdr`
+                // after the store, and the owner does not wait on the waker's code.
+                let waker =
+                    if (*hdr).waiting.load(Ordering::SeqCst) { (*hdr).waker.take() } else { None };
                 (*hdr).released.store(true, Ordering::Release);
+                if let Some(w) = waker {
+                    wake(w);
+                }
             }
         }
     }
 
-    /// Waits (spinning) until the last completer has let go of the header.
+    /// Waits (spinning) until the last completer has let go of the header: a few instructions
+    /// from its decrement (it runs no user code in between).
     fn wait_released(&self) {
         while !self.released.load(Ordering::Acquire) {
             core::hint::spin_loop();
         }
     }
+}
+
+/// Wakes the owner of a packet that is already released. A panic here has nobody to go to (the
+/// packet may be gone) and must not unwind into the completing backend, so it aborts.
+#[inline]
+fn wake(w: Waker) {
+    let guard = unwind::AbortOnUnwind("a Waker panicked in wake() while completing a packet");
+    w.wake();
+    guard.disarm();
 }
 
 /// A view of a non-overlapping segment of a packet, handed to a backend.
@@ -378,7 +457,7 @@ impl<B: IoBuf> BufFor<ToDevice> for B {
 pub struct Packet<'b, P: PacketPerms, B> {
     hdr: Header,
     driver: Cell<Option<&'b dyn IoBackend>>,
-    sink: Option<&'b dyn SegmentSink>,
+    sink: Option<Arc<dyn SegmentSink>>,
     len: Cell<usize>,
     buf: UnsafeCell<Option<B>>,
     _pin: PhantomPinned,
@@ -399,8 +478,8 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         }
     }
 
-    /// Sets an observer called for every segment as it completes.
-    pub fn with_sink(mut self, sink: &'b dyn SegmentSink) -> Self {
+    /// Sets an observer called for every segment as it completes (see [`SegmentSink`]).
+    pub fn with_sink(mut self, sink: Arc<dyn SegmentSink>) -> Self {
         self.sink = Some(sink);
         self
     }
@@ -468,15 +547,16 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         *this.hdr.base.get_mut() = ptr;
         this.driver.set(driver);
         *this.hdr.error.get_mut() = None;
-        *this.hdr.sink.get_mut() = this.sink.map(|s| {
-            // SAFETY: lifetime erasure only. The packet (and so `'b`) outlives every view, since
-            // its drop waits for them, and only views read the sink.
-            let s: &'static dyn SegmentSink = unsafe { core::mem::transmute(s) };
-            NonNull::from(s)
-        });
+        // The `Arc` is the packet's: it outlives every view (the drop waits for them, and a
+        // leaked packet leaks it), and views only read through it.
+        *this.hdr.sink.get_mut() = this.sink.as_ref().map(|s| NonNull::from(&**s));
         *this.hdr.outstanding.get_mut() = 1;
         *this.hdr.released.get_mut() = false;
-        *this.hdr.waiting.get_mut() = false;
+        if core::mem::replace(this.hdr.waiting.get_mut(), false) {
+            // A waker was registered last round. If its `clone` panicked mid-registration the
+            // `AtomicWaker` is stuck (it would never register again): start from a fresh one.
+            this.hdr.waker = AtomicWaker::new();
+        }
         Ok(PacketView {
             hdr: NonNull::from(&this.hdr),
             span: span(0, view_len),
@@ -526,8 +606,13 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         PacketFuture { packet: self, backend, pos, submitted: false }
     }
 
-    /// The outcome; call only when idle.
+    /// The outcome; call only when idle. Raises the sink's panic of this round, if it had one.
     fn transfer(&self) -> Transfer {
+        #[cfg(feature = "std")]
+        // SAFETY: idle (`released` observed with Acquire): no completer touches `panic` now.
+        if let Some(payload) = unsafe { self.hdr.take_panic() } {
+            std::panic::resume_unwind(payload);
+        }
         let len = self.len.get();
         // SAFETY: idle (`released` observed with Acquire): no completer touches `error` now.
         match unsafe { *self.hdr.error.get() } {
@@ -539,22 +624,74 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
 
 impl<P: PacketPerms, B> Drop for Packet<'_, P, B> {
     fn drop(&mut self) {
-        if self.hdr.is_idle() {
-            return;
+        if !self.hdr.is_idle() {
+            self.wait_in_drop();
         }
-        // Segments are in flight: their memory is ours, so wait for them. Drive the backend we
-        // were submitted to, so a single-threaded polled backend completes them here.
+        // A sink's panic nobody observed: raise it here, unless this drop is part of an unwind
+        // already (a second panic would abort).
+        #[cfg(feature = "std")]
+        // SAFETY: idle now, and `&mut self`.
+        if let Some(payload) = unsafe { self.hdr.take_panic() } {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(payload);
+            }
+        }
+    }
+}
+
+impl<P: PacketPerms, B> Packet<'_, P, B> {
+    /// Segments are in flight: their memory is ours, so wait for them, driving the backend we
+    /// were submitted to (a single-threaded polled backend completes them only here).
+    ///
+    /// Nothing may unwind out of this wait while a segment is in flight. With `std`, a panic of
+    /// the backend's poll is caught, the wait goes on, and the first panic is raised once every
+    /// segment is done; a backend that keeps panicking ([`DROP_PANICS`] times) aborts the
+    /// process, as does any panic without `std`.
+    #[cold]
+    fn wait_in_drop(&self) {
+        let guard = unwind::AbortOnUnwind("a panic while a dropped packet waited for its segments");
         let mut cx = Context::from_waker(Waker::noop());
         let mut spins = 0u32;
+        #[cfg(feature = "std")]
+        let mut stall = stall::Watch::new();
+        #[cfg(feature = "std")]
+        let (mut first_panic, mut panics) = (None, 0u32);
         while self.hdr.outstanding.load(Ordering::Acquire) != 0 {
             if let Some(driver) = self.driver.get() {
+                #[cfg(feature = "std")]
+                match unwind::catch(|| driver.poll_backend(&mut cx)) {
+                    Ok(activity) => stall.polled(activity),
+                    Err(payload) => {
+                        panics += 1;
+                        if panics >= DROP_PANICS {
+                            unwind::abort(
+                                "the backend panicked on every poll while a dropped packet \
+                                 waited for its segments (their memory cannot be freed)",
+                            );
+                        }
+                        first_panic.get_or_insert(payload);
+                    }
+                }
+                #[cfg(not(feature = "std"))]
                 let _ = driver.poll_backend(&mut cx);
             }
+            #[cfg(feature = "std")]
+            stall.check(self.hdr.outstanding.load(Ordering::Relaxed), self.driver.get().is_some());
             crate::backoff(&mut spins);
         }
         self.hdr.wait_released();
+        guard.disarm();
+        #[cfg(feature = "std")]
+        if let Some(payload) = first_panic {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(payload);
+            }
+        }
     }
 }
+
+/// How many panics of the backend's poll a dropped packet's wait absorbs before it aborts.
+pub const DROP_PANICS: u32 = 1000;
 
 /// Future returned by [`Packet::wait`].
 pub struct Wait<'p, 'b, P: PacketPerms, B> {

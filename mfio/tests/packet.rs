@@ -10,7 +10,7 @@ use mfio::{
 };
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
@@ -145,14 +145,15 @@ fn a_pinned_stack_packet_round_trips() {
 
 #[test]
 fn the_sink_sees_every_segment_as_it_completes() {
-    let seen = Mutex::new(Vec::new());
-    let sink = |off: usize, len: usize, r: Result<(), Error>| {
-        seen.lock().unwrap().push((off, len, r.is_ok()))
-    };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let sink = Arc::new(move |off: usize, len: usize, r: Result<(), Error>| {
+        log.lock().unwrap().push((off, len, r.is_ok()))
+    });
     let stripe =
         mfio::backends::Stripe::new(vec![MemoryBackend::new(500), MemoryBackend::new(500)], 100)
             .unwrap();
-    let mut pkt = pin!(Packet::<ToDevice, _>::new(vec![1u8; 350]).with_sink(&sink));
+    let mut pkt = pin!(Packet::<ToDevice, _>::new(vec![1u8; 350]).with_sink(sink));
     let t = block_on(&stripe, pkt.as_mut().io(&stripe, 50));
     assert!(t.is_complete());
     let mut segs = seen.lock().unwrap().clone();

@@ -11,7 +11,7 @@ use mfio_virtio::model::{ModelOptions, VirtioBlkModel};
 use mfio_virtio::spec::{blk, feature, status};
 use mfio_virtio::{BlkQueue, Options, RingLayout, VirtioBlk, VirtioError};
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 
 /// Boxed read packets.
@@ -370,22 +370,15 @@ fn needs_reset(ring: RingLayout) {
 
 #[test]
 fn dropping_a_queue_with_requests_in_flight_resets_the_device_first() {
-    static SEEN: Mutex<Vec<(usize, Result<(), mfio::Error>)>> = Mutex::new(Vec::new());
-    static SINK: fn(usize, usize, Result<(), mfio::Error>) =
-        |off, _len, r| SEEN.lock().unwrap().push((off, r));
     for ring in LAYOUTS {
-        SEEN.lock().unwrap().clear();
-        drop_in_flight(ring, &SINK, &SEEN);
+        drop_in_flight(ring);
     }
 }
 
-type Sink = fn(usize, usize, Result<(), mfio::Error>);
-
-fn drop_in_flight(
-    ring: RingLayout,
-    sink: &'static Sink,
-    seen: &Mutex<Vec<(usize, Result<(), mfio::Error>)>>,
-) {
+fn drop_in_flight(ring: RingLayout) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let sink = Arc::new(move |off, _len, r| log.lock().unwrap().push((off, r)));
     let (m, dev) = up(ModelOptions::default(), on(ring, Options::default()));
     let q = dev.queue(0).unwrap();
     m.set_hold(true);
