@@ -2,18 +2,19 @@
 //! lets a model reach memory only through them.
 //!
 //! Device access goes through [`DeviceMemory`]: the mapper itself (a lock per access) or a
-//! [`DmaView`], a device's own snapshot of the mappings that it re-reads only when the mapper's
-//! generation moves (every map and unmap bumps it), so the hot path takes no lock.
+//! [`DmaView`](crate::DmaView), a device's own snapshot of the mappings that it re-reads only
+//! when the mapper's generation moves (every map and unmap bumps it), so the hot path takes no
+//! lock (see `view.rs` for what keeps it sound).
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::addr::{Iova, VirtAddr, PAGE_SIZE};
 use crate::error::DmaError;
 use crate::iova::IovaAllocator;
 use crate::mapper::{check_page_range, DmaMapper, MappedChunk};
-use crate::page_cache::PageCache;
+use crate::mem::{load_bytes, store_bytes};
+use crate::view::Quiesce;
 
 /// First IOVA the checking mapper hands out: 64 GiB, far from where Linux puts user mappings
 /// (0x55.. for the heap, 0x7f.. for mmap), so a driver that hands a device a virtual address
@@ -36,10 +37,10 @@ pub struct DmaFault {
 
 /// One mapping: `len` bytes at `iova` are the memory at virtual address `virt`.
 #[derive(Debug, Clone, Copy)]
-struct Mapping {
-    iova: u64,
-    virt: usize,
-    len: usize,
+pub(crate) struct Mapping {
+    pub(crate) iova: u64,
+    pub(crate) virt: usize,
+    pub(crate) len: usize,
 }
 
 impl Mapping {
@@ -47,7 +48,7 @@ impl Mapping {
     /// mapping, as in an empty page cache slot, holds nothing). The address is computed only
     /// once the range is known to be inside: far above the mapping it would overflow.
     #[inline(always)]
-    fn at(&self, iova: u64, len: usize) -> Option<usize> {
+    pub(crate) fn at(&self, iova: u64, len: usize) -> Option<usize> {
         let off = iova.checked_sub(self.iova)?;
         (off.checked_add(len as u64)? <= self.len as u64 && self.len != 0)
             .then(|| self.virt + off as usize)
@@ -55,10 +56,10 @@ impl Mapping {
 }
 
 /// The mappings, sorted by IOVA (disjoint: each has its own IOVA range).
-type Maps = Arc<Vec<Mapping>>;
+pub(crate) type Maps = Arc<Vec<Mapping>>;
 
 /// The index of the mapping that would hold `iova` (the last starting at or below it).
-fn search_index(maps: &[Mapping], iova: u64) -> Option<usize> {
+pub(crate) fn search_index(maps: &[Mapping], iova: u64) -> Option<usize> {
     maps.partition_point(|m| m.iova <= iova).checked_sub(1)
 }
 
@@ -83,10 +84,12 @@ struct State {
 #[derive(Debug)]
 pub struct CheckingMapper {
     state: Mutex<State>,
-    /// Bumped, under the lock, on every map and unmap: a [`DmaView`] whose snapshot is older
-    /// takes a new one before its next access, so it never reaches memory already unmapped.
+    /// Bumped, under the lock, on every map and unmap: a [`DmaView`](crate::DmaView) whose
+    /// snapshot is older takes a new one before its next access.
     generation: AtomicU64,
     faults: AtomicU64,
+    /// The models' locks ([`model_lock`](Self::model_lock)): an unmap waits for each.
+    models: Mutex<Vec<Weak<dyn Quiesce>>>,
 }
 
 impl Default for CheckingMapper {
@@ -106,6 +109,7 @@ impl CheckingMapper {
             }),
             generation: AtomicU64::new(0),
             faults: AtomicU64::new(0),
+            models: Mutex::new(Vec::new()),
         }
     }
 
@@ -124,18 +128,39 @@ impl CheckingMapper {
     }
 
     /// The current mappings and the generation they belong to (read together, under the lock).
-    fn snapshot(&self) -> (Maps, u64) {
+    pub(crate) fn snapshot(&self) -> (Maps, u64) {
         let st = self.state();
         (st.maps.clone(), self.generation.load(Ordering::Relaxed))
     }
 
-    /// A device's lock-free view of the mappings (see [`DmaView`]).
-    pub fn view(self: &Arc<Self>) -> DmaView {
-        DmaView { mapper: self.clone(), snap: RefCell::new(Snapshot::new(self.snapshot())) }
+    /// The generation now.
+    #[inline(always)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn models(&self) -> std::sync::MutexGuard<'_, Vec<Weak<dyn Quiesce>>> {
+        self.models.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a model's lock for unmaps to wait on (and forgets the ones gone).
+    pub(crate) fn add_model(&self, model: Weak<dyn Quiesce>) {
+        let mut models = self.models();
+        models.retain(|m| m.strong_count() > 0);
+        models.push(model);
+    }
+
+    /// Waits until no model is in a step that began before the generation moved: after this,
+    /// no access can reach a mapping that was removed before the call.
+    fn wait_for_models(&self) {
+        let live: Vec<_> = self.models().iter().filter_map(Weak::upgrade).collect();
+        for m in live {
+            m.wait();
+        }
     }
 
     /// Counts and logs a rejected access.
-    fn fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault {
+    pub(crate) fn fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault {
         let fault = DmaFault { iova, len, kind };
         self.faults.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("{fault}");
@@ -153,54 +178,60 @@ impl CheckingMapper {
     }
 }
 
-/// A little-endian u64 at `va`, loaded as one 8-byte load: volatile when aligned, so the
-/// compiler cannot merge neighbouring loads into wider ones (a 16-byte load over two 8-byte
-/// stores the driver just made is not forwarded from the store buffer: the CPU stalls until
-/// they drain).
+/// A little-endian u64 at `va`, loaded as one 8-byte atomic load when aligned, so the compiler
+/// cannot merge neighbouring loads into wider ones (a 16-byte load over two 8-byte stores the
+/// driver just made is not forwarded from the store buffer: the CPU stalls until they drain),
+/// and byte by byte (atomically too) when not.
 ///
 /// # Safety
-/// `[va, va + 8)` must be readable memory.
+/// `[va, va + 8)` must be readable memory that is only accessed atomically while shared.
 #[inline(always)]
 unsafe fn load_le64(va: usize) -> u64 {
-    let p = va as *const u64;
-    // SAFETY: the caller's; `read_volatile` only where `p` is aligned.
-    u64::from_le(unsafe {
-        if va % 8 == 0 {
-            core::ptr::read_volatile(p)
-        } else {
-            core::ptr::read_unaligned(p)
-        }
-    })
+    if va % 8 == 0 {
+        // SAFETY: the caller's; aligned, so an AtomicU64 may stand for it.
+        u64::from_le(unsafe { AtomicU64::from_ptr(va as *mut u64) }.load(Ordering::Relaxed))
+    } else {
+        let mut b = [0u8; 8];
+        // SAFETY: the caller's.
+        unsafe { load_bytes(va as *const u8, &mut b) };
+        u64::from_le_bytes(b)
+    }
 }
 
 /// Device-side access to memory by IOVA, bounded to what the driver mapped: a model's DMA.
 ///
 /// An access that any byte of falls outside every mapping fails with a [`DmaFault`] (counted
-/// by the mapper) and touches nothing.
+/// by the mapper) and touches nothing. An access that is inside holds its mapping while it
+/// copies: an unmap on another thread waits for it (see [`with_range`](Self::with_range)), so
+/// it never reaches memory that was unmapped and freed in between. Every access is atomic, a
+/// word at a time: the driver's threads may touch the same memory through a
+/// [`DmaSlice`](crate::DmaSlice), and only atomic accesses on both sides make that defined.
 pub trait DeviceMemory {
-    /// The virtual address of `[iova, iova + len)` if one live mapping holds all of it.
-    fn resolve(&self, iova: Iova, len: usize) -> Option<usize>;
+    /// Runs `f` with the virtual address of `[iova, iova + len)` if one live mapping holds all
+    /// of it, keeping that mapping from being unmapped until `f` returns.
+    fn with_range<R>(&self, iova: Iova, len: usize, f: impl FnOnce(usize) -> R) -> Option<R>;
 
     /// The mapper behind this access (it counts the faults).
     fn mapper(&self) -> &CheckingMapper;
 
-    /// Whether `[iova, iova + len)` lies within one mapping.
+    /// Whether `[iova, iova + len)` lies within one mapping (now: an unmap may follow).
     #[inline]
     fn is_mapped(&self, iova: Iova, len: usize) -> bool {
-        self.resolve(iova, len).is_some()
+        self.with_range(iova, len, |_| ()).is_some()
     }
 
     /// Device-side read: copy `buf.len()` bytes from `iova` into `buf`.
     #[inline]
     fn read(&self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault> {
-        let va = self
-            .resolve(iova, buf.len())
-            .ok_or_else(|| self.mapper().fault(iova, buf.len(), "read"))?;
-        // SAFETY: `resolve` found `[va, va + len)` inside a live mapping: the mapper's contract
-        // (`map` is unsafe) keeps it valid until unmapped, and the model is the device, the one
-        // party allowed to touch it behind the driver's back.
-        unsafe { core::ptr::copy_nonoverlapping(va as *const u8, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
+        let len = buf.len();
+        self.with_range(iova, len, |va| {
+            // SAFETY: `[va, va + len)` lies inside a mapping that `with_range` keeps mapped
+            // (the mapper's contract, `map` being unsafe, keeps mapped memory valid), and the
+            // model is the device, the one party allowed to touch it behind the driver's back;
+            // shared memory is only ever accessed atomically.
+            unsafe { load_bytes(va as *const u8, buf) }
+        })
+        .ok_or_else(|| self.mapper().fault(iova, len, "read"))
     }
 
     /// Device-side read of `N` little-endian u64s at `iova` (an entry the driver stored as
@@ -222,19 +253,21 @@ pub trait DeviceMemory {
     #[inline(always)]
     fn read_entry_le64s<const N: usize>(&self, iova: Iova) -> Result<[u64; N], DmaFault> {
         let len = N * 8;
-        let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
-        let mut out = [0u64; N];
-        let at = |i: usize| va + 8 * i;
-        if N > 0 {
-            // SAFETY: as in `read`, for the `len` bytes `resolve` checked.
-            out[N - 1] = unsafe { load_le64(at(N - 1)) };
-            core::sync::atomic::fence(Ordering::Acquire);
-        }
-        for (i, q) in out.iter_mut().enumerate().take(N.saturating_sub(1)) {
-            // SAFETY: as above.
-            *q = unsafe { load_le64(at(i)) };
-        }
-        Ok(out)
+        self.with_range(iova, len, |va| {
+            let mut out = [0u64; N];
+            let at = |i: usize| va + 8 * i;
+            if N > 0 {
+                // SAFETY: as in `read`, for the `len` bytes `with_range` holds.
+                out[N - 1] = unsafe { load_le64(at(N - 1)) };
+                core::sync::atomic::fence(Ordering::Acquire);
+            }
+            for (i, q) in out.iter_mut().enumerate().take(N.saturating_sub(1)) {
+                // SAFETY: as above.
+                *q = unsafe { load_le64(at(i)) };
+            }
+            out
+        })
+        .ok_or_else(|| self.mapper().fault(iova, len, "read"))
     }
 
     /// Device-side read of `out.len()` little-endian u64s at `iova` (a small table the driver
@@ -242,12 +275,13 @@ pub trait DeviceMemory {
     #[inline(always)]
     fn read_le64_slice(&self, iova: Iova, out: &mut [u64]) -> Result<(), DmaFault> {
         let len = out.len() * 8;
-        let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "read"))?;
-        for (i, q) in out.iter_mut().enumerate() {
-            // SAFETY: as in `read`, for the `len` bytes `resolve` checked.
-            *q = unsafe { load_le64(va + 8 * i) };
-        }
-        Ok(())
+        self.with_range(iova, len, |va| {
+            for (i, q) in out.iter_mut().enumerate() {
+                // SAFETY: as in `read`, for the `len` bytes `with_range` holds.
+                *q = unsafe { load_le64(va + 8 * i) };
+            }
+        })
+        .ok_or_else(|| self.mapper().fault(iova, len, "read"))
     }
 
     /// Device-side release store of a little-endian u64 at `iova` (8-byte aligned): an entry's
@@ -255,27 +289,30 @@ pub trait DeviceMemory {
     /// `iova` is a fault (kind "write (misaligned)"), as the store could not be atomic.
     #[inline(always)]
     fn store_release_le64(&self, iova: Iova, v: u64) -> Result<(), DmaFault> {
-        let va = self.resolve(iova, 8).ok_or_else(|| self.mapper().fault(iova, 8, "write"))?;
-        if va % 8 != 0 || iova.0 % 8 != 0 {
-            return Err(self.mapper().fault(iova, 8, "write (misaligned)"));
+        let stored = self.with_range(iova, 8, |va| {
+            if va % 8 != 0 || iova.0 % 8 != 0 {
+                return false;
+            }
+            // SAFETY: as in `read`, for the 8 bytes `with_range` holds, aligned (checked): an
+            // AtomicU64 has u64's layout, and shared memory is only accessed atomically.
+            unsafe { AtomicU64::from_ptr(va as *mut u64) }.store(v.to_le(), Ordering::Release);
+            true
+        });
+        match stored {
+            Some(true) => Ok(()),
+            Some(false) => Err(self.mapper().fault(iova, 8, "write (misaligned)")),
+            None => Err(self.mapper().fault(iova, 8, "write")),
         }
-        // SAFETY: as in `write`, for the 8 bytes `resolve` checked, aligned (checked): an
-        // AtomicU64 has u64's layout, and the driver's side touches this memory only through
-        // volatile or atomic accesses.
-        unsafe { core::sync::atomic::AtomicU64::from_ptr(va as *mut u64) }
-            .store(v.to_le(), Ordering::Release);
-        Ok(())
     }
 
     /// Device-side write: copy `buf` to `iova`.
     #[inline]
     fn write(&self, iova: Iova, buf: &[u8]) -> Result<(), DmaFault> {
-        let va = self
-            .resolve(iova, buf.len())
-            .ok_or_else(|| self.mapper().fault(iova, buf.len(), "write"))?;
-        // SAFETY: as in `read`.
-        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), va as *mut u8, buf.len()) };
-        Ok(())
+        self.with_range(iova, buf.len(), |va| {
+            // SAFETY: as in `read`.
+            unsafe { store_bytes(va as *mut u8, buf) }
+        })
+        .ok_or_else(|| self.mapper().fault(iova, buf.len(), "write"))
     }
 
     /// Device-side write of `body` then `last` right after it, for one bounds check, with a
@@ -285,14 +322,15 @@ pub trait DeviceMemory {
     #[inline]
     fn write_then(&self, iova: Iova, body: &[u8], last: &[u8]) -> Result<(), DmaFault> {
         let len = body.len() + last.len();
-        let va = self.resolve(iova, len).ok_or_else(|| self.mapper().fault(iova, len, "write"))?;
-        // SAFETY: as in `read`, for the `len` bytes `resolve` checked.
-        unsafe {
-            core::ptr::copy_nonoverlapping(body.as_ptr(), va as *mut u8, body.len());
-            core::sync::atomic::fence(Ordering::Release);
-            core::ptr::copy_nonoverlapping(last.as_ptr(), (va + body.len()) as *mut u8, last.len());
-        }
-        Ok(())
+        self.with_range(iova, len, |va| {
+            // SAFETY: as in `read`, for the `len` bytes `with_range` holds.
+            unsafe {
+                store_bytes(va as *mut u8, body);
+                core::sync::atomic::fence(Ordering::Release);
+                store_bytes((va + body.len()) as *mut u8, last);
+            }
+        })
+        .ok_or_else(|| self.mapper().fault(iova, len, "write"))
     }
 
     /// Device-side little-endian u16 read.
@@ -338,102 +376,19 @@ pub trait DeviceMemory {
     }
 }
 
-/// Through the mapper itself: a lock and a binary search per access.
+/// Through the mapper itself: a lock and a binary search per access. The lock is held while
+/// `f` runs, so an unmap (which takes it) waits for the access.
 impl DeviceMemory for CheckingMapper {
-    fn resolve(&self, iova: Iova, len: usize) -> Option<usize> {
-        find(&self.state().maps, iova.0, len)
+    fn with_range<R>(&self, iova: Iova, len: usize, f: impl FnOnce(usize) -> R) -> Option<R> {
+        let st = self.state();
+        let va = find(&st.maps, iova.0, len)?;
+        let r = f(va);
+        drop(st);
+        Some(r)
     }
 
     fn mapper(&self) -> &CheckingMapper {
         self
-    }
-}
-
-/// A device's view of a [`CheckingMapper`]'s mappings: a snapshot it searches without a lock,
-/// taken again whenever the mapper's generation has moved. One per device (or per thread of
-/// one): it is `Send` but not `Sync`.
-///
-/// It is exactly as strict as the mapper: an unmap bumps the generation before it returns, so
-/// the next access after it sees the mapping gone.
-#[derive(Debug)]
-pub struct DmaView {
-    mapper: Arc<CheckingMapper>,
-    snap: RefCell<Snapshot>,
-}
-
-#[derive(Debug)]
-struct Snapshot {
-    maps: Maps,
-    generation: u64,
-    /// By IOVA page: a copy of the mapping that last held an access there (one load from the
-    /// slot to the bounds, where an index into `maps` was two dependent ones). New with every
-    /// snapshot, so it never holds a mapping that is gone.
-    by_page: PageCache<Mapping>,
-}
-
-/// An empty page cache slot: no access falls in it (`len` 0 holds nothing).
-const NO_MAPPING: Mapping = Mapping { iova: u64::MAX, virt: 0, len: 0 };
-
-impl Snapshot {
-    fn new((maps, generation): (Maps, u64)) -> Snapshot {
-        Snapshot { maps, generation, by_page: PageCache::new(NO_MAPPING) }
-    }
-
-    /// Where `[iova, iova + len)` is if the page cache's entry for its page holds all of it.
-    #[inline(always)]
-    fn hit(&self, iova: u64, len: usize) -> Option<usize> {
-        self.by_page.get(iova).at(iova, len)
-    }
-
-    /// A page cache miss: a binary search, whose answer the cache keeps.
-    fn search(&mut self, iova: u64, len: usize) -> Option<usize> {
-        let m = self.maps[search_index(&self.maps, iova)?];
-        let va = m.at(iova, len)?;
-        self.by_page.set(iova, m);
-        Some(va)
-    }
-}
-
-impl DmaView {
-    /// The mapper this views.
-    pub fn checking_mapper(&self) -> &Arc<CheckingMapper> {
-        &self.mapper
-    }
-
-    /// The snapshot renewed if the mappings changed, then searched.
-    #[cold]
-    #[inline(never)]
-    fn resolve_slow(&self, iova: u64, len: usize) -> Option<usize> {
-        let mut snap = self.snap.borrow_mut();
-        if self.mapper.generation.load(Ordering::Acquire) != snap.generation {
-            // Keeps the cache's memory: no allocation however often the mappings change.
-            (snap.maps, snap.generation) = self.mapper.snapshot();
-            snap.by_page.clear();
-        }
-        if let Some(va) = snap.hit(iova, len) {
-            return Some(va);
-        }
-        snap.search(iova, len)
-    }
-}
-
-impl DeviceMemory for DmaView {
-    /// Inline, the common case: the snapshot is current and its page cache hits. The rest
-    /// (a new snapshot, a search) is out of line, so the hit path saves no registers.
-    #[inline(always)]
-    fn resolve(&self, iova: Iova, len: usize) -> Option<usize> {
-        if let Ok(snap) = self.snap.try_borrow() {
-            if self.mapper.generation.load(Ordering::Acquire) == snap.generation {
-                if let Some(va) = snap.hit(iova.0, len) {
-                    return Some(va);
-                }
-            }
-        }
-        self.resolve_slow(iova.0, len)
-    }
-
-    fn mapper(&self) -> &CheckingMapper {
-        &self.mapper
     }
 }
 
@@ -491,8 +446,12 @@ impl DmaMapper for CheckingMapper {
             }
             st.alloc.free(c.iova, c.len as u64 + PAGE_SIZE as u64)?;
         }
-        // Before returning, so no view reaches this memory once the caller frees it.
         self.generation.fetch_add(1, Ordering::Release);
+        drop(guard);
+        // Before returning, so no access reaches this memory once the caller frees it: one in
+        // progress under a model's lock ends first, and every later step sees the new
+        // generation (through that lock).
+        self.wait_for_models();
         Ok(())
     }
 }
@@ -542,37 +501,33 @@ mod tests {
     fn a_view_follows_maps_and_unmaps() {
         let m = Arc::new(CheckingMapper::new());
         let space = DmaSpace::new(m.clone());
-        let view = m.view();
+        let view = m.model_lock(|v| v);
         let a = space.alloc(4096).unwrap();
         a.mem().write_le32(8, 0xabcd);
         assert_eq!(
-            view.read_le32(Iova(a.iova().0 + 8)).unwrap(),
+            view.lock().read_le32(Iova(a.iova().0 + 8)).unwrap(),
             0xabcd,
             "a mapping made after the view"
         );
         let b = space.alloc(8192).unwrap();
-        view.write_le64(Iova(b.iova().0 + 8184), 5).unwrap();
+        view.lock().write_le64(Iova(b.iova().0 + 8184), 5).unwrap();
         assert_eq!(b.mem().read_le64(8184), 5);
-        assert!(view.write(Iova(b.iova().0 + 8190), &[0; 4]).is_err(), "runs past the end");
+        assert!(view.lock().write(Iova(b.iova().0 + 8190), &[0; 4]).is_err(), "runs past the end");
         let ia = a.iova();
         drop(a);
-        assert!(!view.is_mapped(ia, 4), "the view saw the unmap");
-        assert!(view.read(ia, &mut [0]).is_err());
-        assert!(view.is_mapped(b.iova(), 8192));
+        assert!(!view.lock().is_mapped(ia, 4), "the view saw the unmap");
+        assert!(view.lock().read(ia, &mut [0]).is_err());
+        assert!(view.lock().is_mapped(b.iova(), 8192));
         assert_eq!(m.fault_count(), 2, "faults through a view count on the mapper");
     }
 
     #[test]
     fn a_views_page_cache_answers_only_for_the_mapping_it_holds() {
-        // Empty slots hold nothing, not even a zero-length access at the top IOVA.
-        let snap = Snapshot::new((Arc::new(Vec::new()), 0));
-        assert_eq!(snap.hit(u64::MAX, 0), None);
-        assert_eq!(snap.hit(0, 0), None);
         // Two mappings whose pages share a slot (SLOTS pages apart): each access finds its
         // own after the other evicted it, and a hit never reaches past a mapping's end.
         let m = Arc::new(CheckingMapper::new());
         let space = DmaSpace::new(m.clone());
-        let view = m.view();
+        let view = m.model_lock(|v| v);
         let a = space.alloc(4096).unwrap();
         let mut spacer = Vec::new();
         let b = loop {
@@ -585,39 +540,42 @@ mod tests {
         a.mem().write_le64(0, 0xa);
         b.mem().write_le64(0, 0xb);
         for _ in 0..2 {
-            assert_eq!(view.read_le64(a.iova()).unwrap(), 0xa);
-            assert_eq!(view.read_le64(b.iova()).unwrap(), 0xb);
+            assert_eq!(view.lock().read_le64(a.iova()).unwrap(), 0xa);
+            assert_eq!(view.lock().read_le64(b.iova()).unwrap(), 0xb);
         }
-        assert!(view.read_le64(Iova(a.iova().0 + 4092)).is_err(), "past a's end, after a hit");
+        assert!(
+            view.lock().read_le64(Iova(a.iova().0 + 4092)).is_err(),
+            "past a's end, after a hit"
+        );
         // Far above every mapping, in a's slot: a fault, not an overflow of a's address.
         let span = (crate::page_cache::SLOTS * PAGE_SIZE) as u64;
         let top = u64::MAX - 2 * span;
         let far = Iova(top - (top - a.iova().0) % span);
-        assert!(view.read_le64(far).is_err());
+        assert!(view.lock().read_le64(far).is_err());
         assert!(m.read_le64(far).is_err(), "the mapper's own search too");
-        assert!(view.is_mapped(Iova(b.iova().0 + 4095), 1));
-        assert!(!view.is_mapped(Iova(b.iova().0 + 4095), 2));
+        assert!(view.lock().is_mapped(Iova(b.iova().0 + 4095), 1));
+        assert!(!view.lock().is_mapped(Iova(b.iova().0 + 4095), 2));
     }
 
     #[test]
     fn word_accesses_are_bounded_and_ordered() {
         let m = Arc::new(CheckingMapper::new());
         let space = DmaSpace::new(m.clone());
-        let view = m.view();
+        let view = m.model_lock(|v| v);
         let a = space.alloc(4096).unwrap();
         let at = |off: u64| Iova(a.iova().0 + off);
         a.mem().write_le64s(16, [1, 2, 3]);
-        assert_eq!(view.read_entry_le64s::<3>(at(16)).unwrap(), [1, 2, 3]);
+        assert_eq!(view.lock().read_entry_le64s::<3>(at(16)).unwrap(), [1, 2, 3]);
         let mut t = [0u64; 2];
-        view.read_le64_slice(at(24), &mut t).unwrap();
+        view.lock().read_le64_slice(at(24), &mut t).unwrap();
         assert_eq!(t, [2, 3]);
-        view.store_release_le64(at(4088), 0xfeed_0000_0000_0001).unwrap();
+        view.lock().store_release_le64(at(4088), 0xfeed_0000_0000_0001).unwrap();
         assert_eq!(a.mem().load_acquire_u64(4088), u64::to_le(0xfeed_0000_0000_0001));
         // Past the end, and a store that could not be atomic: faults, nothing written.
-        assert!(view.read_entry_le64s::<2>(at(4088)).is_err());
-        assert!(view.read_le64_slice(at(4080), &mut [0; 3]).is_err());
-        assert!(view.store_release_le64(at(4092), 1).is_err());
-        let e = view.store_release_le64(at(4), 1).unwrap_err();
+        assert!(view.lock().read_entry_le64s::<2>(at(4088)).is_err());
+        assert!(view.lock().read_le64_slice(at(4080), &mut [0; 3]).is_err());
+        assert!(view.lock().store_release_le64(at(4092), 1).is_err());
+        let e = view.lock().store_release_le64(at(4), 1).unwrap_err();
         assert_eq!(e.kind, "write (misaligned)");
         assert_eq!(a.mem().read_le64(0), 0, "the misaligned store wrote nothing");
         assert_eq!(m.fault_count(), 4);

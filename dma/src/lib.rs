@@ -10,7 +10,7 @@
 //! - [`Translator`]: the hot path, virtual range to [`IovaSegment`]s with no system call, lock
 //!   or allocation.
 //! - [`DmaPool`]: fixed per-queue pools of slots.
-//! - [`DmaSlice`]: safe volatile/atomic access to device-shared memory, so drivers built on this
+//! - [`DmaSlice`]: safe atomic access to device-shared memory, so drivers built on this
 //!   crate can `#![forbid(unsafe_code)]`.
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -31,10 +31,11 @@ mod region;
 mod space;
 mod translate;
 mod vfio;
+mod view;
 
 pub use addr::{align_down, align_up, Iova, PhysAddr, VirtAddr, HUGE_PAGE_SIZE, PAGE_SIZE};
 pub use checking::{
-    CheckingMapper, DeviceMemory, DmaFault, DmaView, CHECKING_IOVA_BASE, CHECKING_IOVA_LAST,
+    CheckingMapper, DeviceMemory, DmaFault, CHECKING_IOVA_BASE, CHECKING_IOVA_LAST,
 };
 pub use error::{DmaError, TranslateError};
 pub use iova::IovaAllocator;
@@ -48,3 +49,4 @@ pub use translate::{IovaSegment, Segments, TranslationTable};
 pub use vfio::{
     container_iova_ranges, parse_iova_range_cap, VfioType1Mapper, FALLBACK_IOVA_RANGES, IOVA_FLOOR,
 };
+pub use view::{DmaView, ModelGuard, ModelLock};

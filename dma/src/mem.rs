@@ -1,13 +1,20 @@
-//! Safe access to memory the device shares: volatile loads and stores at checked offsets.
+//! Safe access to memory the device shares: atomic loads and stores at checked offsets.
 //!
 //! Memory a device can write at any moment must never be seen through a Rust reference
 //! (`&[u8]`, `&mut u32`): the compiler may assume it does not change. [`DmaSlice`] is a pointer
-//! and a length; every access is a volatile or atomic operation on a raw pointer, bounds
-//! checked against the length, so drivers above this crate need no `unsafe`.
+//! and a length; every access is an atomic operation on a raw pointer, bounds checked against
+//! the length, so drivers above this crate need no `unsafe`.
+//!
+//! Atomic, not volatile: a `DmaSlice` is `Copy`, `Send` and `Sync`, so two threads may touch
+//! the same bytes through it, and only atomic accesses make that defined (two volatile stores
+//! to one byte from two threads are a data race). Bulk copies are atomic too, a word at a time
+//! ([`store_bytes`], [`load_bytes`]). On x86-64 and AArch64 a relaxed atomic load or store of
+//! an aligned word is the same instruction as a plain one, and the compiler neither merges nor
+//! removes atomic accesses, which is what polling device memory needs.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// A window on device-shared memory: a pointer, a length, and the lifetime of the owner.
 ///
@@ -21,9 +28,9 @@ pub struct DmaSlice<'a> {
     _owner: PhantomData<&'a ()>,
 }
 
-// SAFETY: a DmaSlice only permits volatile/atomic accesses through raw pointers; the memory is
-// shared with a device anyway, so sharing it between threads adds no new kind of race (the
-// same rules as `&[AtomicU8]`).
+// SAFETY: a DmaSlice only permits atomic accesses through raw pointers (word accessors and the
+// word-at-a-time copies alike), so sharing it between threads is exactly sharing an
+// `&[AtomicU8]`: racing accesses are defined, never a data race.
 unsafe impl Send for DmaSlice<'_> {}
 // SAFETY: see `Send` above.
 unsafe impl Sync for DmaSlice<'_> {}
@@ -34,9 +41,9 @@ impl core::fmt::Debug for DmaSlice<'_> {
     }
 }
 
-macro_rules! volatile_rw {
-    ($read:ident, $write:ident, $t:ty) => {
-        #[doc = concat!("Volatile read of a `", stringify!($t), "` (native endian) at `offset`.")]
+macro_rules! atomic_rw {
+    ($read:ident, $write:ident, $t:ty, $atomic:ty) => {
+        #[doc = concat!("Relaxed atomic read of a `", stringify!($t), "` (native endian) at `offset`.")]
         ///
         /// # Panics
         /// If the value does not lie within the slice or `offset` is not naturally aligned.
@@ -44,21 +51,103 @@ macro_rules! volatile_rw {
         pub fn $read(&self, offset: usize) -> $t {
             let p = self.elem_ptr::<$t>(offset);
             // SAFETY: `elem_ptr` checked that the value lies within the slice and is aligned;
-            // the owner keeps the memory mapped for 'a.
-            unsafe { p.read_volatile() }
+            // the owner keeps the memory mapped for 'a, and it is only ever accessed
+            // atomically (never through a reference), so the atomic type's layout may alias it.
+            unsafe { <$atomic>::from_ptr(p) }.load(Ordering::Relaxed)
         }
 
-        #[doc = concat!("Volatile write of a `", stringify!($t), "` (native endian) at `offset`.")]
+        #[doc = concat!("Relaxed atomic write of a `", stringify!($t), "` (native endian) at `offset`.")]
         ///
         /// # Panics
         /// If the value does not lie within the slice or `offset` is not naturally aligned.
         #[inline]
         pub fn $write(&self, offset: usize, value: $t) {
             let p = self.elem_ptr::<$t>(offset);
-            // SAFETY: as for the read: in bounds, aligned, and mapped for 'a.
-            unsafe { p.write_volatile(value) }
+            // SAFETY: as for the read: in bounds, aligned, mapped for 'a, only accessed
+            // atomically.
+            unsafe { <$atomic>::from_ptr(p) }.store(value, Ordering::Relaxed)
         }
     };
+}
+
+/// Stores `src` at `dst` with relaxed atomic stores: bytes up to an 8-byte boundary, then
+/// words, then the remaining bytes. Memory that other threads (or a device model) may touch at
+/// the same time is never written non-atomically.
+///
+/// # Safety
+/// `[dst, dst + src.len())` must be valid for writes and only ever accessed atomically (never
+/// through a Rust reference) while others can reach it.
+#[inline]
+pub(crate) unsafe fn store_bytes(dst: *mut u8, src: &[u8]) {
+    let head = dst.align_offset(8).min(src.len());
+    let (words, tail) = src[head..].split_at((src.len() - head) / 8 * 8);
+    for (i, &b) in src[..head].iter().enumerate() {
+        // SAFETY: in range (the caller's), and a byte is always aligned.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(b, Ordering::Relaxed);
+    }
+    for (i, w) in words.chunks_exact(8).enumerate() {
+        let v = u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
+        // SAFETY: in range, and 8-byte aligned (past `head`).
+        unsafe { AtomicU64::from_ptr(dst.add(head + 8 * i).cast()) }.store(v, Ordering::Relaxed);
+    }
+    let at = head + words.len();
+    for (i, &b) in tail.iter().enumerate() {
+        // SAFETY: in range.
+        unsafe { AtomicU8::from_ptr(dst.add(at + i)) }.store(b, Ordering::Relaxed);
+    }
+}
+
+/// Loads `dst.len()` bytes from `src` with relaxed atomic loads (see [`store_bytes`]).
+///
+/// # Safety
+/// `[src, src + dst.len())` must be valid for reads and only ever accessed atomically while
+/// others can reach it.
+#[inline]
+pub(crate) unsafe fn load_bytes(src: *const u8, dst: &mut [u8]) {
+    let len = dst.len();
+    let head = src.align_offset(8).min(len);
+    let src = src.cast_mut();
+    let (first, rest) = dst.split_at_mut(head);
+    for (i, b) in first.iter_mut().enumerate() {
+        // SAFETY: in range (the caller's); a byte is always aligned.
+        *b = unsafe { AtomicU8::from_ptr(src.add(i)) }.load(Ordering::Relaxed);
+    }
+    let nwords = rest.len() / 8;
+    let (words, tail) = rest.split_at_mut(nwords * 8);
+    for (i, w) in words.chunks_exact_mut(8).enumerate() {
+        // SAFETY: in range, 8-byte aligned (past `head`).
+        let v =
+            unsafe { AtomicU64::from_ptr(src.add(head + 8 * i).cast()) }.load(Ordering::Relaxed);
+        w.copy_from_slice(&v.to_ne_bytes());
+    }
+    let at = head + nwords * 8;
+    for (i, b) in tail.iter_mut().enumerate() {
+        // SAFETY: in range.
+        *b = unsafe { AtomicU8::from_ptr(src.add(at + i)) }.load(Ordering::Relaxed);
+    }
+}
+
+/// Sets `len` bytes at `dst` to `byte` with relaxed atomic stores (see [`store_bytes`]).
+///
+/// # Safety
+/// As for [`store_bytes`], for `[dst, dst + len)`.
+#[inline]
+pub(crate) unsafe fn fill_bytes(dst: *mut u8, len: usize, byte: u8) {
+    let head = dst.align_offset(8).min(len);
+    let word = u64::from_ne_bytes([byte; 8]);
+    for i in 0..head {
+        // SAFETY: in range (the caller's).
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(byte, Ordering::Relaxed);
+    }
+    let nwords = (len - head) / 8;
+    for i in 0..nwords {
+        // SAFETY: in range, 8-byte aligned.
+        unsafe { AtomicU64::from_ptr(dst.add(head + 8 * i).cast()) }.store(word, Ordering::Relaxed);
+    }
+    for i in head + nwords * 8..len {
+        // SAFETY: in range.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(byte, Ordering::Relaxed);
+    }
 }
 
 /// The panics of an access outside a slice or misaligned, out of line: on the hot path an
@@ -145,14 +234,14 @@ impl<'a> DmaSlice<'a> {
         p.cast()
     }
 
-    volatile_rw!(read_u8, write_u8, u8);
-    volatile_rw!(read_u16, write_u16, u16);
-    volatile_rw!(read_u32, write_u32, u32);
-    volatile_rw!(read_u64, write_u64, u64);
+    atomic_rw!(read_u8, write_u8, u8, AtomicU8);
+    atomic_rw!(read_u16, write_u16, u16, AtomicU16);
+    atomic_rw!(read_u32, write_u32, u32, AtomicU32);
+    atomic_rw!(read_u64, write_u64, u64, AtomicU64);
 
     /// Stores `v` as consecutive little-endian u64s at `offset` (8-byte aligned): one bounds
-    /// check and `N` volatile 64-bit stores, for a fixed-size entry built in registers (an
-    /// NVMe command).
+    /// check and `N` relaxed atomic 64-bit stores, for a fixed-size entry built in registers
+    /// (an NVMe command).
     ///
     /// # Panics
     /// If out of bounds or not 8-byte aligned.
@@ -161,8 +250,8 @@ impl<'a> DmaSlice<'a> {
         let p = self.elem_ptr::<[u64; N]>(offset).cast::<u64>();
         for (i, q) in v.into_iter().enumerate() {
             // SAFETY: `elem_ptr` checked all `N` u64s in bounds and the first (so every one)
-            // 8-byte aligned.
-            unsafe { p.add(i).write_volatile(q.to_le()) };
+            // 8-byte aligned; the memory is only accessed atomically.
+            unsafe { AtomicU64::from_ptr(p.add(i)) }.store(q.to_le(), Ordering::Relaxed);
         }
     }
 
@@ -206,7 +295,7 @@ impl<'a> DmaSlice<'a> {
     pub fn load_acquire_u32(&self, offset: usize) -> u32 {
         let p = self.elem_ptr::<u32>(offset);
         // SAFETY: in bounds and aligned (checked); AtomicU32 has u32's layout; the memory is
-        // only ever accessed through volatile/atomic operations, never through references.
+        // only ever accessed through atomic operations, never through references.
         unsafe { AtomicU32::from_ptr(p) }.load(Ordering::Acquire)
     }
 
@@ -266,47 +355,39 @@ impl<'a> DmaSlice<'a> {
         unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire)
     }
 
-    /// Copy `src` into the slice at `offset`.
+    /// Copy `src` into the slice at `offset`, a word at a time with atomic stores.
     ///
     /// # Panics
     /// If `[offset, offset + src.len())` is not within the slice.
     #[inline]
     pub fn copy_from_slice(&self, offset: usize, src: &[u8]) {
         self.check(offset, src.len());
-        // SAFETY: destination checked in bounds; `src` is a Rust slice, so it cannot overlap
-        // memory nobody may reference. A plain (non-volatile) copy is what every userspace
-        // driver does for bulk data: the device does not touch a buffer it does not own.
-        unsafe {
-            core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
-        }
+        // SAFETY: destination checked in bounds, mapped for 'a, only accessed atomically;
+        // `src` is a Rust slice, so it cannot overlap memory nobody may reference.
+        unsafe { store_bytes(self.ptr.as_ptr().add(offset), src) }
     }
 
-    /// Copy from the slice at `offset` into `dst`.
+    /// Copy from the slice at `offset` into `dst`, a word at a time with atomic loads.
     ///
     /// # Panics
     /// If `[offset, offset + dst.len())` is not within the slice.
     #[inline]
     pub fn copy_to_slice(&self, offset: usize, dst: &mut [u8]) {
         self.check(offset, dst.len());
-        // SAFETY: source checked in bounds; `dst` is an exclusive Rust slice elsewhere.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
-        }
+        // SAFETY: source checked in bounds, mapped for 'a, only accessed atomically; `dst` is
+        // an exclusive Rust slice elsewhere.
+        unsafe { load_bytes(self.ptr.as_ptr().add(offset), dst) }
     }
 
-    /// Set `len` bytes at `offset` to `byte`.
+    /// Set `len` bytes at `offset` to `byte`, a word at a time with atomic stores.
     ///
     /// # Panics
     /// If the range is not within the slice.
     #[inline]
     pub fn fill(&self, offset: usize, len: usize, byte: u8) {
         self.check(offset, len);
-        // SAFETY: checked in bounds.
-        unsafe { core::ptr::write_bytes(self.ptr.as_ptr().add(offset), byte, len) }
+        // SAFETY: checked in bounds, mapped for 'a, only accessed atomically.
+        unsafe { fill_bytes(self.ptr.as_ptr().add(offset), len, byte) }
     }
 
     /// Zero the whole slice.
@@ -359,6 +440,56 @@ mod tests {
             s.write_le64s(16, [1, 0x0203_0405_0607_0809]);
             assert_eq!((s.read_le64(16), s.read_u8(24)), (1, 0x09));
         });
+    }
+
+    #[test]
+    fn word_copies_round_trip_at_every_alignment() {
+        with_slice(|s| {
+            let src: Vec<u8> = (1..=61).collect();
+            for off in 0..3 {
+                for len in [0, 1, 7, 8, 9, 17, 61 - off] {
+                    s.zero();
+                    s.copy_from_slice(off, &src[..len]);
+                    let mut out = vec![0u8; 64];
+                    s.copy_to_slice(0, &mut out);
+                    assert_eq!(&out[off..off + len], &src[..len], "off {off} len {len}");
+                    assert!(out[..off].iter().chain(&out[off + len..]).all(|&b| b == 0));
+                    s.fill(off, len, 0xee);
+                    s.copy_to_slice(0, &mut out);
+                    assert!(out[off..off + len].iter().all(|&b| b == 0xee));
+                    assert!(out[..off].iter().chain(&out[off + len..]).all(|&b| b == 0));
+                }
+            }
+        });
+    }
+
+    /// `DmaSlice` is `Sync`: two threads writing and reading the same words is defined, and an
+    /// aligned word is never seen half written, through the word accessors or the copies.
+    #[test]
+    fn threads_sharing_a_slice_never_see_a_torn_word() {
+        let mut backing = vec![0u64; 64];
+        let p = NonNull::new(backing.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: `backing` outlives the scope below and is not referenced during it.
+        let s = unsafe { DmaSlice::from_raw(p, 512) };
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                for i in 0..20_000u32 {
+                    let b = if i % 2 == 0 { 0x00 } else { 0xff };
+                    s.copy_from_slice(0, &[b; 512]);
+                    s.write_u64(8 * (i as usize % 64), u64::from_ne_bytes([b; 8]));
+                }
+            });
+            for _ in 0..20_000 {
+                let mut out = [0u8; 512];
+                s.copy_to_slice(0, &mut out);
+                for w in out.chunks_exact(8) {
+                    assert!(w.iter().all(|&b| b == w[0]), "a torn word: {w:?}");
+                }
+                let v = s.read_u64(8 * 3);
+                assert!(v == 0 || v == u64::MAX, "a torn word: {v:#x}");
+            }
+        });
+        drop(backing);
     }
 
     #[test]

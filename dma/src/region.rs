@@ -56,7 +56,7 @@ pub struct DmaRegion {
     _fd: OwnedFd,
 }
 
-// SAFETY: the region owns its mapping; all access goes through DmaSlice's volatile/atomic
+// SAFETY: the region owns its mapping; all safe access goes through DmaSlice's atomic
 // operations, so it may move between and be shared by threads.
 unsafe impl Send for DmaRegion {}
 // SAFETY: see Send.
@@ -161,7 +161,7 @@ impl DmaRegion {
         self.ptr.as_ptr()
     }
 
-    /// Safe volatile access to the whole region.
+    /// Safe (atomic) access to the whole region.
     pub fn mem(&self) -> DmaSlice<'_> {
         // SAFETY: the mapping lives as long as `self`, and this crate never creates references
         // to it.

@@ -273,7 +273,7 @@ impl DmaBuffer {
         self.region.as_ptr()
     }
 
-    /// Safe volatile access to the memory.
+    /// Safe (atomic) access to the memory.
     pub fn mem(&self) -> DmaSlice<'_> {
         self.region.mem()
     }

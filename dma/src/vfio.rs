@@ -151,7 +151,7 @@ impl DmaMapper for VfioType1Mapper {
         };
         let iova = self.alloc().alloc(len as u64, align as u64)?;
         // SAFETY: forwarded from this function's contract: the memory stays mapped until
-        // `unmap`, and is only accessed through volatile operations meanwhile.
+        // `unmap`, and is only accessed through atomic operations meanwhile.
         let r = unsafe { self.container.vfio_dma_map(iova.0, len, virt.0 as *mut u8) };
         if let Err(e) = r {
             let _ = self.alloc().free(iova, len as u64);

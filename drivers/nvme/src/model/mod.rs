@@ -39,10 +39,10 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
+use std::sync::{Arc, Once, Weak};
 use std::time::{Duration, Instant};
 
-use mfio_dma::{CheckingMapper, DmaSpace};
+use mfio_dma::{CheckingMapper, DmaSpace, ModelGuard, ModelLock};
 use mfio_pci::{check_config_access, PciAddress, PciDevice, PciError};
 
 pub use config::{CompletionMode, ModelConfig, NamespaceConfig};
@@ -53,7 +53,8 @@ use inject::ViolationKind as Kind;
 use state::State;
 
 struct Inner {
-    state: Mutex<State>,
+    /// The device's state, DMA view included: every unmap of the mapper waits for this lock.
+    state: ModelLock<State>,
     mapper: Arc<CheckingMapper>,
     dma: Arc<DmaSpace>,
     timer: Once,
@@ -123,7 +124,7 @@ impl NvmeModel {
             CompletionMode::Deferred { .. } => config.deferred_timeout.is_some(),
             _ => false,
         };
-        let state = Mutex::new(State::new(config, mapper.clone()));
+        let state = mapper.model_lock(|view| State::new(config, view));
         let model = NvmeModel { inner: Arc::new(Inner { state, mapper, dma, timer: Once::new() }) };
         if timed {
             model.start_timer();
@@ -144,10 +145,11 @@ impl NvmeModel {
         });
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> ModelGuard<'_, State> {
         // A violation panics after the lock is released, but a panic elsewhere (a test's
-        // assertion inside a closure) must not make every later access panic too.
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        // assertion inside a closure) must not make every later access panic too: the lock
+        // takes a poisoned state over.
+        self.inner.state.lock()
     }
 
     /// Runs `f` on the state, then panics with the first new violation if configured to.
@@ -325,7 +327,7 @@ fn timer(model: Weak<Inner>) {
     loop {
         std::thread::sleep(Duration::from_micros(100));
         let Some(inner) = model.upgrade() else { return };
-        let mut st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = inner.state.lock();
         st.release_due(Instant::now());
     }
 }

@@ -2,9 +2,8 @@
 //! through the checking mapper (with bus mastering enforced), violations, the error log.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
 
-use mfio_dma::{CheckingMapper, DeviceMemory, DmaView, Iova};
+use mfio_dma::{DeviceMemory, DmaView, Iova};
 
 use super::config::ModelConfig;
 use super::inject::{Injection, Violation, ViolationKind};
@@ -117,14 +116,14 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn new(cfg: ModelConfig, mapper: Arc<CheckingMapper>) -> Self {
+    pub fn new(cfg: ModelConfig, dma: DmaView) -> Self {
         let nq = usize::from(cfg.max_queues) + 1;
         let seed = match cfg.completion {
             super::CompletionMode::Shuffled { seed } => seed,
             _ => 0,
         };
         Self {
-            dma: mapper.view(),
+            dma,
             pci: ConfigSpace::new(),
             cc: 0,
             csts: 0,

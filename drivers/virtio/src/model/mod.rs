@@ -26,7 +26,7 @@ mod requests;
 mod split;
 
 use crate::spec::{blk, cap, common, feature, ring, status};
-use mfio_dma::{CheckingMapper, DeviceMemory, DmaFault, DmaSpace, DmaView};
+use mfio_dma::{CheckingMapper, DeviceMemory, DmaFault, DmaSpace, DmaView, ModelLock};
 use mfio_pci::{check_config_access, PciAddress, PciDevice, PciError, CAP_ID_VENDOR};
 use process::{Fetched, QueueWork};
 use std::ops::Range;
@@ -207,8 +207,9 @@ struct State {
 struct Inner {
     opts: ModelOptions,
     mapper: Arc<CheckingMapper>,
-    /// The device's DMA: a lock-free view of the mapper, used under the state lock.
-    dma: Mutex<DmaView>,
+    /// The device's DMA: a lock-free view of the mapper, used under the state lock (every
+    /// unmap of the mapper waits for this lock too).
+    dma: ModelLock<DmaView>,
     space: Arc<DmaSpace>,
     state: Mutex<State>,
 }
@@ -314,7 +315,7 @@ impl VirtioBlkModel {
         Self {
             inner: Arc::new(Inner {
                 opts,
-                dma: Mutex::new(mapper.view()),
+                dma: mapper.model_lock(|view| view),
                 mapper,
                 space,
                 state: Mutex::new(state),
@@ -388,7 +389,7 @@ impl VirtioBlkModel {
     /// far to skip, so it must reset the device.
     pub fn inject_stray_completion(&self, q: u16, id: u32) {
         let mut st = self.state();
-        let m = self.inner.dma.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.inner.dma.lock();
         let q = usize::from(q);
         let r = if st.driver_features & feature::RING_PACKED != 0 {
             packed::inject_stray(&mut st, &m, q, id)
@@ -675,7 +676,7 @@ impl VirtioBlkModel {
         if mq.size == 0 {
             mq.size = mq.max;
         }
-        let m = self.inner.dma.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.inner.dma.lock();
         let r = if st.driver_features & feature::RING_PACKED != 0 {
             packed::enable(st, &m, q)
         } else {

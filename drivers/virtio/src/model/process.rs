@@ -94,7 +94,7 @@ impl QueueWork {
 /// as it is fetched, in the entry it was fetched into: the driver, which waits in the notify
 /// write, sees the same rings as if the model had fetched them all first.
 pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, all: bool) -> R<()> {
-    let m = model.inner.dma.lock().unwrap_or_else(|p| p.into_inner());
+    let m = model.inner.dma.lock();
     let mode = model.inner.opts.completion;
     let packed = st.driver_features & feature::RING_PACKED != 0;
     if mode == CompletionMode::InOrder {

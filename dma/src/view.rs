@@ -1,0 +1,326 @@
+//! A device model's lock-free view of a [`CheckingMapper`]'s mappings, and the lock that makes
+//! it fast: [`ModelLock`].
+//!
+//! A model's DMA resolves an IOVA and then copies. Something must keep the memory mapped
+//! between the two, or an unmap and free on another thread lands the copy in freed memory. A
+//! view made by [`CheckingMapper::model_lock`] lives in the model's state behind a
+//! [`ModelLock`], and an unmap, after it has removed the mapping and moved the generation, takes
+//! every model lock of its mapper once before it returns. So while the thread that holds the
+//! lock accesses memory through the view, the mapping it resolved cannot go away: the hot path
+//! resolves against its snapshot with no lock of its own (the model takes its lock once per
+//! step anyway, a doorbell or a poll), and each step after an unmap sees the new generation
+//! (the lock orders it) and takes a new snapshot.
+//!
+//! Each access checks that the lock is held by the thread making it (one load and a compare:
+//! the lock records its holder's token in a word the view shares). A view used any other way
+//! (moved out of its state, reached from another thread or after the guard is gone) takes the
+//! mapper's own lock for the access instead, which an unmap also takes: slow, never unsound.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use crate::addr::Iova;
+use crate::checking::{search_index, CheckingMapper, DeviceMemory, Mapping, Maps};
+use crate::page_cache::PageCache;
+
+/// A device's view of a [`CheckingMapper`]'s mappings: a snapshot it searches without a lock,
+/// taken again whenever the mapper's generation has moved. It lives in a model's state behind
+/// a [`ModelLock`]; it is `Send` but not `Sync`.
+///
+/// It is exactly as strict as the mapper: an unmap bumps the generation and waits for the
+/// model's lock before it returns, so no access reaches memory after its unmap returned.
+#[derive(Debug)]
+pub struct DmaView {
+    mapper: Arc<CheckingMapper>,
+    snap: RefCell<Snapshot>,
+    /// The token of the thread holding this view's [`ModelLock`] (0: nobody).
+    holder: Arc<AtomicUsize>,
+}
+#[derive(Debug)]
+struct Snapshot {
+    maps: Maps,
+    generation: u64,
+    /// By IOVA page: a copy of the mapping that last held an access there (one load from the
+    /// slot to the bounds, where an index into `maps` was two dependent ones). New with every
+    /// snapshot, so it never holds a mapping that is gone.
+    by_page: PageCache<Mapping>,
+}
+
+/// An empty page cache slot: no access falls in it (`len` 0 holds nothing).
+const NO_MAPPING: Mapping = Mapping { iova: u64::MAX, virt: 0, len: 0 };
+
+impl Snapshot {
+    fn new((maps, generation): (Maps, u64)) -> Snapshot {
+        Snapshot { maps, generation, by_page: PageCache::new(NO_MAPPING) }
+    }
+
+    /// Where `[iova, iova + len)` is if the page cache's entry for its page holds all of it.
+    #[inline(always)]
+    fn hit(&self, iova: u64, len: usize) -> Option<usize> {
+        self.by_page.get(iova).at(iova, len)
+    }
+
+    /// A page cache miss: a binary search, whose answer the cache keeps.
+    fn search(&mut self, iova: u64, len: usize) -> Option<usize> {
+        let m = self.maps[search_index(&self.maps, iova)?];
+        let va = m.at(iova, len)?;
+        self.by_page.set(iova, m);
+        Some(va)
+    }
+}
+
+impl DmaView {
+    /// The mapper this views.
+    pub fn checking_mapper(&self) -> &Arc<CheckingMapper> {
+        &self.mapper
+    }
+
+    /// The snapshot renewed if the mappings changed, then searched.
+    #[cold]
+    #[inline(never)]
+    fn resolve_slow(&self, iova: u64, len: usize) -> Option<usize> {
+        let mut snap = self.snap.borrow_mut();
+        if self.mapper.generation() != snap.generation {
+            // Keeps the cache's memory: no allocation however often the mappings change.
+            (snap.maps, snap.generation) = self.mapper.snapshot();
+            snap.by_page.clear();
+        }
+        if let Some(va) = snap.hit(iova, len) {
+            return Some(va);
+        }
+        snap.search(iova, len)
+    }
+
+    /// Inline, the common case: the snapshot is current and its page cache hits. The rest
+    /// (a new snapshot, a search) is out of line, so the hit path saves no registers.
+    #[inline(always)]
+    fn resolve(&self, iova: Iova, len: usize) -> Option<usize> {
+        if let Ok(snap) = self.snap.try_borrow() {
+            if self.mapper.generation() == snap.generation {
+                if let Some(va) = snap.hit(iova.0, len) {
+                    return Some(va);
+                }
+            }
+        }
+        self.resolve_slow(iova.0, len)
+    }
+}
+
+impl DeviceMemory for DmaView {
+    /// Under its [`ModelLock`], held by this thread, no lock of its own: an unmap waits for that
+    /// lock, so the mapping `resolve` found stays while `f` runs. Otherwise through the mapper,
+    /// under the mapper's lock.
+    #[inline(always)]
+    fn with_range<R>(&self, iova: Iova, len: usize, f: impl FnOnce(usize) -> R) -> Option<R> {
+        if self.holder.load(Ordering::Relaxed) == thread_token() {
+            self.resolve(iova, len).map(f)
+        } else {
+            self.mapper.with_range(iova, len, f)
+        }
+    }
+
+    fn mapper(&self) -> &CheckingMapper {
+        &self.mapper
+    }
+}
+
+/// What an unmap waits for: every step of a model that may still use the old mappings.
+pub(crate) trait Quiesce: Send + Sync {
+    /// Returns once no step of the model is running (takes and drops its lock).
+    fn wait(&self);
+}
+
+struct Home<T> {
+    state: Mutex<T>,
+    /// The token of the thread that holds `state` (0: none), shared with the state's view.
+    /// Written only by that thread, under the lock.
+    holder: Arc<AtomicUsize>,
+    /// Unmaps waiting for the lock. A model that steps in a tight loop lets them in first
+    /// (a mutex is not fair: it would take the lock back before a waiter wakes).
+    waiters: AtomicUsize,
+}
+
+/// A token for the current thread: the address of a thread-local, never 0, and unique among
+/// the threads alive.
+#[inline(always)]
+fn thread_token() -> usize {
+    thread_local! { static TOKEN: u8 = const { 0 }; }
+    TOKEN.with(|t| t as *const u8 as usize)
+}
+
+impl<T: Send> Quiesce for Home<T> {
+    fn wait(&self) {
+        if self.holder.load(Ordering::Relaxed) == thread_token() {
+            // This thread is inside a step of the model: waiting for the step to end would
+            // never return, and returning without waiting could free memory it is using.
+            eprintln!(
+                "mfio-dma: an unmap from inside a device model's step (under its ModelLock) \
+                 would wait for that step to end; aborting"
+            );
+            std::process::abort();
+        }
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        drop(self.state.lock());
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A device model's state (holding its [`DmaView`]) behind the lock every unmap of its mapper
+/// waits for. Take it once per step of the model (a doorbell, a poll); the DMA accesses of the
+/// step go through the view without a lock of their own.
+pub struct ModelLock<T> {
+    home: Arc<Home<T>>,
+}
+
+impl<T> std::fmt::Debug for ModelLock<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelLock").finish_non_exhaustive()
+    }
+}
+
+impl CheckingMapper {
+    /// A model's state behind a [`ModelLock`]: `make` gets the model's [`DmaView`] and builds
+    /// the state that keeps it.
+    pub fn model_lock<T: Send + 'static>(
+        self: &Arc<Self>,
+        make: impl FnOnce(DmaView) -> T,
+    ) -> ModelLock<T> {
+        let holder = Arc::new(AtomicUsize::new(0));
+        let view = DmaView {
+            mapper: self.clone(),
+            snap: RefCell::new(Snapshot::new(self.snapshot())),
+            holder: holder.clone(),
+        };
+        let home =
+            Arc::new(Home { state: Mutex::new(make(view)), holder, waiters: AtomicUsize::new(0) });
+        let weak: Weak<dyn Quiesce> = Arc::downgrade(&home) as Weak<Home<T>>;
+        self.add_model(weak);
+        ModelLock { home }
+    }
+}
+
+impl<T> ModelLock<T> {
+    /// Locks the state for one step of the model (a poisoned lock is taken over: the state is
+    /// the model's to check).
+    pub fn lock(&self) -> ModelGuard<'_, T> {
+        while self.home.waiters.load(Ordering::Relaxed) != 0 {
+            std::thread::yield_now();
+        }
+        let guard = self.home.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.home.holder.store(thread_token(), Ordering::Relaxed);
+        ModelGuard { guard, holder: &self.home.holder }
+    }
+}
+
+/// A locked model state; see [`ModelLock`]. Not `Send`: the lock is this thread's.
+pub struct ModelGuard<'a, T> {
+    guard: MutexGuard<'a, T>,
+    holder: &'a AtomicUsize,
+}
+
+impl<T> std::ops::Deref for ModelGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for ModelGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T> Drop for ModelGuard<'_, T> {
+    fn drop(&mut self) {
+        // Before the mutex is released (the field drops after this).
+        self.holder.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::DmaSpace;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn an_empty_page_cache_slot_holds_nothing() {
+        // Not even a zero-length access at the top IOVA.
+        let snap = Snapshot::new((Arc::new(Vec::new()), 0));
+        assert_eq!(snap.hit(u64::MAX, 0), None);
+        assert_eq!(snap.hit(0, 0), None);
+    }
+
+    /// A device thread writes a buffer again and again while this thread unmaps and frees it:
+    /// every write either lands while the buffer is mapped or faults; none reaches the freed
+    /// memory (which is unmapped from the process: a stray copy would crash, or under valgrind
+    /// be reported) or memory allocated in its place.
+    fn race_unmap_against_device_writes(through_view: bool) {
+        let m = Arc::new(CheckingMapper::new());
+        let space = DmaSpace::new(m.clone());
+        let lock = Arc::new(m.model_lock(|v| v));
+        let other = DmaSpace::new(Arc::new(CheckingMapper::new()));
+        for _ in 0..200 {
+            let buf = space.alloc(8192).unwrap();
+            let iova = buf.iova();
+            let started = Arc::new(AtomicBool::new(false));
+            let device = {
+                let (m, lock, started) = (m.clone(), lock.clone(), started.clone());
+                std::thread::spawn(move || {
+                    let mut writes = 0u64;
+                    loop {
+                        let r = if through_view {
+                            lock.lock().write(iova, &[0xa5; 8192])
+                        } else {
+                            m.write(iova, &[0xa5; 8192])
+                        };
+                        if r.is_err() {
+                            return writes;
+                        }
+                        writes += 1;
+                        started.store(true, Ordering::Release);
+                    }
+                })
+            };
+            while !started.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            drop(buf);
+            // Memory the process may place where the freed buffer was, mapped elsewhere (in
+            // another space, so not at the IOVA the device keeps writing).
+            let fresh = other.alloc(8192).unwrap();
+            let writes = device.join().unwrap();
+            assert!(writes > 0);
+            let mut b = [0u8; 8192];
+            fresh.mem().copy_to_slice(0, &mut b);
+            assert!(b.iter().all(|&x| x == 0), "the device wrote into a buffer it was never given");
+        }
+    }
+
+    #[test]
+    fn an_unmap_waits_for_a_model_access_in_progress() {
+        race_unmap_against_device_writes(true);
+    }
+
+    #[test]
+    fn an_unmap_waits_for_an_access_through_the_mapper() {
+        race_unmap_against_device_writes(false);
+    }
+
+    #[test]
+    fn a_view_used_without_its_lock_is_still_bounded_by_the_mapper() {
+        let m = Arc::new(CheckingMapper::new());
+        let space = DmaSpace::new(m.clone());
+        let lock = m.model_lock(Some);
+        // Take the view out of the state: from here on no lock of it is held by this thread.
+        let view = lock.lock().take().unwrap();
+        let a = space.alloc(4096).unwrap();
+        view.write_le32(a.iova(), 7).unwrap();
+        assert_eq!(a.mem().read_le32(0), 7);
+        let ia = a.iova();
+        drop(a); // does not wait for the view (no step is running), and may not need to
+        assert!(view.read_le32(ia).is_err(), "the unmap is seen at once");
+    }
+}
