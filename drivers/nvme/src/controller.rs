@@ -290,17 +290,32 @@ impl<D: PciDevice> Controller<D> {
     /// next poll and re-creates its queue pair on the device, so it works again afterwards.
     /// The driver calls this itself on a fatal status or a command that neither completes nor
     /// aborts; call it by hand to recover from anything else.
+    ///
+    /// Queues give their segments' memory back only once the device can no longer reach it:
+    /// the epoch moves (which is what lets them fail and release) after CSTS.RDY has gone to 0,
+    /// or, when the controller does not stop within CAP.TO, after bus mastering is turned off
+    /// in the PCI command register (a function with it off issues no DMA). If even that
+    /// fails, the epoch stays and the queues keep their memory: a reset that cannot stop the
+    /// device returns an error and frees nothing.
     pub fn reset(&self) -> Result<(), NvmeError> {
         let span = tracing::warn_span!("nvme_reset", dev = %self.dev.address());
         let _g = span.enter();
         let mut admin = self.admin();
         self.enabled.store(false, Ordering::Release);
+        let disabled = disable(&self.dev, self.cap);
+        if let Err(e) = &disabled {
+            if !matches!(e, NvmeError::Gone) {
+                tracing::error!(error = %e, "controller did not stop: turning bus mastering off");
+                stop_dma(&self.dev)?;
+            }
+        }
         // Odd epoch: a reset in progress (or one that failed). Queues seeing a new epoch fail
-        // everything they hold, which is safe from here on: a disabled controller touches no
-        // memory. The next even epoch means enabled again.
+        // everything they hold, which is safe from here on: the device touches no memory. The
+        // next even epoch means enabled again.
         self.epoch.fetch_or(1, Ordering::AcqRel);
-        disable(&self.dev, self.cap)?;
+        disabled?;
         admin.reset();
+        self.dev.set_bus_master(true)?;
         enable(&self.dev, self.cap, &admin)?;
         let t = self.opts.admin_timeout;
         let granted = admin.set_queue_count(&self.dev, self.opts.io_queues.max(1), t)?;
@@ -373,8 +388,33 @@ impl<D: PciDevice> Drop for Controller<D> {
             }
             std::thread::sleep(Duration::from_micros(100));
         }
-        let _ = disable(&self.dev, self.cap);
+        let stopped = match disable(&self.dev, self.cap) {
+            Ok(()) | Err(NvmeError::Gone) => true,
+            Err(_) => stop_dma(&self.dev).is_ok(),
+        };
+        if !stopped {
+            // The admin rings and shadow pages go with `self`: a device that can be neither
+            // disabled nor kept from DMA could write them after they are reused.
+            eprintln!(
+                "mfio-nvme: controller {} can be neither disabled nor stopped from DMA; aborting \
+                 rather than freeing memory it may still write",
+                self.dev.address()
+            );
+            std::process::abort();
+        }
     }
+}
+
+/// Turns bus mastering off and reads the command register back (the read also flushes the
+/// device's posted writes ahead of it): after this the function issues no DMA. All ones is a
+/// function that is gone, which issues none either.
+fn stop_dma<D: PciDevice>(dev: &D) -> Result<(), NvmeError> {
+    dev.set_bus_master(false)?;
+    let cmd = dev.config_read16(mfio_pci::CONFIG_COMMAND)?;
+    if cmd != u16::MAX && cmd & mfio_pci::COMMAND_BUS_MASTER != 0 {
+        return Err(NvmeError::DmaNotStopped);
+    }
+    Ok(())
 }
 
 /// Clears CC.EN and waits for CSTS.RDY = 0 (bounded by CAP.TO).

@@ -27,6 +27,13 @@ pub enum NvmeError {
     /// The controller's minimum page size is larger than 4 KiB.
     #[error("the controller's minimum memory page size is {0} bytes; only 4 KiB is supported")]
     PageSize(usize),
+    /// The controller would not stop and bus mastering could not be turned off: it may still
+    /// reach memory, so nothing it was given is released.
+    #[error(
+        "the controller did not stop and bus mastering stays on: its memory is kept \
+         (unbind and rebind the device, or reset it through sysfs, to recover)"
+    )]
+    DmaNotStopped,
     /// CSTS.RDY did not reach the wanted state within CAP.TO.
     #[error("the controller did not become {state} within {ms} ms (CAP.TO)")]
     ReadyTimeout {

@@ -905,6 +905,18 @@ impl<D: PciDevice> Drop for IoQueue<D> {
         if self.in_flight() > 0 && self.inner.borrow().epoch == self.ctrl.epoch() {
             // Stuck commands own memory the device may still write: only a reset ends that.
             self.ctrl.recover();
+            if self.inner.borrow().epoch == self.ctrl.epoch() {
+                // The reset could not stop the device (the epoch moves only once it has), and
+                // dropping the slots and rings would free memory it may still write.
+                tracing::error!(qid = self.qid, "the controller cannot be stopped; aborting");
+                eprintln!(
+                    "mfio-nvme: queue {} is dropped with commands in flight on a controller that \
+                     cannot be stopped (no reset, no bus-master off); aborting rather than \
+                     freeing memory it may still write",
+                    self.qid
+                );
+                std::process::abort();
+            }
         }
         if self.inner.borrow().epoch == self.ctrl.epoch() && !self.inner.borrow().broken {
             let t = self.ctrl.options().admin_timeout;

@@ -205,6 +205,24 @@ impl NvmeModel {
         self.with(|st| if st.ready() && !st.fatal() { st.release_held() } else { 0 })
     }
 
+    /// While `stuck`, the controller ignores CC.EN 1 -> 0, as a hung controller does: CSTS.RDY
+    /// stays 1 and commands it holds still execute (and DMA, if bus mastering is on).
+    /// Unsticking it carries out a disable written meanwhile.
+    pub fn set_stuck_enabled(&self, stuck: bool) {
+        self.with(|st| {
+            st.stuck_enabled = stuck;
+            if !stuck && st.ready() && st.cc & 1 == 0 {
+                st.reset();
+            }
+        })
+    }
+
+    /// Whether bus mastering is on in the PCI command register (with it off the model does no
+    /// DMA, and flags every attempt).
+    pub fn bus_master(&self) -> bool {
+        self.lock().pci.bus_master()
+    }
+
     /// Commands fetched but not yet executed (deferred, delayed, held).
     pub fn pending_commands(&self) -> usize {
         self.lock().pending.len()

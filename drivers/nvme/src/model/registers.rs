@@ -81,6 +81,11 @@ impl State {
 
     fn write_cc(&mut self, v: u32) {
         let (old, new) = (Cc(self.cc), Cc(v));
+        if old.en() && !new.en() && self.stuck_enabled {
+            // A hung controller: CC reads back as written, but nothing stops (CSTS.RDY stays).
+            self.cc = v;
+            return;
+        }
         if old.en() && !new.en() {
             // Controller reset: every queue and command is gone, CSTS clears (CFS included).
             self.cc = v;

@@ -109,6 +109,8 @@ pub(crate) struct State {
     pub violations: Vec<Violation>,
     /// The first violation's message, to panic with once the lock is released.
     pub pending_panic: Option<String>,
+    /// CC.EN 1 -> 0 is ignored (a hung controller): it stays ready and keeps executing.
+    pub stuck_enabled: bool,
     pub error_log: VecDeque<[u8; 64]>,
     pub error_count: u64,
     pub smart: Smart,
@@ -155,6 +157,7 @@ impl State {
             },
             violations: Vec::new(),
             pending_panic: None,
+            stuck_enabled: false,
             error_log: VecDeque::new(),
             error_count: 0,
             smart: Smart::default(),
