@@ -1,7 +1,7 @@
 #!/bin/bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
-#   formatting, clippy, the no_std build of the framework, every crate's tests, the framework's
-#   tests under valgrind, the benchmarks' quick run, and the guest tests (scripts/vm-tests.sh:
+#   formatting, clippy, the no_std build of the framework, every crate's tests, the soundness
+#   tests (the framework's, dma's, the NVMe driver's) under valgrind, the benchmarks' quick run, and the guest tests (scripts/vm-tests.sh:
 #   QEMU's NVMe and virtio-blk through VFIO, IOMMU and no-IOMMU).
 # Installs what it needs (apt packages, the guest kernel) on a fresh Debian 12 machine.
 # Every stage runs even if an earlier one failed; the summary says which failed. Exit 1 if any.
@@ -42,13 +42,20 @@ stage() { # stage NAME CMD...: run one stage, record the outcome, keep going
   fi
 }
 
-valgrind_mfio() {
-  # The framework's own tests under valgrind: packets on the stack, drop while in flight,
-  # forgotten futures, cross-thread completion. Any invalid access fails the stage.
+test_bins() { # test_bins CARGO_TEST_ARGS...: the test executables those arguments build
+  cargo test "$@" --no-run --message-format=json 2>/dev/null |
+    jq -r 'select(.reason == "compiler-artifact" and .profile.test == true) | .executable' | grep -v null
+}
+
+valgrind_soundness() {
+  # Under valgrind: the framework's tests (packets on the stack, drop while in flight, forgotten
+  # futures, cross-thread completion, a panic in every user callback, leaked packets and views),
+  # dma's (atomic access from threads, an unmap racing a device's access), and the drivers'
+  # soundness tests (a sink panicking inside the NVMe completion loop, a reset of a controller
+  # that will not stop). Any invalid access fails the stage.
   local bins
-  bins=$(cargo test -p mfio --no-run --message-format=json 2>/dev/null |
-    jq -r 'select(.reason == "compiler-artifact" and .profile.test == true) | .executable' | grep -v null)
-  [ -n "$bins" ] || { echo "no mfio test binaries found"; return 1; }
+  bins="$(test_bins -p mfio) $(test_bins -p mfio-dma --lib) $(test_bins -p mfio-nvme --test soundness)"
+  [ "$(echo $bins | wc -w)" -ge 3 ] || { echo "test binaries not found: $bins"; return 1; }
   local b rc=0
   for b in $bins; do
     echo "valgrind: $(basename "$b")"
@@ -61,7 +68,7 @@ stage fmt cargo fmt --all -- --check
 stage clippy cargo clippy --workspace --all-targets -- -D warnings
 stage no_std cargo build -p mfio --no-default-features
 stage cargo-test cargo test --workspace
-stage valgrind valgrind_mfio
+stage valgrind valgrind_soundness
 stage bench-smoke cargo bench -p mfio --bench roundtrip -- --quick
 if [ "$VM" = 1 ]; then
   stage vm-tests scripts/vm-tests.sh

@@ -7,8 +7,8 @@
 //!
 //! Atomic, not volatile: a `DmaSlice` is `Copy`, `Send` and `Sync`, so two threads may touch
 //! the same bytes through it, and only atomic accesses make that defined (two volatile stores
-//! to one byte from two threads are a data race). Bulk copies are atomic too, a word at a time
-//! ([`store_bytes`], [`load_bytes`]). On x86-64 and AArch64 a relaxed atomic load or store of
+//! to one byte from two threads are a data race). Bulk copies are atomic too, in the widest
+//! aligned pieces ([`store_bytes`], [`load_bytes`]). On x86-64 and AArch64 a relaxed atomic load or store of
 //! an aligned word is the same instruction as a plain one, and the compiler neither merges nor
 //! removes atomic accesses, which is what polling device memory needs.
 
@@ -70,31 +70,79 @@ macro_rules! atomic_rw {
     };
 }
 
-/// Stores `src` at `dst` with relaxed atomic stores: bytes up to an 8-byte boundary, then
-/// words, then the remaining bytes. Memory that other threads (or a device model) may touch at
-/// the same time is never written non-atomically.
+/// The width of the widest naturally aligned access at address `at` that fits in `left` bytes
+/// (8, 4, 2 or 1).
+#[inline(always)]
+fn piece(at: usize, left: usize) -> usize {
+    let align = 1usize << at.trailing_zeros().min(3);
+    let mut w = align.min(8);
+    while w > left {
+        w /= 2;
+    }
+    w
+}
+
+/// Stores `src` at `dst` with relaxed atomic stores, each the widest naturally aligned one that
+/// fits (so an aligned 12-byte entry is one 8-byte and one 4-byte store). Memory that other
+/// threads (or a device model) may touch at the same time is never written non-atomically.
 ///
 /// # Safety
 /// `[dst, dst + src.len())` must be valid for writes and only ever accessed atomically (never
 /// through a Rust reference) while others can reach it.
 #[inline]
 pub(crate) unsafe fn store_bytes(dst: *mut u8, src: &[u8]) {
-    let head = dst.align_offset(8).min(src.len());
-    let (words, tail) = src[head..].split_at((src.len() - head) / 8 * 8);
-    for (i, &b) in src[..head].iter().enumerate() {
-        // SAFETY: in range (the caller's), and a byte is always aligned.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(b, Ordering::Relaxed);
+    let mut i = 0;
+    while i < src.len() {
+        let p = dst.wrapping_add(i);
+        let w = piece(p as usize, src.len() - i);
+        let mut word = [0u8; 8];
+        word[..w].copy_from_slice(&src[i..i + w]);
+        // SAFETY: in range (the caller's), and `p` is aligned to the access's width (`piece`).
+        unsafe { store_piece(p, w, word) };
+        i += w;
     }
-    for (i, w) in words.chunks_exact(8).enumerate() {
-        let v = u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
-        // SAFETY: in range, and 8-byte aligned (past `head`).
-        unsafe { AtomicU64::from_ptr(dst.add(head + 8 * i).cast()) }.store(v, Ordering::Relaxed);
+}
+
+/// One relaxed atomic store of the first `w` (8, 4, 2 or 1) bytes of `word` at `p`.
+///
+/// # Safety
+/// `[p, p + w)` valid for writes, `p` aligned to `w`, only accessed atomically.
+#[inline(always)]
+unsafe fn store_piece(p: *mut u8, w: usize, word: [u8; 8]) {
+    let [a, b, c, d, ..] = word;
+    // SAFETY: the caller's; each atomic type has the layout of its width.
+    unsafe {
+        match w {
+            8 => AtomicU64::from_ptr(p.cast()).store(u64::from_ne_bytes(word), Ordering::Relaxed),
+            4 => AtomicU32::from_ptr(p.cast())
+                .store(u32::from_ne_bytes([a, b, c, d]), Ordering::Relaxed),
+            2 => AtomicU16::from_ptr(p.cast()).store(u16::from_ne_bytes([a, b]), Ordering::Relaxed),
+            _ => AtomicU8::from_ptr(p).store(a, Ordering::Relaxed),
+        }
     }
-    let at = head + words.len();
-    for (i, &b) in tail.iter().enumerate() {
-        // SAFETY: in range.
-        unsafe { AtomicU8::from_ptr(dst.add(at + i)) }.store(b, Ordering::Relaxed);
+}
+
+/// One relaxed atomic load of `w` (8, 4, 2 or 1) bytes at `p`, in the first `w` bytes.
+///
+/// # Safety
+/// `[p, p + w)` valid for reads, `p` aligned to `w`, only accessed atomically.
+#[inline(always)]
+unsafe fn load_piece(p: *mut u8, w: usize) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    // SAFETY: the caller's; each atomic type has the layout of its width.
+    unsafe {
+        match w {
+            8 => out = AtomicU64::from_ptr(p.cast()).load(Ordering::Relaxed).to_ne_bytes(),
+            4 => out[..4].copy_from_slice(
+                &AtomicU32::from_ptr(p.cast()).load(Ordering::Relaxed).to_ne_bytes(),
+            ),
+            2 => out[..2].copy_from_slice(
+                &AtomicU16::from_ptr(p.cast()).load(Ordering::Relaxed).to_ne_bytes(),
+            ),
+            _ => out[0] = AtomicU8::from_ptr(p).load(Ordering::Relaxed),
+        }
     }
+    out
 }
 
 /// Loads `dst.len()` bytes from `src` with relaxed atomic loads (see [`store_bytes`]).
@@ -104,26 +152,15 @@ pub(crate) unsafe fn store_bytes(dst: *mut u8, src: &[u8]) {
 /// others can reach it.
 #[inline]
 pub(crate) unsafe fn load_bytes(src: *const u8, dst: &mut [u8]) {
-    let len = dst.len();
-    let head = src.align_offset(8).min(len);
     let src = src.cast_mut();
-    let (first, rest) = dst.split_at_mut(head);
-    for (i, b) in first.iter_mut().enumerate() {
-        // SAFETY: in range (the caller's); a byte is always aligned.
-        *b = unsafe { AtomicU8::from_ptr(src.add(i)) }.load(Ordering::Relaxed);
-    }
-    let nwords = rest.len() / 8;
-    let (words, tail) = rest.split_at_mut(nwords * 8);
-    for (i, w) in words.chunks_exact_mut(8).enumerate() {
-        // SAFETY: in range, 8-byte aligned (past `head`).
-        let v =
-            unsafe { AtomicU64::from_ptr(src.add(head + 8 * i).cast()) }.load(Ordering::Relaxed);
-        w.copy_from_slice(&v.to_ne_bytes());
-    }
-    let at = head + nwords * 8;
-    for (i, b) in tail.iter_mut().enumerate() {
-        // SAFETY: in range.
-        *b = unsafe { AtomicU8::from_ptr(src.add(at + i)) }.load(Ordering::Relaxed);
+    let mut i = 0;
+    while i < dst.len() {
+        let p = src.wrapping_add(i);
+        let w = piece(p as usize, dst.len() - i);
+        // SAFETY: in range (the caller's), and `p` is aligned to the access's width (`piece`).
+        let word = unsafe { load_piece(p, w) };
+        dst[i..i + w].copy_from_slice(&word[..w]);
+        i += w;
     }
 }
 
@@ -133,20 +170,13 @@ pub(crate) unsafe fn load_bytes(src: *const u8, dst: &mut [u8]) {
 /// As for [`store_bytes`], for `[dst, dst + len)`.
 #[inline]
 pub(crate) unsafe fn fill_bytes(dst: *mut u8, len: usize, byte: u8) {
-    let head = dst.align_offset(8).min(len);
-    let word = u64::from_ne_bytes([byte; 8]);
-    for i in 0..head {
-        // SAFETY: in range (the caller's).
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(byte, Ordering::Relaxed);
-    }
-    let nwords = (len - head) / 8;
-    for i in 0..nwords {
-        // SAFETY: in range, 8-byte aligned.
-        unsafe { AtomicU64::from_ptr(dst.add(head + 8 * i).cast()) }.store(word, Ordering::Relaxed);
-    }
-    for i in head + nwords * 8..len {
-        // SAFETY: in range.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(byte, Ordering::Relaxed);
+    let mut i = 0;
+    while i < len {
+        let p = dst.wrapping_add(i);
+        let w = piece(p as usize, len - i);
+        // SAFETY: in range (the caller's), and `p` is aligned to the access's width (`piece`).
+        unsafe { store_piece(p, w, [byte; 8]) };
+        i += w;
     }
 }
 

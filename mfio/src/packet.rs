@@ -459,6 +459,8 @@ pub struct Packet<'b, P: PacketPerms, B> {
     driver: Cell<Option<&'b dyn IoBackend>>,
     sink: Option<Arc<dyn SegmentSink>>,
     len: Cell<usize>,
+    /// Set while `poll_done` registers a waker: still set afterwards only if that panicked.
+    registering: Cell<bool>,
     buf: UnsafeCell<Option<B>>,
     _pin: PhantomPinned,
     _perms: PhantomData<P>,
@@ -472,6 +474,7 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
             driver: Cell::new(None),
             sink: None,
             len: Cell::new(0),
+            registering: Cell::new(false),
             buf: UnsafeCell::new(Some(buf)),
             _pin: PhantomPinned,
             _perms: PhantomData,
@@ -552,9 +555,10 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         *this.hdr.sink.get_mut() = this.sink.as_ref().map(|s| NonNull::from(&**s));
         *this.hdr.outstanding.get_mut() = 1;
         *this.hdr.released.get_mut() = false;
-        if core::mem::replace(this.hdr.waiting.get_mut(), false) {
-            // A waker was registered last round. If its `clone` panicked mid-registration the
-            // `AtomicWaker` is stuck (it would never register again): start from a fresh one.
+        *this.hdr.waiting.get_mut() = false;
+        if this.registering.replace(false) {
+            // A registration last round did not return (the waker's `clone` panicked): the
+            // `AtomicWaker` is stuck in its registering state and would never register again.
             this.hdr.waker = AtomicWaker::new();
         }
         Ok(PacketView {
@@ -584,7 +588,9 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
             // Before registering, and SeqCst: see `Header::complete`.
             self.hdr.waiting.store(true, Ordering::SeqCst);
         }
+        self.registering.set(true);
         self.hdr.waker.register(cx.waker());
+        self.registering.set(false);
         if self.hdr.outstanding.load(Ordering::SeqCst) == 0 {
             // The last completer is between its decrement and its release: a few instructions.
             self.hdr.wait_released();
