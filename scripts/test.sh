@@ -51,11 +51,12 @@ valgrind_soundness() {
   # Under valgrind: the framework's tests (packets on the stack, drop while in flight, forgotten
   # futures, cross-thread completion, a panic in every user callback, leaked packets and views),
   # dma's (atomic access from threads, an unmap racing a device's access), and the drivers'
-  # soundness tests (a sink panicking inside the NVMe completion loop, a reset of a controller
-  # that will not stop). Any invalid access fails the stage.
+  # soundness tests (a sink panicking inside the NVMe and virtio-blk completion loops, a reset
+  # of a controller that will not stop). Any invalid access fails the stage.
   local bins
   bins="$(test_bins -p mfio) $(test_bins -p mfio-dma --lib) $(test_bins -p mfio-nvme --test soundness)"
-  [ "$(echo $bins | wc -w)" -ge 3 ] || { echo "test binaries not found: $bins"; return 1; }
+  bins="$bins $(test_bins -p mfio-virtio --test soundness)"
+  [ "$(echo $bins | wc -w)" -ge 4 ] || { echo "test binaries not found: $bins"; return 1; }
   local b rc=0
   for b in $bins; do
     echo "valgrind: $(basename "$b")"

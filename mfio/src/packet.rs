@@ -244,6 +244,13 @@ impl Header {
         }
     }
 
+    /// A registration last round did not return (the waker's `clone` panicked): the
+    /// `AtomicWaker` is stuck in its registering state and would never register again.
+    #[cold]
+    fn fresh_waker(&mut self) {
+        self.waker = AtomicWaker::new();
+    }
+
     /// Waits (spinning) until the last completer has let go of the header: a few instructions
     /// from its decrement (it runs no user code in between).
     fn wait_released(&self) {
@@ -529,6 +536,7 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
     /// Fails with [`ErrorKind::Busy`] while segments are in flight, and with
     /// [`ErrorKind::InvalidInput`] without a buffer or with one over `u32::MAX` bytes (4 GiB:
     /// split such I/O into several packets).
+    #[inline]
     pub fn start(
         self: Pin<&mut Self>,
         driver: Option<&'b dyn IoBackend>,
@@ -557,9 +565,7 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         *this.hdr.released.get_mut() = false;
         *this.hdr.waiting.get_mut() = false;
         if this.registering.replace(false) {
-            // A registration last round did not return (the waker's `clone` panicked): the
-            // `AtomicWaker` is stuck in its registering state and would never register again.
-            this.hdr.waker = AtomicWaker::new();
+            this.hdr.fresh_waker();
         }
         Ok(PacketView {
             hdr: NonNull::from(&this.hdr),
@@ -570,6 +576,7 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
 
     /// Submits the whole packet to `backend` at `pos`. The backend only queues it; the I/O
     /// reaches the device when the backend is next polled (with everything else queued).
+    #[inline]
     pub fn submit<Bk>(self: Pin<&mut Self>, backend: &'b Bk, pos: u64) -> Result<(), Error>
     where
         Bk: PacketIo<P, u64> + IoBackend,
