@@ -153,7 +153,7 @@ fn a_panicking_sink_still_completes_its_segment_and_the_owner_gets_the_panic() {
 }
 
 #[test]
-fn a_panicking_sink_on_a_dropped_packet_panics_after_the_wait() {
+fn a_sink_panic_nobody_observed_is_raised_when_the_packet_is_dropped() {
     within(|| {
         let dev = Held::default();
         let sink = Arc::new(|_: usize, _: usize, _: Result<(), Error>| panic!("sink in drop"));

@@ -405,16 +405,13 @@ impl<D: PciDevice> Drop for Controller<D> {
     }
 }
 
-/// Turns bus mastering off and reads the command register back (the read also flushes the
-/// device's posted writes ahead of it): after this the function issues no DMA. All ones is a
-/// function that is gone, which issues none either.
+/// Stops the device's DMA through the PCI layer (bus mastering off, read back).
 fn stop_dma<D: PciDevice>(dev: &D) -> Result<(), NvmeError> {
-    dev.set_bus_master(false)?;
-    let cmd = dev.config_read16(mfio_pci::CONFIG_COMMAND)?;
-    if cmd != u16::MAX && cmd & mfio_pci::COMMAND_BUS_MASTER != 0 {
-        return Err(NvmeError::DmaNotStopped);
+    if dev.stop_dma() {
+        Ok(())
+    } else {
+        Err(NvmeError::DmaNotStopped)
     }
-    Ok(())
 }
 
 /// Clears CC.EN and waits for CSTS.RDY = 0 (bounded by CAP.TO).

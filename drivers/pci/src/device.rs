@@ -132,6 +132,21 @@ pub trait PciDevice {
         Ok(())
     }
 
+    /// Stops the function's DMA for good: bus mastering off, then the command register read
+    /// back (the read also flushes the device's posted writes ahead of it). `true` once the
+    /// function can issue no more DMA (bus mastering reads back off, or the function is gone and
+    /// reads all ones); `false` if that cannot be established, when memory it was given must not
+    /// be freed.
+    fn stop_dma(&self) -> bool {
+        if self.set_bus_master(false).is_err() {
+            return false;
+        }
+        match self.config_read16(CONFIG_COMMAND) {
+            Ok(cmd) => cmd == u16::MAX || cmd & COMMAND_BUS_MASTER == 0,
+            Err(_) => false,
+        }
+    }
+
     /// The capability list: `(id, offset)` of each entry, at most 48 (a loop ends it).
     fn capabilities(&self) -> Result<Vec<(u8, u16)>, PciError> {
         let mut out = Vec::new();

@@ -111,7 +111,16 @@ impl<D: PciDevice> Shared<D> {
         );
         if let Err(e) = self.transport.reset(&self.dev) {
             tracing::error!("{e}; turning bus mastering off to stop its DMA");
-            let _ = self.dev.set_bus_master(false);
+            if !self.dev.stop_dma() {
+                // The queues fail (and give back) what they hold once this returns: with a
+                // device that may still write it, that would free memory under its DMA.
+                eprintln!(
+                    "mfio-virtio: {} neither resets nor stops its DMA; aborting rather than \
+                     freeing memory it may still write",
+                    self.dev.address()
+                );
+                std::process::abort();
+            }
         }
         self.broken_status.store(st, Ordering::Relaxed);
         self.broken.store(true, Ordering::Release);
@@ -125,7 +134,12 @@ impl<D: PciDevice> Drop for Shared<D> {
         if !self.broken.load(Ordering::Acquire) && self.transport.reset(&self.dev).is_err() {
             tracing::warn!("virtio-blk {}: reset on close timed out", self.dev.address());
         }
-        let _ = self.dev.set_bus_master(false);
+        if !self.dev.stop_dma() {
+            tracing::warn!(
+                "virtio-blk {}: bus mastering could not be turned off",
+                self.dev.address()
+            );
+        }
     }
 }
 
