@@ -14,7 +14,7 @@ use crate::error::DmaError;
 use crate::iova::IovaAllocator;
 use crate::mapper::{check_page_range, DmaMapper, MappedChunk};
 use crate::mem::{load_bytes, store_bytes};
-use crate::view::Quiesce;
+use crate::view::Gate;
 
 /// First IOVA the checking mapper hands out: 64 GiB, far from where Linux puts user mappings
 /// (0x55.. for the heap, 0x7f.. for mmap), so a driver that hands a device a virtual address
@@ -89,7 +89,7 @@ pub struct CheckingMapper {
     generation: AtomicU64,
     faults: AtomicU64,
     /// The models' locks ([`model_lock`](Self::model_lock)): an unmap waits for each.
-    models: Mutex<Vec<Weak<dyn Quiesce>>>,
+    models: Mutex<Vec<Weak<Gate>>>,
 }
 
 impl Default for CheckingMapper {
@@ -139,12 +139,12 @@ impl CheckingMapper {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn models(&self) -> std::sync::MutexGuard<'_, Vec<Weak<dyn Quiesce>>> {
+    fn models(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Gate>>> {
         self.models.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a model's lock for unmaps to wait on (and forgets the ones gone).
-    pub(crate) fn add_model(&self, model: Weak<dyn Quiesce>) {
+    pub(crate) fn add_model(&self, model: Weak<Gate>) {
         let mut models = self.models();
         models.retain(|m| m.strong_count() > 0);
         models.push(model);
@@ -206,7 +206,12 @@ unsafe fn load_le64(va: usize) -> u64 {
 /// it never reaches memory that was unmapped and freed in between. Every access is atomic, a
 /// word at a time: the driver's threads may touch the same memory through a
 /// [`DmaSlice`](crate::DmaSlice), and only atomic accesses on both sides make that defined.
-pub trait DeviceMemory {
+///
+/// # Safety
+/// An implementation's `with_range` may pass `f` only the virtual address of
+/// `[iova, iova + len)` in a live mapping of its mapper, and must keep that memory mapped and
+/// valid until `f` returns: the provided methods read and write through it.
+pub unsafe trait DeviceMemory {
     /// Runs `f` with the virtual address of `[iova, iova + len)` if one live mapping holds all
     /// of it, keeping that mapping from being unmapped until `f` returns.
     fn with_range<R>(&self, iova: Iova, len: usize, f: impl FnOnce(usize) -> R) -> Option<R>;
@@ -378,7 +383,9 @@ pub trait DeviceMemory {
 
 /// Through the mapper itself: a lock and a binary search per access. The lock is held while
 /// `f` runs, so an unmap (which takes it) waits for the access.
-impl DeviceMemory for CheckingMapper {
+// SAFETY: `find` returns an address only inside a live mapping, and the state lock, held until
+// `f` returns, is what `unmap` takes to remove it.
+unsafe impl DeviceMemory for CheckingMapper {
     fn with_range<R>(&self, iova: Iova, len: usize, f: impl FnOnce(usize) -> R) -> Option<R> {
         let st = self.state();
         let va = find(&st.maps, iova.0, len)?;
@@ -436,23 +443,31 @@ impl DmaMapper for CheckingMapper {
                 .is_some_and(|m| m.iova == c.iova.0 && m.virt == c.virt.0 && m.len == c.len)
                 .then_some(i)
         };
-        if let Some(c) = chunks.iter().find(|c| index(&st.maps, c).is_none()) {
+        // A chunk named twice is refused too (the second would be "not mapped" half way).
+        let twice = |i: usize, c: &MappedChunk| chunks[..i].iter().any(|d| d.iova == c.iova);
+        if let Some((_, c)) =
+            chunks.iter().enumerate().find(|&(i, c)| index(&st.maps, c).is_none() || twice(i, c))
+        {
             return Err(DmaError::NotMapped { iova: c.iova, len: c.len });
         }
         let maps = Arc::make_mut(&mut st.maps);
+        let mut freed = Ok(());
         for c in chunks {
             if let Some(i) = index(maps, c) {
                 maps.remove(i);
             }
-            st.alloc.free(c.iova, c.len as u64 + PAGE_SIZE as u64)?;
+            if let Err(e) = st.alloc.free(c.iova, c.len as u64 + PAGE_SIZE as u64) {
+                freed = freed.and(Err(e));
+            }
         }
+        // The mappings changed whatever the allocator said: bump and wait in every case.
         self.generation.fetch_add(1, Ordering::Release);
         drop(guard);
         // Before returning, so no access reaches this memory once the caller frees it: one in
         // progress under a model's lock ends first, and every later step sees the new
         // generation (through that lock).
         self.wait_for_models();
-        Ok(())
+        freed
     }
 }
 
@@ -589,6 +604,8 @@ mod tests {
         let bogus = MappedChunk { virt: VirtAddr(0x20000), iova: Iova(0x1234000), len: 0x1000 };
         assert!(m.unmap(&[good[0], bogus]).is_err());
         assert_eq!(m.mappings().len(), 1, "the good chunk is still mapped");
+        assert!(m.unmap(&[good[0], good[0]]).is_err(), "a chunk named twice");
+        assert_eq!(m.mappings().len(), 1, "still mapped");
         m.unmap(&good).unwrap();
         assert!(m.mappings().is_empty());
     }

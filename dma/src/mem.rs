@@ -7,7 +7,10 @@
 //!
 //! Atomic, not volatile: a `DmaSlice` is `Copy`, `Send` and `Sync`, so two threads may touch
 //! the same bytes through it, and only atomic accesses make that defined (two volatile stores
-//! to one byte from two threads are a data race). Bulk copies are atomic too, in the widest
+//! to one byte from two threads are a data race). What is still the caller's to keep: accesses
+//! that race on the same bytes use the same size (a word with a word, a copy with a copy of the
+//! same range): Rust's memory model does not define racing atomics of different sizes that
+//! overlap. Every driver/device handshake here does (a CQE's phase word, a ring index). Bulk copies are atomic too, in the widest
 //! aligned pieces ([`store_bytes`], [`load_bytes`]). On x86-64 and AArch64 a relaxed atomic load or store of
 //! an aligned word is the same instruction as a plain one, and the compiler neither merges nor
 //! removes atomic accesses, which is what polling device memory needs.
@@ -29,8 +32,10 @@ pub struct DmaSlice<'a> {
 }
 
 // SAFETY: a DmaSlice only permits atomic accesses through raw pointers (word accessors and the
-// word-at-a-time copies alike), so sharing it between threads is exactly sharing an
-// `&[AtomicU8]`: racing accesses are defined, never a data race.
+// copies in aligned atomic pieces alike), so two threads racing on the same bytes through it
+// never make a non-atomic access race. One rule remains (see the module docs): racing accesses
+// to the same bytes must be of the same size, which Rust's memory model leaves undefined
+// otherwise even though the hardware is coherent.
 unsafe impl Send for DmaSlice<'_> {}
 // SAFETY: see `Send` above.
 unsafe impl Sync for DmaSlice<'_> {}

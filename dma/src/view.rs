@@ -16,9 +16,9 @@
 //! (moved out of its state, reached from another thread or after the guard is gone) takes the
 //! mapper's own lock for the access instead, which an unmap also takes: slow, never unsound.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::addr::Iova;
 use crate::checking::{search_index, CheckingMapper, DeviceMemory, Mapping, Maps};
@@ -34,8 +34,9 @@ use crate::page_cache::PageCache;
 pub struct DmaView {
     mapper: Arc<CheckingMapper>,
     snap: RefCell<Snapshot>,
-    /// The token of the thread holding this view's [`ModelLock`] (0: nobody).
-    holder: Arc<AtomicUsize>,
+    /// The lock (and its holder's token) of this view's [`ModelLock`]: an unmap waits for it,
+    /// and the view keeps it alive.
+    gate: Arc<Gate>,
 }
 #[derive(Debug)]
 struct Snapshot {
@@ -107,13 +108,16 @@ impl DmaView {
     }
 }
 
-impl DeviceMemory for DmaView {
+// SAFETY: the fast path runs only while this thread holds the view's `ModelLock`, which every
+// unmap of the mapper waits for, and `resolve` answers only from live mappings of the current
+// snapshot; otherwise the mapper's own implementation (above) does the access.
+unsafe impl DeviceMemory for DmaView {
     /// Under its [`ModelLock`], held by this thread, no lock of its own: an unmap waits for that
     /// lock, so the mapping `resolve` found stays while `f` runs. Otherwise through the mapper,
     /// under the mapper's lock.
     #[inline(always)]
     fn with_range<R>(&self, iova: Iova, len: usize, f: impl FnOnce(usize) -> R) -> Option<R> {
-        if self.holder.load(Ordering::Relaxed) == thread_token() {
+        if self.gate.holder.load(Ordering::Relaxed) == thread_token() {
             self.resolve(iova, len).map(f)
         } else {
             self.mapper.with_range(iova, len, f)
@@ -125,17 +129,16 @@ impl DeviceMemory for DmaView {
     }
 }
 
-/// What an unmap waits for: every step of a model that may still use the old mappings.
-pub(crate) trait Quiesce: Send + Sync {
-    /// Returns once no step of the model is running (takes and drops its lock).
-    fn wait(&self);
-}
-
-struct Home<T> {
-    state: Mutex<T>,
-    /// The token of the thread that holds `state` (0: none), shared with the state's view.
-    /// Written only by that thread, under the lock.
-    holder: Arc<AtomicUsize>,
+/// What an unmap waits for: a model's step lock and the token of the thread holding it. The
+/// model's lock, its view and (weakly) the mapper share it, so it outlives whichever of them goes
+/// first: a guard that is leaked (`mem::forget`) keeps it locked for ever, even after the model
+/// is dropped, and unmaps then wait for ever instead of freeing memory the view may reach.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    step: Mutex<()>,
+    /// The token of the thread holding `step` (0: none). Written only by that thread, under
+    /// the lock.
+    holder: AtomicUsize,
     /// Unmaps waiting for the lock. A model that steps in a tight loop lets them in first
     /// (a mutex is not fair: it would take the lock back before a waiter wakes).
     waiters: AtomicUsize,
@@ -149,19 +152,27 @@ fn thread_token() -> usize {
     TOKEN.with(|t| t as *const u8 as usize)
 }
 
-impl<T: Send> Quiesce for Home<T> {
-    fn wait(&self) {
+/// Writes a line to stderr without panicking (a closed stderr must not turn an abort into an
+/// unwind).
+fn say(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+impl Gate {
+    /// Returns once no step of the model is running (takes and drops its lock).
+    pub(crate) fn wait(&self) {
         if self.holder.load(Ordering::Relaxed) == thread_token() {
             // This thread is inside a step of the model: waiting for the step to end would
             // never return, and returning without waiting could free memory it is using.
-            eprintln!(
+            say(format_args!(
                 "mfio-dma: an unmap from inside a device model's step (under its ModelLock) \
                  would wait for that step to end; aborting"
-            );
+            ));
             std::process::abort();
         }
         self.waiters.fetch_add(1, Ordering::Relaxed);
-        drop(self.state.lock());
+        drop(self.step.lock());
         self.waiters.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -170,8 +181,16 @@ impl<T: Send> Quiesce for Home<T> {
 /// waits for. Take it once per step of the model (a doorbell, a poll); the DMA accesses of the
 /// step go through the view without a lock of their own.
 pub struct ModelLock<T> {
-    home: Arc<Home<T>>,
+    gate: Arc<Gate>,
+    /// Reached only through a [`ModelGuard`], which holds `gate.step`.
+    state: UnsafeCell<T>,
 }
+
+// SAFETY: the state is reached only under `gate.step` (a mutex), one guard at a time, so the
+// lock is exactly as shareable as a `Mutex<T>`: it needs `T: Send`, not `Sync`.
+unsafe impl<T: Send> Sync for ModelLock<T> {}
+// SAFETY: as above; moving the lock moves the state with it.
+unsafe impl<T: Send> Send for ModelLock<T> {}
 
 impl<T> std::fmt::Debug for ModelLock<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -186,17 +205,18 @@ impl CheckingMapper {
         self: &Arc<Self>,
         make: impl FnOnce(DmaView) -> T,
     ) -> ModelLock<T> {
-        let holder = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Gate {
+            step: Mutex::new(()),
+            holder: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+        });
+        self.add_model(Arc::downgrade(&gate));
         let view = DmaView {
             mapper: self.clone(),
             snap: RefCell::new(Snapshot::new(self.snapshot())),
-            holder: holder.clone(),
+            gate: gate.clone(),
         };
-        let home =
-            Arc::new(Home { state: Mutex::new(make(view)), holder, waiters: AtomicUsize::new(0) });
-        let weak: Weak<dyn Quiesce> = Arc::downgrade(&home) as Weak<Home<T>>;
-        self.add_model(weak);
-        ModelLock { home }
+        ModelLock { gate, state: UnsafeCell::new(make(view)) }
     }
 }
 
@@ -204,38 +224,42 @@ impl<T> ModelLock<T> {
     /// Locks the state for one step of the model (a poisoned lock is taken over: the state is
     /// the model's to check).
     pub fn lock(&self) -> ModelGuard<'_, T> {
-        while self.home.waiters.load(Ordering::Relaxed) != 0 {
+        while self.gate.waiters.load(Ordering::Relaxed) != 0 {
             std::thread::yield_now();
         }
-        let guard = self.home.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.home.holder.store(thread_token(), Ordering::Relaxed);
-        ModelGuard { guard, holder: &self.home.holder }
+        let step = self.gate.step.lock().unwrap_or_else(|p| p.into_inner());
+        self.gate.holder.store(thread_token(), Ordering::Relaxed);
+        ModelGuard { gate: &self.gate, state: &self.state, _step: step }
     }
 }
 
 /// A locked model state; see [`ModelLock`]. Not `Send`: the lock is this thread's.
 pub struct ModelGuard<'a, T> {
-    guard: MutexGuard<'a, T>,
-    holder: &'a AtomicUsize,
+    gate: &'a Gate,
+    state: &'a UnsafeCell<T>,
+    /// Released after `drop` has cleared the holder (fields drop after the body).
+    _step: MutexGuard<'a, ()>,
 }
 
 impl<T> std::ops::Deref for ModelGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.guard
+        // SAFETY: this guard holds `gate.step`, and only guards reach the state.
+        unsafe { &*self.state.get() }
     }
 }
 
 impl<T> std::ops::DerefMut for ModelGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        &mut self.guard
+        // SAFETY: as in `deref`, and `&mut self` makes this the only borrow through the guard.
+        unsafe { &mut *self.state.get() }
     }
 }
 
 impl<T> Drop for ModelGuard<'_, T> {
     fn drop(&mut self) {
         // Before the mutex is released (the field drops after this).
-        self.holder.store(0, Ordering::Relaxed);
+        self.gate.holder.store(0, Ordering::Relaxed);
     }
 }
 
@@ -307,6 +331,27 @@ mod tests {
     #[test]
     fn an_unmap_waits_for_an_access_through_the_mapper() {
         race_unmap_against_device_writes(false);
+    }
+
+    #[test]
+    fn a_leaked_guard_keeps_unmaps_waiting_even_after_its_lock_is_dropped() {
+        let m = Arc::new(CheckingMapper::new());
+        let space = DmaSpace::new(m.clone());
+        let lock = m.model_lock(Some);
+        let view = lock.lock().take().unwrap();
+        let buf = space.alloc(4096).unwrap();
+        let iova = buf.iova();
+        std::mem::forget(lock.lock()); // this thread "holds" the step for ever
+        drop(lock);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(buf); // unmaps, then waits for the leaked step: for ever
+            let _ = tx.send(());
+        });
+        let waited = rx.recv_timeout(std::time::Duration::from_millis(300));
+        assert!(waited.is_err(), "the unmap returned (and freed) under a step that never ended");
+        // The view still works, and sees the mapping gone: nothing is written.
+        assert!(view.write_le32(iova, 7).is_err());
     }
 
     #[test]

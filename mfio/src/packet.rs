@@ -162,7 +162,8 @@ impl Header {
             core::hint::spin_loop();
         }
         // `f` is the framework's own code and does not panic (a comparison and a store, or a
-        // move of a payload), so the lock is always released.
+        // move of a payload into an empty slot: nothing is dropped), so the lock is always
+        // released.
         let r = f();
         self.error_lock.store(false, Ordering::Release);
         r
@@ -185,13 +186,18 @@ impl Header {
     fn call_sink(&self, sink: &dyn SegmentSink, offset: usize, len: usize, r: Result<(), Error>) {
         #[cfg(feature = "std")]
         if let Err(payload) = unwind::catch(|| sink.segment(offset, len, r)) {
-            self.locked(|| {
+            let surplus = self.locked(|| {
                 // SAFETY: `error_lock` is held, so no other thread accesses `panic`.
                 let slot = unsafe { &mut *self.panic.get() };
                 if slot.is_none() {
                     *slot = Some(payload);
+                    None
+                } else {
+                    Some(payload)
                 }
             });
+            // A payload's own drop may panic: a second one of the round is leaked, not dropped.
+            core::mem::forget(surplus);
         }
         #[cfg(not(feature = "std"))]
         {
@@ -432,19 +438,28 @@ impl<P: PacketPerms> core::fmt::Debug for PacketView<P> {
     }
 }
 
-/// A buffer usable in direction `P`: writable for reads, readable for writes.
-pub trait BufFor<P: PacketPerms> {
+/// A buffer usable in direction `P`: writable for reads, readable for writes. Implemented for
+/// every [`IoBuf`] (writes) and [`IoBufMut`] (reads); implement those rather than this.
+///
+/// # Safety
+/// `raw_parts` must describe memory that stays valid, and is reached through nothing else, as
+/// long as the value is alive and not moved (a packet may be leaked with its buffer: the memory
+/// must then stay valid for ever, so it may borrow nothing shorter-lived than `'static`), and
+/// that is initialized (and writable, for `FromDevice`).
+pub unsafe trait BufFor<P: PacketPerms> {
     /// The buffer's memory, as the packet will expose it to views.
     fn raw_parts(&mut self) -> (*mut u8, usize);
 }
 
-impl<B: IoBufMut> BufFor<FromDevice> for B {
+// SAFETY: `IoBufMut`'s contract is this one (and `IoBuf: 'static`).
+unsafe impl<B: IoBufMut> BufFor<FromDevice> for B {
     fn raw_parts(&mut self) -> (*mut u8, usize) {
         (self.io_mut_ptr(), self.io_len())
     }
 }
 
-impl<B: IoBuf> BufFor<ToDevice> for B {
+// SAFETY: `IoBuf`'s contract is this one; views of a ToDevice packet never write.
+unsafe impl<B: IoBuf> BufFor<ToDevice> for B {
     fn raw_parts(&mut self) -> (*mut u8, usize) {
         // Views of a ToDevice packet never write (they expose `as_slice` only).
         (self.io_ptr() as *mut u8, self.io_len())
@@ -554,6 +569,11 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         let Ok(view_len) = u32::try_from(len) else {
             return Err(Error::new(ErrorKind::InvalidInput, Origin::Framework));
         };
+        if this.registering.replace(false) {
+            // Before anything marks the packet in flight: dropping the stuck waker runs its
+            // code, which may panic.
+            this.hdr.fresh_waker();
+        }
         this.len.set(len);
         *this.hdr.base.get_mut() = ptr;
         this.driver.set(driver);
@@ -564,9 +584,6 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
         *this.hdr.outstanding.get_mut() = 1;
         *this.hdr.released.get_mut() = false;
         *this.hdr.waiting.get_mut() = false;
-        if this.registering.replace(false) {
-            this.hdr.fresh_waker();
-        }
         Ok(PacketView {
             hdr: NonNull::from(&this.hdr),
             span: span(0, view_len),
@@ -595,9 +612,16 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
             // Before registering, and SeqCst: see `Header::complete`.
             self.hdr.waiting.store(true, Ordering::SeqCst);
         }
-        self.registering.set(true);
-        self.hdr.waker.register(cx.waker());
-        self.registering.set(false);
+        if self.registering.get() {
+            // A registration this round did not return (the waker's `clone` panicked): the
+            // `AtomicWaker` will register nothing more, so no completion can wake us. Ask to
+            // be polled again instead.
+            cx.waker().wake_by_ref();
+        } else {
+            self.registering.set(true);
+            self.hdr.waker.register(cx.waker());
+            self.registering.set(false);
+        }
         if self.hdr.outstanding.load(Ordering::SeqCst) == 0 {
             // The last completer is between its decrement and its release: a few instructions.
             self.hdr.wait_released();
@@ -645,9 +669,7 @@ impl<P: PacketPerms, B> Drop for Packet<'_, P, B> {
         #[cfg(feature = "std")]
         // SAFETY: idle now, and `&mut self`.
         if let Some(payload) = unsafe { self.hdr.take_panic() } {
-            if !std::thread::panicking() {
-                std::panic::resume_unwind(payload);
-            }
+            unwind::raise_unless_panicking(payload);
         }
     }
 }
@@ -682,7 +704,11 @@ impl<P: PacketPerms, B> Packet<'_, P, B> {
                                  waited for its segments (their memory cannot be freed)",
                             );
                         }
-                        first_panic.get_or_insert(payload);
+                        match first_panic {
+                            None => first_panic = Some(payload),
+                            // Its drop may panic (and this wait may not unwind): leaked.
+                            Some(_) => core::mem::forget(payload),
+                        }
                     }
                 }
                 #[cfg(not(feature = "std"))]
@@ -696,9 +722,7 @@ impl<P: PacketPerms, B> Packet<'_, P, B> {
         guard.disarm();
         #[cfg(feature = "std")]
         if let Some(payload) = first_panic {
-            if !std::thread::panicking() {
-                std::panic::resume_unwind(payload);
-            }
+            unwind::raise_unless_panicking(payload);
         }
     }
 }

@@ -60,7 +60,10 @@ impl Watch {
             }
             _ => "its backend is still busy (a slow or stuck device: its timeout applies)",
         };
-        std::eprintln!(
+        // Not `eprintln!`, which panics on a closed stderr (this runs inside the wait).
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "mfio: a dropped packet has waited {:.1} s for {outstanding} segment(s) in flight; \
              {why}. Its memory stays lent out until they complete, so this thread keeps waiting.",
             waited.as_secs_f64()

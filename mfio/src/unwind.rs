@@ -25,6 +25,17 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Payload> {
     std::panic::catch_unwind(core::panic::AssertUnwindSafe(f))
 }
 
+/// Raises a caught panic again on this thread, unless it is unwinding already (a second panic
+/// would abort): then the payload is leaked, since its drop may panic too.
+#[cfg(feature = "std")]
+pub(crate) fn raise_unless_panicking(payload: Payload) {
+    if std::thread::panicking() {
+        core::mem::forget(payload);
+    } else {
+        std::panic::resume_unwind(payload);
+    }
+}
+
 /// Aborts the process with `why` if dropped while unwinding: arm it around code whose panic
 /// must not escape, and `disarm` it after.
 pub(crate) struct AbortOnUnwind(pub(crate) &'static str);
@@ -49,7 +60,9 @@ impl Drop for AbortOnUnwind {
 pub(crate) fn abort(why: &str) -> ! {
     #[cfg(feature = "std")]
     {
-        std::eprintln!("mfio: {why}; aborting");
+        // Not `eprintln!`: it panics when stderr is closed, and this must not unwind.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "mfio: {why}; aborting");
         std::process::abort()
     }
     #[cfg(not(feature = "std"))]

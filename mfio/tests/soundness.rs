@@ -258,6 +258,12 @@ fn a_waker_whose_clone_panicked_does_not_stop_later_wakes() {
     pkt.as_mut().submit(&dev, 0).unwrap();
     let r = catch_unwind(AssertUnwindSafe(|| pkt.poll_done(&mut Context::from_waker(&bad))));
     assert!(r.is_err());
+    // Polled again this round, the packet cannot register (the AtomicWaker is stuck), so it
+    // asks to be polled again rather than wait for a wake that cannot come.
+    let rewoken = Arc::new(AtomicUsize::new(0));
+    let rewaker = Waker::from(Arc::new(Counter(rewoken.clone())));
+    assert!(pkt.poll_done(&mut Context::from_waker(&rewaker)).is_pending());
+    assert_eq!(rewoken.load(Ordering::SeqCst), 1);
     dev.reads.borrow_mut().pop().unwrap().1.ok();
     assert!(pkt.poll_done(&mut Context::from_waker(Waker::noop())).is_ready());
     // Next round: a good waker registers and is woken.
@@ -321,4 +327,40 @@ fn a_dropped_packet_whose_view_was_leaked_says_so_instead_of_hanging_silently() 
     assert!(stderr.contains("a dropped packet has waited"), "{stderr}");
     assert!(stderr.contains("probably leaked (mem::forget)"), "{stderr}");
     assert_eq!(stderr.matches("mfio: a dropped packet").count(), 1, "once: {stderr}");
+}
+
+/// A panic payload whose drop panics too.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("the payload's drop");
+    }
+}
+
+#[test]
+fn sink_panics_whose_payloads_panic_on_drop_neither_hang_nor_unwind_into_the_backend() {
+    within(|| {
+        let dev = Held::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let sink = Arc::new(move |_: usize, _: usize, _: Result<(), Error>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            std::panic::panic_any(Bomb);
+        });
+        let mut pkt = Box::pin(Packet::<FromDevice, _>::new(vec![0u8; 64]).with_sink(sink));
+        pkt.as_mut().submit(&dev, 0).unwrap();
+        let (_, v) = dev.reads.borrow_mut().pop().unwrap();
+        let (a, b) = v.split_at(32);
+        a.ok();
+        b.ok(); // the second payload is leaked, not dropped under the error lock
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pkt.poll_done(&mut Context::from_waker(Waker::noop()))
+        }));
+        let payload = r.expect_err("the first payload reaches the owner");
+        assert!(payload.is::<Bomb>());
+        std::mem::forget(payload);
+        assert!(pkt.is_idle());
+    });
 }

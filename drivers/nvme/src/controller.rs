@@ -9,6 +9,7 @@ use crate::spec::{
     cns, log, regs, Cap, Cc, Csts, IdentifyController, IdentifyNamespace, PAGE_SIZE,
 };
 use mfio_pci::PciDevice;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -104,7 +105,10 @@ impl<D: PciDevice> Controller<D> {
         if bar0 < 0x1000 + 8 {
             return Err(NvmeError::Bar0(bar0));
         }
-        dev.set_bus_master(true)?;
+        // Memory space only: bus mastering waits until the controller is known disabled (one left
+        // enabled by an earlier user could otherwise resume DMA into memory that is not ours).
+        let cmd = dev.config_read16(mfio_pci::CONFIG_COMMAND)?;
+        dev.config_write16(mfio_pci::CONFIG_COMMAND, cmd | mfio_pci::COMMAND_MEMORY)?;
         let cap = Cap(dev.read64(0, regs::CAP));
         if cap.0 == u64::MAX {
             return Err(NvmeError::Gone);
@@ -119,41 +123,21 @@ impl<D: PciDevice> Controller<D> {
         tracing::debug!(cap = format_args!("{:#x}", cap.0), version = format_args!("{version:#x}"));
 
         disable(&dev, cap)?;
+        dev.set_bus_master(true)?;
         let mut admin = AdminQueue::new(dev.dma(), cap.dstrd())?;
-        enable(&dev, cap, &admin)?;
-
-        let t = opts.admin_timeout;
-        let identify_raw = admin.identify(&dev, cns::CONTROLLER, 0, t)?;
-        let identify = IdentifyController::parse(&identify_raw);
-        tracing::info!(model = %identify.mn, serial = %identify.sn, fw = %identify.fr, mdts = identify.mdts, "identified");
-        let mut namespaces = Vec::new();
-        for nsid in admin.active_namespaces(&dev, t)? {
-            let data = admin.identify(&dev, cns::NAMESPACE, nsid, t)?;
-            if let Some(ns) = Namespace::from_identify(nsid, IdentifyNamespace::parse(&data), data)
-            {
-                namespaces.push(ns);
-            }
-        }
-        if opts.data_pointer == DataPointer::Sgl && !identify.supports_sgl() {
-            return Err(NvmeError::Unsupported(
-                "SGLs were asked for (DataPointer::Sgl) but the controller does not offer them \
-                 (Identify SGLS = 0): use DataPointer::Auto or Prp",
-            ));
-        }
-        let granted = admin.set_queue_count(&dev, opts.io_queues.max(1), t)?;
-        let shadow = if opts.shadow_doorbells
-            && identify.oacs & IdentifyController::OACS_DOORBELL_BUFFER_CONFIG != 0
-        {
-            let pages = Arc::new(ShadowDoorbells::new(dev.dma())?);
-            match admin.doorbell_buffer_config(&dev, pages.iovas(), t) {
-                Ok(()) => Some(pages),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Doorbell Buffer Config failed: registers only");
-                    None
+        // From the enable on, the controller may DMA into the admin rings: a failed bring-up
+        // stops it before they (and everything else it was given) are freed.
+        let up = enable(&dev, cap, &admin).and_then(|()| bring_up(&dev, &opts, &mut admin));
+        let (identify, identify_raw, namespaces, granted, shadow) = match up {
+            Ok(v) => v,
+            Err(e) => {
+                if disable(&dev, cap).is_err() && stop_dma(&dev).is_err() {
+                    tracing::error!("controller cannot be stopped after a failed bring-up");
+                    // Its admin rings must outlive whatever it may still write into them.
+                    std::mem::forget(admin);
                 }
+                return Err(e);
             }
-        } else {
-            None
         };
         let mdts_limit = identify.max_transfer(cap.mps_min()).unwrap_or(usize::MAX);
         let max_transfer = opts.max_transfer.min(mdts_limit).max(PAGE_SIZE);
@@ -304,10 +288,11 @@ impl<D: PciDevice> Controller<D> {
         self.enabled.store(false, Ordering::Release);
         let disabled = disable(&self.dev, self.cap);
         if let Err(e) = &disabled {
-            if !matches!(e, NvmeError::Gone) {
-                tracing::error!(error = %e, "controller did not stop: turning bus mastering off");
-                stop_dma(&self.dev)?;
-            }
+            // All ones from CSTS is a function that is gone, or one whose memory space is off
+            // while it may still master: stop_dma tells them apart (config space reads all ones
+            // only when it is gone).
+            tracing::error!(error = %e, "controller did not stop: turning bus mastering off");
+            stop_dma(&self.dev)?;
         }
         // Odd epoch: a reset in progress (or one that failed). Queues seeing a new epoch fail
         // everything they hold, which is safe from here on: the device touches no memory. The
@@ -388,21 +373,67 @@ impl<D: PciDevice> Drop for Controller<D> {
             }
             std::thread::sleep(Duration::from_micros(100));
         }
-        let stopped = match disable(&self.dev, self.cap) {
-            Ok(()) | Err(NvmeError::Gone) => true,
-            Err(_) => stop_dma(&self.dev).is_ok(),
-        };
+        let stopped = disable(&self.dev, self.cap).is_ok() || stop_dma(&self.dev).is_ok();
         if !stopped {
             // The admin rings and shadow pages go with `self`: a device that can be neither
             // disabled nor kept from DMA could write them after they are reused.
-            eprintln!(
-                "mfio-nvme: controller {} can be neither disabled nor stopped from DMA; aborting \
-                 rather than freeing memory it may still write",
+            // Not `eprintln!`: it panics on a closed stderr, and this must reach the abort.
+            let _ = writeln!(
+                std::io::stderr(),
+                "mfio-nvme: controller {} can be neither disabled nor stopped from DMA; \
+                 aborting rather than freeing memory it may still write",
                 self.dev.address()
             );
             std::process::abort();
         }
     }
+}
+
+/// What bring-up learns once the controller is enabled: identify data, namespaces, the queues
+/// granted and the shadow doorbell pages it took.
+type BroughtUp = (IdentifyController, Vec<u8>, Vec<Namespace>, u16, Option<Arc<ShadowDoorbells>>);
+
+/// Bring-up after the enable: identify, namespaces, queue count, shadow doorbells.
+fn bring_up<D: PciDevice>(
+    dev: &D,
+    opts: &ControllerOptions,
+    admin: &mut AdminQueue,
+) -> Result<BroughtUp, NvmeError> {
+    let t = opts.admin_timeout;
+    let identify_raw = admin.identify(dev, cns::CONTROLLER, 0, t)?;
+    let identify = IdentifyController::parse(&identify_raw);
+    tracing::info!(model = %identify.mn, serial = %identify.sn, fw = %identify.fr, mdts = identify.mdts, "identified");
+    let mut namespaces = Vec::new();
+    for nsid in admin.active_namespaces(dev, t)? {
+        let data = admin.identify(dev, cns::NAMESPACE, nsid, t)?;
+        if let Some(ns) = Namespace::from_identify(nsid, IdentifyNamespace::parse(&data), data) {
+            namespaces.push(ns);
+        }
+    }
+    if opts.data_pointer == DataPointer::Sgl && !identify.supports_sgl() {
+        return Err(NvmeError::Unsupported(
+            "SGLs were asked for (DataPointer::Sgl) but the controller does not offer them \
+             (Identify SGLS = 0): use DataPointer::Auto or Prp",
+        ));
+    }
+    let granted = admin.set_queue_count(dev, opts.io_queues.max(1), t)?;
+    let shadow = if opts.shadow_doorbells
+        && identify.oacs & IdentifyController::OACS_DOORBELL_BUFFER_CONFIG != 0
+    {
+        let pages = Arc::new(ShadowDoorbells::new(dev.dma())?);
+        match admin.doorbell_buffer_config(dev, pages.iovas(), t) {
+            Ok(()) => Some(pages),
+            Err(e) => {
+                tracing::warn!(error = %e, "Doorbell Buffer Config failed: registers only");
+                // It may have taken the pages all the same (a timeout): never free them.
+                std::mem::forget(pages);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok((identify, identify_raw, namespaces, granted, shadow))
 }
 
 /// Stops the device's DMA through the PCI layer (bus mastering off, read back).

@@ -24,6 +24,7 @@ use mfio_pci::PciDevice;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::task::Context;
 use std::time::{Duration, Instant};
@@ -909,10 +910,12 @@ impl<D: PciDevice> Drop for IoQueue<D> {
                 // The reset could not stop the device (the epoch moves only once it has), and
                 // dropping the slots and rings would free memory it may still write.
                 tracing::error!(qid = self.qid, "the controller cannot be stopped; aborting");
-                eprintln!(
-                    "mfio-nvme: queue {} is dropped with commands in flight on a controller that \
-                     cannot be stopped (no reset, no bus-master off); aborting rather than \
-                     freeing memory it may still write",
+                // Not `eprintln!`: it panics on a closed stderr, and this must reach the abort.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "mfio-nvme: queue {} is dropped with commands in flight on a controller \
+                     that cannot be stopped (no reset, no bus-master off); aborting rather \
+                     than freeing memory it may still write",
                     self.qid
                 );
                 std::process::abort();

@@ -6,6 +6,7 @@ use crate::queue::{BlkQueue, Limits, QueueParts};
 use crate::spec::{blk, feature, feature_names, status};
 use crate::transport::Transport;
 use mfio_pci::PciDevice;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -114,7 +115,9 @@ impl<D: PciDevice> Shared<D> {
             if !self.dev.stop_dma() {
                 // The queues fail (and give back) what they hold once this returns: with a
                 // device that may still write it, that would free memory under its DMA.
-                eprintln!(
+                // Not `eprintln!`: it panics on a closed stderr, and this must reach the abort.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "mfio-virtio: {} neither resets nor stops its DMA; aborting rather than \
                      freeing memory it may still write",
                     self.dev.address()

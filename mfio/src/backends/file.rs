@@ -355,7 +355,9 @@ impl Drop for FileBackend {
                     // Nothing says when the kernel is done with the memory of what is in flight:
                     // keep it lent for ever (the ring and its requests are leaked, so their
                     // packets never complete) rather than free what the kernel may still write.
-                    std::eprintln!(
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "mfio: waiting for the io_uring of a dropped FileBackend failed ({e}); \
                          leaking its {} requests in flight",
                         ring.in_flight()
