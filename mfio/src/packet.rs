@@ -275,6 +275,14 @@ fn wake(w: Waker) {
     guard.disarm();
 }
 
+/// A registration this round did not return (the waker's `clone` panicked): the `AtomicWaker`
+/// registers nothing more until the next round, so no completion can wake the owner. It asks
+/// to be polled again instead.
+#[cold]
+fn poll_again(cx: &mut Context<'_>) {
+    cx.waker().wake_by_ref();
+}
+
 /// A view of a non-overlapping segment of a packet, handed to a backend.
 ///
 /// A view must be completed exactly once: [`complete`](Self::complete), [`ok`](Self::ok) or
@@ -604,6 +612,7 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
     }
 
     /// Polls for the packet's completion.
+    #[inline]
     pub fn poll_done(&self, cx: &mut Context<'_>) -> Poll<Transfer> {
         if self.hdr.is_idle() {
             return Poll::Ready(self.transfer());
@@ -613,10 +622,7 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
             self.hdr.waiting.store(true, Ordering::SeqCst);
         }
         if self.registering.get() {
-            // A registration this round did not return (the waker's `clone` panicked): the
-            // `AtomicWaker` will register nothing more, so no completion can wake us. Ask to
-            // be polled again instead.
-            cx.waker().wake_by_ref();
+            poll_again(cx);
         } else {
             self.registering.set(true);
             self.hdr.waker.register(cx.waker());
