@@ -25,10 +25,19 @@ pub enum Activity {
     Idle,
     /// Segments are queued or in flight; polling again makes progress.
     Busy,
+    /// Segments are in flight, none finished in this poll, and the backend has armed its
+    /// interrupt and then looked at its queues again: whatever the device posts from now on
+    /// makes its [`polling_handle`](IoBackend::polling_handle) readable, so the caller may sleep
+    /// on it instead of polling (and should poll again within a bounded time: an interrupt can
+    /// be lost). Only a backend with a polling handle returns it; a caller that cannot sleep
+    /// treats it as `Busy`.
+    Armed,
 }
 
-/// A file descriptor that becomes readable when the backend has completions to reap, for
-/// callers that would rather sleep in `poll(2)` than spin.
+/// A file descriptor that becomes readable when the backend has completions to reap (an
+/// eventfd an interrupt signals), for callers that would rather sleep in `poll(2)`, epoll, a
+/// tokio `AsyncFd` or smol's `Async` than spin. The backend owns it for its whole life; a
+/// reader may find it readable with nothing to reap (a completion reaped while polling).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct PollingHandle {
     /// The descriptor to wait on for readability.
@@ -38,11 +47,16 @@ pub struct PollingHandle {
 /// The backend's driver: hands queued work to the device and drains completions.
 pub trait IoBackend {
     /// Submits everything queued since the last poll (one doorbell per queue) and completes
-    /// whatever the device has finished. Never blocks. Backends woken by interrupts register
-    /// `cx`'s waker; polled backends may ignore it.
+    /// whatever the device has finished. Never blocks.
+    ///
+    /// A backend with a [`polling_handle`](Self::polling_handle) that answers `Idle` or `Armed`
+    /// keeps `cx`'s waker and wakes it when work is next sent to it, so an executor may park
+    /// its driving task until then (or until the handle is readable, for `Armed`). Backends
+    /// without a handle may ignore `cx`: they are polled again, not woken.
     fn poll_backend(&self, cx: &mut Context<'_>) -> Activity;
 
-    /// A descriptor to sleep on while waiting for completions, when the backend has one.
+    /// A descriptor to sleep on while waiting for completions, when the backend has one (an
+    /// interrupt-driven queue). `None` means the backend must be polled.
     fn polling_handle(&self) -> Option<PollingHandle> {
         None
     }
@@ -89,7 +103,8 @@ impl<B: IoBackend> Future for Driver<'_, B> {
     type Output = core::convert::Infallible;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.backend.poll_backend(cx);
-        // Polled backends make progress only when polled: ask to be polled again.
+        // Polled backends make progress only when polled: ask to be polled again. (An executor
+        // that can wait on a descriptor sleeps on `Armed` instead: see the mfio-rt crate.)
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -100,7 +115,12 @@ impl<B: IoBackend> Future for Driver<'_, B> {
 /// This is the blocking ("no colour") face of every operation: no thread is spawned, and the
 /// future and the backend are polled in turn, so I/O issued by the future in one round reaches
 /// the device as one batch. It spins while I/O is in flight (polled-mode drivers answer in
-/// microseconds) and backs off to yielding when nothing progresses for a while.
+/// microseconds) and backs off to yielding when nothing progresses for a while. When a backend
+/// with a polling handle answers [`Activity::Armed`] (an interrupt-driven queue with nothing
+/// posted yet) or `Idle`, it sleeps on the handle instead (at most [`SLEEP_BOUND_MS`] at a
+/// time), and a wake of `fut` from another thread ends that sleep.
+///
+/// [`SLEEP_BOUND_MS`]: crate::SLEEP_BOUND_MS
 pub fn block_on<Bk: IoBackend + ?Sized, F: Future>(backend: &Bk, fut: F) -> F::Output {
     let mut fut = pin!(fut);
     let mut cx = Context::from_waker(Waker::noop());
@@ -109,9 +129,24 @@ pub fn block_on<Bk: IoBackend + ?Sized, F: Future>(backend: &Bk, fut: F) -> F::O
         if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
             return v;
         }
-        match backend.poll_backend(&mut cx) {
-            Activity::Busy => core::hint::spin_loop(),
+        let activity = backend.poll_backend(&mut cx);
+        if activity == Activity::Busy {
+            core::hint::spin_loop();
+            continue;
+        }
+        // Idle or armed: a backend with a polling handle lets this thread sleep (on it, and on
+        // a wake of `fut` from elsewhere); others are polled again, with a growing backoff.
+        #[cfg(feature = "std")]
+        if let Some(handle) = backend.polling_handle() {
+            spins = 0;
+            if let Poll::Ready(v) = crate::sleep::sleep_with(handle, fut.as_mut()) {
+                return v;
+            }
+            continue;
+        }
+        match activity {
             Activity::Idle => crate::backoff(&mut spins),
+            _ => core::hint::spin_loop(),
         }
     }
 }

@@ -44,6 +44,8 @@ mod io;
 mod packet;
 mod perms;
 #[cfg(feature = "std")]
+mod sleep;
+#[cfg(feature = "std")]
 mod stall;
 mod unwind;
 
@@ -56,6 +58,8 @@ pub use packet::{
     BufFor, Packet, PacketFuture, PacketView, SegmentSink, Transfer, Wait, DROP_PANICS,
 };
 pub use perms::{Direction, FromDevice, PacketPerms, ToDevice};
+#[cfg(feature = "std")]
+pub use sleep::SLEEP_BOUND_MS;
 #[cfg(feature = "std")]
 pub use stall::report_stalled_drops_after;
 

@@ -22,6 +22,8 @@
 //! that is leaked instead of completed keeps its packet waiting for ever (the memory stays lent
 //! to whoever holds the view); with `std`, a drop that has waited long reports it on stderr.
 
+#[cfg(feature = "std")]
+use crate::backend::Activity;
 use crate::backend::{IoBackend, PacketIo};
 use crate::buf::{IoBuf, IoBufMut};
 use crate::error::{Error, ErrorKind, Origin, PartialError};
@@ -701,7 +703,14 @@ impl<P: PacketPerms, B> Packet<'_, P, B> {
             if let Some(driver) = self.driver.get() {
                 #[cfg(feature = "std")]
                 match unwind::catch(|| driver.poll_backend(&mut cx)) {
-                    Ok(activity) => stall.polled(activity),
+                    Ok(activity) => {
+                        stall.polled(activity);
+                        if let (Activity::Armed, Some(h)) = (activity, driver.polling_handle()) {
+                            // Armed: the device's next completion makes the handle readable.
+                            crate::sleep::sleep_on(h);
+                            spins = 0;
+                        }
+                    }
                     Err(payload) => {
                         panics += 1;
                         if panics >= DROP_PANICS {

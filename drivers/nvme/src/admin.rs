@@ -182,8 +182,10 @@ impl AdminQueue {
     }
 
     /// Creates I/O queue pair `qid`: the completion queue, then the submission queue that
-    /// completes into it (both physically contiguous, polled: no interrupts). If the SQ is
-    /// refused, the CQ is deleted again, so a failure leaves nothing behind.
+    /// completes into it (both physically contiguous). The CQ raises MSI-X vector `vector`
+    /// when one is given (IEN = 1), else none (polled). If the SQ is refused, the CQ is deleted
+    /// again, so a failure leaves nothing behind.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create_queue_pair<D: PciDevice>(
         &mut self,
         dev: &D,
@@ -191,13 +193,18 @@ impl AdminQueue {
         entries: u16,
         sq_iova: u64,
         cq_iova: u64,
+        vector: Option<u16>,
         timeout: Duration,
     ) -> Result<(), NvmeError> {
         let size = u32::from(entries - 1) << 16;
         let mut cq = Command::new(admin::CREATE_CQ, 0);
         cq.prp1 = cq_iova;
         cq.cdw10 = size | u32::from(qid);
-        cq.cdw11 = 1; // PC: physically contiguous; IEN = 0: polled
+        // PC: physically contiguous; IEN and IV when interrupt-driven.
+        cq.cdw11 = match vector {
+            Some(iv) => u32::from(iv) << 16 | 2 | 1,
+            None => 1,
+        };
         self.execute(dev, cq, timeout)?;
         let mut sq = Command::new(admin::CREATE_SQ, 0);
         sq.prp1 = sq_iova;

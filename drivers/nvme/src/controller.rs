@@ -8,7 +8,7 @@ use crate::queues::ShadowDoorbells;
 use crate::spec::{
     cns, log, regs, Cap, Cc, Csts, IdentifyController, IdentifyNamespace, PAGE_SIZE,
 };
-use mfio_pci::PciDevice;
+use mfio_pci::{CompletionMode, EventFd, PciDevice};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +43,10 @@ pub struct ControllerOptions {
     /// whenever it has caught up, which at low depth is every batch anyway. In the TCG guest,
     /// QD1 ran about 20 % slower with them (docs/benchmarks.md).
     pub shadow_doorbells: bool,
+    /// How [`Controller::io_queue`]'s queues wait for completions (per queue:
+    /// [`Controller::io_queue_with`]). Interrupt-driven modes need MSI-X: vector `qid` for
+    /// queue `qid`, enabled the first time a queue asks.
+    pub completion: CompletionMode,
 }
 
 /// How I/O commands describe their data to the controller.
@@ -71,6 +75,7 @@ impl Default for ControllerOptions {
             io_timeout: Duration::from_secs(30),
             data_pointer: DataPointer::Auto,
             shadow_doorbells: false,
+            completion: CompletionMode::Poll,
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct Controller<D: PciDevice> {
     /// then fail what they have in flight, since the device no longer touches memory.
     epoch: AtomicU64,
     enabled: AtomicBool,
+    /// The driver's ends of the MSI-X eventfds, by vector, once a queue needed interrupts.
+    vectors: Mutex<Option<Vec<EventFd>>>,
 }
 
 impl<D: PciDevice> Controller<D> {
@@ -164,6 +171,7 @@ impl<D: PciDevice> Controller<D> {
             opts,
             epoch: AtomicU64::new(0),
             enabled: AtomicBool::new(true),
+            vectors: Mutex::new(None),
         }))
     }
 
@@ -232,8 +240,20 @@ impl<D: PciDevice> Controller<D> {
         Csts(self.dev.read32(0, regs::CSTS))
     }
 
-    /// Creates an I/O queue pair for namespace `nsid`, to be owned by one thread.
+    /// Creates an I/O queue pair for namespace `nsid`, to be owned by one thread, waiting for
+    /// completions as [`ControllerOptions::completion`] says.
     pub fn io_queue(self: &Arc<Self>, nsid: u32) -> Result<IoQueue<D>, NvmeError> {
+        self.io_queue_with(nsid, self.opts.completion)
+    }
+
+    /// Creates an I/O queue pair for namespace `nsid` that waits for completions in `mode`.
+    /// Interrupt-driven modes give the queue MSI-X vector `qid` (its polling handle): a
+    /// controller without MSI-X, or without that vector, is an error that says so.
+    pub fn io_queue_with(
+        self: &Arc<Self>,
+        nsid: u32,
+        mode: CompletionMode,
+    ) -> Result<IoQueue<D>, NvmeError> {
         let ns = self.namespace(nsid).ok_or(NvmeError::NoNamespace(nsid))?.clone();
         let qid = {
             let mut qids = self.qids.lock().unwrap_or_else(|e| e.into_inner());
@@ -241,7 +261,39 @@ impl<D: PciDevice> Controller<D> {
             qids[q] = true;
             q as u16
         };
-        IoQueue::new(self.clone(), ns, qid).inspect_err(|_| self.release_qid(qid))
+        let made = match mode.uses_interrupts() {
+            true => self.vector(qid).map(Some),
+            false => Ok(None),
+        };
+        made.and_then(|irq| IoQueue::new(self.clone(), ns, qid, mode, irq))
+            .inspect_err(|_| self.release_qid(qid))
+    }
+
+    /// Queue `qid`'s interrupt: a descriptor for MSI-X vector `qid`'s eventfd. The first call
+    /// routes every vector a queue can use (one per granted queue, plus the admin queue's) to
+    /// eventfds at once: VFIO on older kernels cannot add vectors to an enabled table.
+    fn vector(&self, qid: u16) -> Result<EventFd, NvmeError> {
+        let count = self.dev.msix_count();
+        if count == 0 {
+            return Err(NvmeError::NoMsix);
+        }
+        if u32::from(qid) >= count {
+            return Err(NvmeError::NoVector { qid, vectors: count });
+        }
+        let mut vectors = self.vectors.lock().unwrap_or_else(|e| e.into_inner());
+        if vectors.is_none() {
+            let n = count.min(u32::from(self.granted) + 1);
+            *vectors = Some(self.dev.enable_msix(n)?);
+            tracing::debug!(vectors = n, "MSI-X enabled");
+        }
+        let fd = &vectors.as_ref().expect("set above")[usize::from(qid)];
+        mfio_pci::dup_eventfd(fd).map_err(|e| {
+            NvmeError::Pci(mfio_pci::PciError::Vfio {
+                addr: self.dev.address(),
+                op: "dup MSI-X eventfd",
+                detail: e.to_string(),
+            })
+        })
     }
 
     pub(crate) fn release_qid(&self, qid: u16) {
@@ -374,6 +426,9 @@ impl<D: PciDevice> Drop for Controller<D> {
             std::thread::sleep(Duration::from_micros(100));
         }
         let stopped = disable(&self.dev, self.cap).is_ok() || stop_dma(&self.dev).is_ok();
+        if self.vectors.get_mut().map_or(true, |v| v.is_some()) {
+            let _ = self.dev.disable_msix();
+        }
         if !stopped {
             // The admin rings and shadow pages go with `self`: a device that can be neither
             // disabled nor kept from DMA could write them after they are reused.

@@ -73,6 +73,24 @@ pub enum NvmeError {
     /// The options ask for a feature the controller does not offer.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// An interrupt-driven queue was asked of a controller without MSI-X.
+    #[error(
+        "the controller has no MSI-X vectors, so its queues cannot use interrupts: use \
+         CompletionMode::Poll (`--completion poll`)"
+    )]
+    NoMsix,
+    /// An interrupt-driven queue has no vector of its own left.
+    #[error(
+        "I/O queue {qid} needs MSI-X vector {qid}, but the controller has {vectors} (vector 0 \
+         is the admin queue's): use fewer interrupt-driven queues, or CompletionMode::Poll \
+         for the rest"
+    )]
+    NoVector {
+        /// The queue.
+        qid: u16,
+        /// Vectors the controller has.
+        vectors: u32,
+    },
     /// No I/O queue is left (all the controller granted are in use).
     #[error("no I/O queue left: the controller granted {0}")]
     NoQueue(u16),

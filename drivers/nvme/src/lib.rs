@@ -27,5 +27,6 @@ pub mod sgl;
 pub use admin::{ErrorLogEntry, SmartLog};
 pub use controller::{Controller, ControllerOptions, DataPointer};
 pub use error::NvmeError;
+pub use mfio_pci::{CompletionMode, WakeupStats};
 pub use namespace::Namespace;
 pub use queue_pair::{IoQueue, QueueStats};

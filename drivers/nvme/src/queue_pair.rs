@@ -20,13 +20,13 @@ use mfio::{
     ToDevice,
 };
 use mfio_dma::{DmaPool, PoolSlot, Translator};
-use mfio_pci::PciDevice;
+use mfio_pci::{CompletionMode, EventFd, PciDevice, Verdict, Wakeup, WakeupStats};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Write as _;
 use std::sync::Arc;
-use std::task::Context;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 /// Commands other than Read and Write, carried by an empty packet view.
@@ -88,6 +88,8 @@ pub struct QueueStats {
     pub max_pending: u64,
     /// Commands whose data was described by an SGL (the rest used PRPs).
     pub sgl: u64,
+    /// How the queue waited (all zero for a polled queue).
+    pub wakeup: WakeupStats,
 }
 
 struct Inner {
@@ -113,6 +115,10 @@ struct Inner {
     epoch: u64,
     /// The queue pair does not exist on the device (a reset failed): requests fail at once.
     broken: bool,
+    /// The queue's interrupt and waiting state; `None` for a polled queue.
+    wakeup: Option<Wakeup>,
+    /// The waker of a poll that answered `Idle` or `Armed`, woken when work is next sent.
+    parked: Option<Waker>,
 }
 
 /// An I/O queue pair on one namespace: an mfio block device at byte offsets.
@@ -125,6 +131,10 @@ pub struct IoQueue<D: PciDevice> {
     qid: u16,
     max_transfer: usize,
     bounce_size: usize,
+    /// The MSI-X vector its CQ raises (`Some(qid)` when interrupt-driven).
+    vector: Option<u16>,
+    /// The polling handle: the vector's eventfd.
+    handle: Option<i32>,
     inner: RefCell<Inner>,
 }
 
@@ -133,7 +143,11 @@ impl<D: PciDevice> IoQueue<D> {
         ctrl: Arc<Controller<D>>,
         ns: Namespace,
         qid: u16,
+        mode: CompletionMode,
+        irq: Option<EventFd>,
     ) -> Result<Self, NvmeError> {
+        use std::os::fd::AsRawFd;
+        let vector = irq.as_ref().map(|_| qid);
         let opts = ctrl.options().clone();
         let dev = ctrl.device();
         let space = dev.dma();
@@ -157,6 +171,7 @@ impl<D: PciDevice> IoQueue<D> {
             entries,
             sq.iova(),
             cq.iova(),
+            vector,
             opts.admin_timeout,
         )?;
         let mut translator = space.translator();
@@ -197,10 +212,14 @@ impl<D: PciDevice> IoQueue<D> {
             DataPointer::Sgl => DataPointers { prefer_sgl: true, sgl },
         };
         let epoch = ctrl.epoch();
+        let handle = irq.as_ref().map(|fd| fd.as_raw_fd());
+        let wakeup = irq.map(|fd| Wakeup::new(mode, fd, format!("nvme I/O queue {qid}")));
         Ok(Self {
             qid,
             max_transfer,
             bounce_size,
+            vector,
+            handle,
             inner: RefCell::new(Inner {
                 sq,
                 cq,
@@ -219,6 +238,8 @@ impl<D: PciDevice> IoQueue<D> {
                 last_check_ms: 0,
                 epoch,
                 broken: false,
+                wakeup,
+                parked: None,
             }),
             ns,
             ctrl,
@@ -247,7 +268,17 @@ impl<D: PciDevice> IoQueue<D> {
 
     /// The counters so far.
     pub fn stats(&self) -> QueueStats {
-        self.inner.borrow().stats
+        let inner = self.inner.borrow();
+        QueueStats {
+            wakeup: inner.wakeup.as_ref().map(Wakeup::stats).unwrap_or_default(),
+            ..inner.stats
+        }
+    }
+
+    /// How the queue waits for completions now (`Poll` once an interrupt-driven queue has
+    /// fallen back to polling).
+    pub fn completion_mode(&self) -> CompletionMode {
+        self.inner.borrow().wakeup.as_ref().map_or(CompletionMode::Poll, Wakeup::mode)
     }
 
     /// Commands in flight.
@@ -292,7 +323,9 @@ impl<D: PciDevice> IoQueue<D> {
     }
 
     fn send_other(&self, op: Other, view: PacketView<ToDevice>) {
-        self.inner.borrow_mut().enqueue(Pending::Other(op, view), self);
+        let mut inner = self.inner.borrow_mut();
+        inner.enqueue(Pending::Other(op, view), self);
+        unpark(inner);
     }
 
     /// Splits a block range into commands of at most 65536 blocks, one empty view each.
@@ -733,10 +766,12 @@ impl<D: PciDevice> IoQueue<D> {
         };
         let mut inner = self.inner.borrow_mut();
         if inner.broken || !inner.pending.is_empty() {
-            return inner.enqueue(P::pending(pos, view), self);
-        }
-        if let Err((pos, view)) = inner.submit_rw(self, pos, view) {
+            inner.enqueue(P::pending(pos, view), self);
+        } else if let Err((pos, view)) = inner.submit_rw(self, pos, view) {
             inner.wait_first(P::pending(pos, view));
+        }
+        if inner.parked.is_some() {
+            unpark(inner);
         }
     }
 }
@@ -756,7 +791,7 @@ impl<D: PciDevice> PacketIo<ToDevice, u64> for IoQueue<D> {
 }
 
 impl<D: PciDevice> IoBackend for IoQueue<D> {
-    fn poll_backend(&self, _cx: &mut Context<'_>) -> Activity {
+    fn poll_backend(&self, cx: &mut Context<'_>) -> Activity {
         let dev = self.ctrl.device();
         {
             let mut inner = self.inner.borrow_mut();
@@ -764,6 +799,9 @@ impl<D: PciDevice> IoBackend for IoQueue<D> {
                 drop(inner);
                 self.recover();
                 return Activity::Busy;
+            }
+            if let Some(w) = inner.wakeup.as_mut() {
+                w.woke();
             }
             inner.submit_pending(self);
             if inner.sq.commit(dev) {
@@ -805,15 +843,75 @@ impl<D: PciDevice> IoBackend for IoQueue<D> {
                 inner.last_check_ms = inner.now_ms;
                 drop(inner);
                 self.check_deadlines();
+                return Activity::Busy;
             }
+        }
+        if inner.wakeup.is_some() {
+            return self.settle(inner, cx, reaped, busy);
+        }
+        if busy {
             Activity::Busy
         } else {
             Activity::Idle
         }
     }
+
+    fn polling_handle(&self) -> Option<mfio::PollingHandle> {
+        self.handle.map(|fd| mfio::PollingHandle { fd })
+    }
+}
+
+/// Wakes the waker a poll parked (the queue has work again), outside the borrow: a waker is
+/// caller code.
+fn unpark(mut inner: std::cell::RefMut<'_, Inner>) {
+    let parked = inner.parked.take();
+    drop(inner);
+    if let Some(w) = parked {
+        w.wake();
+    }
 }
 
 impl<D: PciDevice> IoQueue<D> {
+    /// The end of an interrupt-driven queue's poll (`reaped` completions, `busy` with work in
+    /// flight): spin on, or arm and answer `Armed` (see `mfio_pci::wakeup` for the order that
+    /// keeps a completion from being slept through).
+    #[inline(never)]
+    fn settle(
+        &self,
+        mut inner: std::cell::RefMut<'_, Inner>,
+        cx: &mut Context<'_>,
+        reaped: u32,
+        busy: bool,
+    ) -> Activity {
+        let inner = &mut *inner;
+        let Some(w) = inner.wakeup.as_mut() else { return Activity::Busy };
+        let verdict = w.after_poll(reaped, busy);
+        if verdict == Verdict::Spin && busy {
+            return Activity::Busy;
+        }
+        if verdict == Verdict::Arm {
+            // The eventfd was just cleared: look at the ring once more, so a completion whose
+            // interrupt that cleared is reaped, not slept through.
+            if inner.cq.peek() {
+                return Activity::Busy;
+            }
+            // Everything reaped is given back before the sleep: a controller signals entries
+            // past the head it was told.
+            if inner.cq.commit(self.ctrl.device()) {
+                inner.stats.cq_doorbells += 1;
+            }
+            w.sleeping();
+        }
+        if !inner.parked.as_ref().is_some_and(|p| p.will_wake(cx.waker())) {
+            inner.parked = Some(cx.waker().clone());
+        }
+        if busy {
+            Activity::Armed
+        } else {
+            Activity::Idle
+        }
+    }
+
     /// Aborts commands past their deadline; disables the controller when one neither completes
     /// nor aborts within a second deadline, or when the controller reports a fatal status.
     fn check_deadlines(&self) {
@@ -880,7 +978,9 @@ impl<D: PciDevice> IoQueue<D> {
         let dev = self.ctrl.device();
         let entries = inner.sq.entries();
         let (sq_iova, cq_iova) = (inner.sq.iova(), inner.cq.iova());
-        let r = self.ctrl.admin().create_queue_pair(dev, self.qid, entries, sq_iova, cq_iova, t);
+        let iv = self.vector;
+        let r =
+            self.ctrl.admin().create_queue_pair(dev, self.qid, entries, sq_iova, cq_iova, iv, t);
         match r {
             Ok(()) => {
                 inner.broken = false;

@@ -260,6 +260,13 @@ impl CompletionQueue {
         Some(cqe)
     }
 
+    /// Whether the controller has posted the next completion (nothing is consumed).
+    pub(crate) fn peek(&self) -> bool {
+        let off = usize::from(self.head) * COMPLETION_SIZE;
+        let dw3 = self.mem.mem().load_acquire_u32(off + 12);
+        ((dw3 >> 16) & 1 != 0) == self.phase
+    }
+
     /// Gives consumed entries back to the controller: one doorbell per batch.
     pub(crate) fn commit<D: PciDevice>(&mut self, dev: &D) -> bool {
         if self.unreported == 0 {

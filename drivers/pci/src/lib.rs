@@ -12,8 +12,10 @@ mod device;
 mod error;
 mod ioctl;
 mod mmio;
+mod model_irq;
 mod sysfs;
 mod vfio;
+mod wakeup;
 
 pub use address::PciAddress;
 pub use device::{
@@ -22,8 +24,10 @@ pub use device::{
     STATUS_CAP_LIST,
 };
 pub use error::PciError;
+pub use model_irq::{dup_eventfd, ModelInterrupts};
 pub use sysfs::{PciFunction, Sysfs, CLASS_NVME, DEVICE_VIRTIO_BLK, VENDOR_VIRTIO, VFIO_PCI};
 pub use vfio::{IommuMode, VfioPci};
+pub use wakeup::{CompletionMode, Verdict, Wakeup, WakeupStats, DEFAULT_SPIN, UNANNOUNCED_LIMIT};
 
 /// The eventfd type MSI-X vectors are delivered on, and its error type, re-exported so users
 /// need no `nix` of their own.

@@ -382,9 +382,7 @@ impl PciDevice for VfioPci {
         let out = fds
             .iter()
             .map(|f| {
-                nix::unistd::dup(f)
-                    // SAFETY: dup returned a fresh fd that we own.
-                    .map(|fd| unsafe { EventFd::from_owned_fd(fd) })
+                crate::model_irq::dup_eventfd(f)
                     .map_err(|e| vfio_err(self.addr, "dup eventfd")(e.into()))
             })
             .collect::<Result<Vec<_>, _>>()?;

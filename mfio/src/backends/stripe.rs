@@ -88,7 +88,8 @@ impl<B: IoBackend> IoBackend for Stripe<B> {
     fn poll_backend(&self, cx: &mut Context<'_>) -> Activity {
         let mut activity = Activity::Idle;
         for d in &self.devices {
-            if d.poll_backend(cx) == Activity::Busy {
+            // A member that is armed counts as busy: the stripe has no one descriptor to sleep on.
+            if d.poll_backend(cx) != Activity::Idle {
                 activity = Activity::Busy;
             }
         }

@@ -253,13 +253,15 @@ impl State {
             return Err(specific(specific::INVALID_QID));
         }
         let (ien, iv) = (cmd.cdw11 & 2 != 0, cmd.cdw11 >> 16);
-        // No MSI-X: only vector 0 (pin-based, never raised: drivers poll) exists.
-        if ien && iv != 0 {
+        // Vectors beyond the MSI-X table (or any but 0 without MSI-X, where vector 0 is the pin
+        // interrupt, which the model never raises) do not exist.
+        if ien && iv != 0 && iv >= self.irq.supported() {
             return Err(specific(INVALID_INTERRUPT_VECTOR));
         }
+        let vector = ien.then_some(iv as u16);
         let what = format!("I/O CQ {qid}");
         self.check_queue_memory(&what, cmd.prp1, entries as usize * COMPLETION_SIZE)?;
-        self.cqs[qid] = Some(Cq::new(cmd.prp1, entries));
+        self.cqs[qid] = Some(Cq::new(cmd.prp1, entries, vector));
         // With shadow doorbells, publish this queue's EventIdx from the start: the head may
         // move a whole lap before a register write is due.
         self.set_event_idx(qid as u16, true, entries - 1);

@@ -98,6 +98,9 @@ pub struct ModelConfig {
     pub deferred_timeout: Option<Duration>,
     /// Identify VWC bit: a volatile write cache is present (Flush then matters). Default on.
     pub volatile_write_cache: bool,
+    /// MSI-X table size (0: no MSI-X, the queues can only be polled). Vector `n` is raised
+    /// for each CQE posted to a CQ created with IEN = 1 and IV = `n`. Default 65, as QEMU's.
+    pub msix_vectors: u32,
 }
 
 impl Default for ModelConfig {
@@ -116,6 +119,7 @@ impl Default for ModelConfig {
             serial: "MFIO-MODEL-0001".to_string(),
             volatile_write_cache: true,
             deferred_timeout: Some(Duration::from_millis(2)),
+            msix_vectors: 65,
         }
     }
 }
@@ -144,6 +148,10 @@ impl ModelConfig {
         );
         assert!(self.mqes >= 1, "NVMe model config: mqes must be at least 1 (2 entries)");
         assert!(self.mdts <= 20, "NVMe model config: mdts {} is absurd", self.mdts);
+        assert!(
+            self.msix_vectors <= 2048,
+            "NVMe model config: an MSI-X table has 2048 entries at most"
+        );
         if let CompletionMode::Deferred { doorbells } = self.completion {
             assert!(doorbells >= 1, "NVMe model config: Deferred needs doorbells >= 1");
         }

@@ -217,6 +217,23 @@ impl NvmeModel {
         })
     }
 
+    /// Masks or unmasks MSI-X vector `vector`, as a write to its MSI-X table entry would: a
+    /// masked vector's messages wait in its pending bit and are sent on unmasking.
+    pub fn mask_vector(&self, vector: u16, masked: bool) {
+        self.with(|st| st.irq.set_masked(vector, masked))
+    }
+
+    /// While `lose`, every MSI-X message is lost (not sent, not pending), as on a platform
+    /// whose interrupt routing is broken: a driver must notice and poll.
+    pub fn lose_interrupts(&self, lose: bool) {
+        self.with(|st| st.irq.set_lose(lose))
+    }
+
+    /// MSI-X messages sent on `vector` so far.
+    pub fn interrupts_raised(&self, vector: u16) -> u64 {
+        self.lock().irq.raised(vector)
+    }
+
     /// Whether bus mastering is on in the PCI command register (with it off the model does no
     /// DMA, and flags every attempt).
     pub fn bus_master(&self) -> bool {
@@ -429,6 +446,20 @@ impl PciDevice for NvmeModel {
 
     fn dma(&self) -> &Arc<DmaSpace> {
         &self.inner.dma
+    }
+
+    fn msix_count(&self) -> u32 {
+        self.lock().irq.supported()
+    }
+
+    fn enable_msix(&self, count: u32) -> Result<Vec<mfio_pci::EventFd>, PciError> {
+        let addr = self.address();
+        self.with(|st| st.irq.enable(addr, count))
+    }
+
+    fn disable_msix(&self) -> Result<(), PciError> {
+        self.with(|st| st.irq.disable());
+        Ok(())
     }
 
     /// Function level reset: the controller resets and its registers return to their initial

@@ -1,6 +1,7 @@
 //! The model's PCI config space: QEMU's NVMe identity (1b36:0010, class 010802), a 64-bit
-//! BAR0 of 16 KiB, no capabilities (no MSI-X: drivers poll), and a command register whose
-//! memory-space and bus-master bits the model obeys.
+//! BAR0 of 16 KiB, no capability list (its MSI-X vectors are reached through
+//! `PciDevice::enable_msix`, as VFIO gives them), and a command register whose memory-space and
+//! bus-master bits the model obeys.
 
 use mfio_pci::{COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, COMMAND_MEMORY, CONFIG_COMMAND};
 

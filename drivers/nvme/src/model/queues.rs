@@ -61,11 +61,14 @@ pub(crate) struct Cq {
     /// CQEs waiting for room (never overwrite an entry the driver has not released), each
     /// with whether it is a command's real CQE (not a bogus one from an injection).
     pub backlog: VecDeque<(Completion, bool)>,
+    /// The MSI-X vector raised for each CQE posted (IEN = 1), if any. The admin CQ always has
+    /// vector 0.
+    pub vector: Option<u16>,
 }
 
 impl Cq {
-    pub fn new(base: u64, size: u32) -> Self {
-        Self { base, size, head: 0, tail: 0, phase: true, backlog: VecDeque::new() }
+    pub fn new(base: u64, size: u32, vector: Option<u16>) -> Self {
+        Self { base, size, head: 0, tail: 0, phase: true, backlog: VecDeque::new(), vector }
     }
 
     /// One slot is always left empty, so head == tail means empty.
@@ -614,7 +617,12 @@ impl State {
         let what = "posting a completion queue entry";
         // Dword 3 (CID, status, phase) last: a driver polling the phase tag on another thread
         // must never see the new phase with stale dwords 0-2.
+        let vector = cq.vector;
         let _ = self.dma_write_then(addr, &b[..12], &b[12..], what);
         self.counters.completions_posted += 1;
+        // The message after the entry, as a device's write and its MSI are ordered on the bus.
+        if let Some(v) = vector {
+            self.irq.raise(v);
+        }
     }
 }

@@ -162,7 +162,7 @@ impl State {
             return;
         }
         self.sqs[0] = Some(Sq::new(self.asq, sqs, 0));
-        self.cqs[0] = Some(Cq::new(self.acq, cqs));
+        self.cqs[0] = Some(Cq::new(self.acq, cqs, Some(0)));
         self.csts |= Csts::RDY;
     }
 

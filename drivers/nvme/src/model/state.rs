@@ -115,6 +115,8 @@ pub(crate) struct State {
     pub error_count: u64,
     pub smart: Smart,
     pub rng: u64,
+    /// MSI-X: the vectors' eventfds, masks and counters.
+    pub irq: mfio_pci::ModelInterrupts,
 }
 
 impl State {
@@ -163,6 +165,7 @@ impl State {
             smart: Smart::default(),
             // xorshift must not start at 0.
             rng: seed | 1,
+            irq: mfio_pci::ModelInterrupts::new(cfg.msix_vectors),
             cfg,
         }
     }

@@ -265,7 +265,7 @@ fn queue_creation_and_deletion_rules() {
     spec_err(&h.admin_cmd(cq(1, 65, 1, iova)), specific::INVALID_QUEUE_SIZE); // MQES 63
     assert_status(&h.admin_cmd(cq(1, 8, 0, iova)), sct::GENERIC, g::INVALID_FIELD); // PC = 0
     assert_status(&h.admin_cmd(cq(1, 8, 1, iova + 16)), sct::GENERIC, g::INVALID_PRP_OFFSET);
-    spec_err(&h.admin_cmd(cq(1, 8, 3 | 5 << 16, iova)), 0x08); // interrupt vector 5
+    spec_err(&h.admin_cmd(cq(1, 8, 3 | 65 << 16, iova)), 0x08); // vector 65: the table has 65
     spec_err(&h.admin_cmd(sq(1, 8, 1, iova + 4096)), specific::INVALID_CQ);
     assert_ok(&h.admin_cmd(cq(1, 64, 3, iova))); // interrupts on, vector 0: allowed
     spec_err(&h.admin_cmd(cq(1, 8, 1, iova)), specific::INVALID_QID); // exists

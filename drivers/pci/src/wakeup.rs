@@ -1,0 +1,371 @@
+//! How a queue learns of completions: polling, interrupts, or both in turn.
+//!
+//! Both drivers keep one [`Wakeup`] per interrupt-driven queue. It owns the queue's MSI-X
+//! eventfd and decides, after each poll of the queue, whether the caller should poll again
+//! (`Busy`) or may sleep on the eventfd (`Armed`). The lost wake-up is avoided by the order of
+//! three steps, which every driver keeps:
+//!
+//! 1. [`Wakeup::woke`] at the start of a poll after an `Armed` answer: reads the eventfd (so an
+//!    interrupt already handled is not slept on again) and notes whether one came;
+//! 2. the driver arms the device (virtio-blk: used-buffer notifications back on) and then looks
+//!    at its completion ring, as it does on every poll;
+//! 3. only a poll that found nothing after arming answers `Armed`.
+//!
+//! The eventfd is never read between the look at the ring and the sleep, so an interrupt for
+//! a completion posted after the look is still counted in the eventfd when the caller sleeps.
+//!
+//! An interrupt that never comes (a masked vector, a lost message, a vector routed nowhere) is
+//! noticed: after an `Armed` answer, a poll that finds completions while the eventfd says no
+//! interrupt came is *unannounced*. [`UNANNOUNCED_LIMIT`] of those in a row and the queue falls
+//! back to polling for good, said once through `tracing`. Callers sleep at most a bounded time
+//! (mfio's `block_on` 50 ms), so the fallback comes within a fraction of a second, not never.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::eventfd::EventFd;
+
+/// How an I/O queue waits for its completions.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum CompletionMode {
+    /// Poll the completion ring; no interrupts (the lowest latency, a core while waiting).
+    #[default]
+    Poll,
+    /// Sleep on the queue's interrupt whenever a poll finds nothing.
+    Interrupt,
+    /// Poll while completions keep coming; once none has come for `spin`, arm the interrupt
+    /// and sleep.
+    Adaptive {
+        /// How long to keep polling after the last completion.
+        spin: Duration,
+    },
+}
+
+impl CompletionMode {
+    /// Adaptive with the default spin window (50 us: about a device round trip, so a queue
+    /// under load never sleeps, and one that goes idle sleeps soon).
+    pub const ADAPTIVE: CompletionMode = CompletionMode::Adaptive { spin: DEFAULT_SPIN };
+
+    /// Whether the queue needs an interrupt vector.
+    pub fn uses_interrupts(self) -> bool {
+        !matches!(self, CompletionMode::Poll)
+    }
+}
+
+impl std::str::FromStr for CompletionMode {
+    type Err = String;
+
+    /// `poll`, `interrupt`, `adaptive` or `adaptive:<microseconds>`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "poll" => Ok(CompletionMode::Poll),
+            "interrupt" => Ok(CompletionMode::Interrupt),
+            "adaptive" => Ok(CompletionMode::ADAPTIVE),
+            _ => s
+                .strip_prefix("adaptive:")
+                .and_then(|us| us.parse::<u64>().ok())
+                .map(|us| CompletionMode::Adaptive { spin: Duration::from_micros(us) })
+                .ok_or_else(|| {
+                    format!(
+                        "`{s}` is not a completion mode: poll, interrupt, adaptive, or \
+                         adaptive:<spin microseconds>"
+                    )
+                }),
+        }
+    }
+}
+
+/// The default spin window of [`CompletionMode::ADAPTIVE`].
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+/// Unannounced completions in a row after which a queue stops trusting its interrupt.
+pub const UNANNOUNCED_LIMIT: u32 = 3;
+
+/// Empty polls between clock reads while an adaptive queue spins (a clock read can cost far
+/// more than a poll in a guest).
+const CLOCK_EVERY: u32 = 16;
+
+/// What a queue should tell its caller after a poll.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Poll again.
+    Spin,
+    /// Arm the device (where it has notification suppression), look at the ring once more,
+    /// and answer `Armed` if that finds nothing.
+    Arm,
+}
+
+/// Counters of a queue's waiting.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct WakeupStats {
+    /// Polls answered `Armed` (the caller could sleep).
+    pub armed: u64,
+    /// Polls after an `Armed` answer that found the eventfd signalled.
+    pub interrupts: u64,
+    /// Polls after an `Armed` answer that found completions no interrupt announced.
+    pub unannounced: u64,
+    /// Whether the queue gave up on its interrupt and polls (see [`UNANNOUNCED_LIMIT`]).
+    pub fell_back: bool,
+}
+
+/// One queue's interrupt and the state of its waiting (see the module documentation).
+pub struct Wakeup {
+    mode: CompletionMode,
+    fd: EventFd,
+    /// The last poll answered `Armed`.
+    armed: bool,
+    /// This poll follows an `Armed` answer: its completions should have been announced.
+    after_sleep: bool,
+    /// Nothing in flight since the last poll, and the eventfd was cleared on the way there.
+    idle: bool,
+    /// An interrupt was seen at the start of this poll.
+    interrupted: bool,
+    unannounced_run: u32,
+    /// Adaptive: empty polls since the last completion, and when the spin window started.
+    empty_polls: u32,
+    spin_start: Option<Instant>,
+    stats: WakeupStats,
+    /// For the log line.
+    name: String,
+}
+
+impl Wakeup {
+    /// A queue's wakeup in `mode` on `fd`, the queue's MSI-X eventfd (nonblocking).
+    pub fn new(mode: CompletionMode, fd: EventFd, name: String) -> Self {
+        Self {
+            mode,
+            fd,
+            armed: false,
+            after_sleep: false,
+            idle: false,
+            interrupted: false,
+            unannounced_run: 0,
+            empty_polls: 0,
+            spin_start: None,
+            stats: WakeupStats::default(),
+            name,
+        }
+    }
+
+    /// The mode the queue waits in now (`Poll` after a fallback).
+    pub fn mode(&self) -> CompletionMode {
+        if self.stats.fell_back {
+            CompletionMode::Poll
+        } else {
+            self.mode
+        }
+    }
+
+    /// The eventfd to sleep on.
+    pub fn fd(&self) -> &EventFd {
+        &self.fd
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> WakeupStats {
+        self.stats
+    }
+
+    /// Step 1: at the start of a poll. After an `Armed` answer, reads (clears) the eventfd and
+    /// remembers whether an interrupt came.
+    #[inline]
+    pub fn woke(&mut self) {
+        if self.armed {
+            self.armed = false;
+            self.after_sleep = true;
+            self.interrupted = self.drain();
+            if self.interrupted {
+                self.stats.interrupts += 1;
+            }
+        }
+    }
+
+    /// Reads the eventfd; whether it was signalled.
+    fn drain(&self) -> bool {
+        matches!(self.fd.read(), Ok(n) if n > 0)
+    }
+
+    /// Step 2, after the ring was looked at: `reaped` completions found, `busy` whether
+    /// anything is still in flight. `Arm` when the queue should arm and answer `Armed` if one
+    /// more look at its ring finds nothing; the eventfd has then been cleared of interrupts for
+    /// completions already reaped (which would end the sleep at once), and the look after
+    /// catches any completion whose interrupt that cleared.
+    #[inline]
+    pub fn after_poll(&mut self, reaped: u32, busy: bool) -> Verdict {
+        if reaped > 0 {
+            self.completed();
+        }
+        self.after_sleep = false;
+        self.interrupted = false;
+        if !busy {
+            // Going idle: clear interrupts for what was reaped, so a caller that sleeps on the
+            // eventfd until work is sent really sleeps (nothing in flight: nothing to miss).
+            if !std::mem::replace(&mut self.idle, true) {
+                self.drain();
+            }
+            return Verdict::Spin;
+        }
+        self.idle = false;
+        if reaped > 0 || self.stats.fell_back {
+            return Verdict::Spin;
+        }
+        let verdict = match self.mode {
+            CompletionMode::Poll => Verdict::Spin,
+            CompletionMode::Interrupt => Verdict::Arm,
+            CompletionMode::Adaptive { spin } => self.spun_out(spin),
+        };
+        if verdict == Verdict::Arm {
+            self.drain();
+        }
+        verdict
+    }
+
+    /// Completions came: check they were announced (after a sleep), restart the spin window.
+    fn completed(&mut self) {
+        self.empty_polls = 0;
+        self.spin_start = None;
+        if !self.after_sleep {
+            return;
+        }
+        if self.interrupted {
+            self.unannounced_run = 0;
+            return;
+        }
+        // A completion no interrupt announced; too many in a row and the queue polls for good.
+        self.stats.unannounced += 1;
+        self.unannounced_run += 1;
+        if self.unannounced_run >= UNANNOUNCED_LIMIT && !self.stats.fell_back {
+            self.stats.fell_back = true;
+            tracing::warn!(
+                queue = %self.name,
+                "{UNANNOUNCED_LIMIT} completions in a row came without their interrupt (a masked \
+                 or lost MSI-X vector?): this queue polls from now on"
+            );
+        }
+    }
+
+    /// Adaptive: whether the spin window since the last completion has passed.
+    fn spun_out(&mut self, spin: Duration) -> Verdict {
+        let n = self.empty_polls;
+        self.empty_polls = n.wrapping_add(1);
+        if n % CLOCK_EVERY != 0 {
+            return Verdict::Spin;
+        }
+        let now = Instant::now();
+        match self.spin_start {
+            None => {
+                self.spin_start = Some(now);
+                Verdict::Spin
+            }
+            Some(t) if now.duration_since(t) >= spin => Verdict::Arm,
+            Some(_) => Verdict::Spin,
+        }
+    }
+
+    /// Step 3: the queue armed, looked at its ring and found nothing; it answers `Armed`.
+    pub fn sleeping(&mut self) {
+        self.armed = true;
+        self.stats.armed += 1;
+        self.spin_start = None;
+        self.empty_polls = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::eventfd::EfdFlags;
+
+    fn wakeup(mode: CompletionMode) -> (Wakeup, EventFd) {
+        let fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();
+        let device = crate::dup_eventfd(&fd).unwrap();
+        (Wakeup::new(mode, fd, "test".into()), device)
+    }
+
+    fn readable(fd: &EventFd) -> bool {
+        let n = fd.read().unwrap_or(0);
+        if n > 0 {
+            fd.write(n).unwrap();
+        }
+        n > 0
+    }
+
+    #[test]
+    fn an_interrupt_after_the_arm_verdict_is_still_pending_when_the_caller_sleeps() {
+        let (mut w, device) = wakeup(CompletionMode::Interrupt);
+        device.write(1).unwrap(); // stale: for a completion reaped earlier
+        assert_eq!(w.after_poll(0, true), Verdict::Arm);
+        assert!(!readable(w.fd()), "the arm verdict cleared the stale interrupt");
+        device.write(1).unwrap(); // posted between the look at the ring and the sleep
+        w.sleeping();
+        assert!(readable(w.fd()), "sleeping must not clear it: the sleep would miss it");
+        w.woke();
+        assert_eq!(w.after_poll(1, false), Verdict::Spin);
+        assert_eq!((w.stats().interrupts, w.stats().unannounced), (1, 0));
+    }
+
+    #[test]
+    fn poll_mode_never_arms_and_adaptive_arms_only_after_its_window() {
+        let (mut w, _d) = wakeup(CompletionMode::Poll);
+        assert_eq!(w.after_poll(0, true), Verdict::Spin);
+        let spin = Duration::from_millis(20);
+        let (mut w, _d) = wakeup(CompletionMode::Adaptive { spin });
+        let t0 = Instant::now();
+        let mut polls = 0u64;
+        while w.after_poll(0, true) == Verdict::Spin {
+            polls += 1;
+        }
+        assert!(t0.elapsed() >= spin, "armed after {:?} ({polls} polls)", t0.elapsed());
+        // A completion restarts the window.
+        assert_eq!(w.after_poll(1, true), Verdict::Spin);
+        assert_eq!(w.after_poll(0, true), Verdict::Spin);
+    }
+
+    #[test]
+    fn unannounced_completions_make_the_queue_poll_after_the_limit() {
+        let (mut w, device) = wakeup(CompletionMode::Interrupt);
+        for i in 0..UNANNOUNCED_LIMIT {
+            assert_eq!(w.mode(), CompletionMode::Interrupt, "{i}");
+            assert_eq!(w.after_poll(0, true), Verdict::Arm);
+            w.sleeping();
+            w.woke(); // the bounded sleep ran out: no interrupt
+            assert_eq!(w.after_poll(1, true), Verdict::Spin);
+        }
+        assert!(w.stats().fell_back);
+        assert_eq!(w.mode(), CompletionMode::Poll);
+        assert_eq!(w.after_poll(0, true), Verdict::Spin, "a fallen-back queue polls");
+        // An announced completion resets the run: it takes the limit in a row.
+        let (mut w, _) = (wakeup(CompletionMode::Interrupt).0, ());
+        for announced in [false, false, true, false, false] {
+            w.after_poll(0, true);
+            w.sleeping();
+            if announced {
+                crate::dup_eventfd(w.fd()).unwrap().write(1).unwrap();
+            }
+            w.woke();
+            w.after_poll(1, true);
+        }
+        assert!(!w.stats().fell_back, "{:?}", w.stats());
+        drop(device);
+    }
+
+    #[test]
+    fn going_idle_clears_interrupts_for_what_was_reaped() {
+        let (mut w, device) = wakeup(CompletionMode::ADAPTIVE);
+        device.write(3).unwrap();
+        assert_eq!(w.after_poll(3, false), Verdict::Spin);
+        assert!(!readable(w.fd()), "an idle caller sleeping on the fd really sleeps");
+    }
+
+    #[test]
+    fn modes_parse_from_their_names() {
+        assert_eq!("poll".parse(), Ok(CompletionMode::Poll));
+        assert_eq!("interrupt".parse(), Ok(CompletionMode::Interrupt));
+        assert_eq!("adaptive".parse(), Ok(CompletionMode::ADAPTIVE));
+        assert_eq!(
+            "adaptive:200".parse(),
+            Ok(CompletionMode::Adaptive { spin: Duration::from_micros(200) })
+        );
+        let e = "spin".parse::<CompletionMode>().unwrap_err();
+        assert!(e.contains("poll, interrupt, adaptive"), "{e}");
+    }
+}

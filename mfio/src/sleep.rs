@@ -1,0 +1,125 @@
+//! Sleeping on a backend's polling handle instead of spinning (`std` only).
+//!
+//! A backend that answers a poll with [`Activity::Armed`](crate::Activity::Armed) has checked
+//! its queues after arming its interrupt, so anything the device posts from then on makes the
+//! polling handle readable: sleeping in `poll(2)` on it cannot miss a completion. The blocking
+//! loops sleep there; the wait is bounded ([`SLEEP_BOUND_MS`]) so a backend whose interrupt
+//! never comes is polled again soon and can notice and fall back to polling.
+//!
+//! [`block_on`](crate::block_on) also sleeps on a second descriptor, this thread's *kick*
+//! eventfd, so a future woken from another thread (a channel, a timer) ends the sleep at once.
+//! The kick's waker writes to it only while the thread is about to sleep or sleeping (`armed`):
+//! the hot path, where futures are polled in turn without sleeping, keeps its no-op waker and
+//! pays nothing.
+
+use alloc::sync::Arc;
+use core::future::Future;
+use core::pin::Pin;
+use core::sync::atomic::{AtomicBool, Ordering};
+use core::task::{Context, Poll, Waker};
+use std::task::Wake;
+
+use crate::backend::PollingHandle;
+
+/// The longest one sleep on a polling handle lasts, in milliseconds.
+pub const SLEEP_BOUND_MS: i32 = 50;
+
+/// This thread's kick eventfd and whether the thread is asleep on it.
+struct Kick {
+    fd: i32,
+    armed: AtomicBool,
+}
+
+impl Kick {
+    fn new() -> Option<Arc<Kick>> {
+        // SAFETY: eventfd takes no pointers; a negative result is an error, handled.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        (fd >= 0).then(|| Arc::new(Kick { fd, armed: AtomicBool::new(false) }))
+    }
+}
+
+impl Wake for Kick {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // SeqCst pairs with the sleeper's store of `armed` before its last poll of the future:
+        // either this sees `armed` and writes, or the sleeper's poll saw what this wake is for.
+        if self.armed.load(Ordering::SeqCst) {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from a live u64 to a descriptor this `Kick` owns (it is
+            // closed only when the last `Arc` goes). A failure (a full counter) still leaves the
+            // eventfd readable, which is all a wake needs. Never panics: wakers run where
+            // unwinding is not allowed.
+            let _ = unsafe { libc::write(self.fd, (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+impl Drop for Kick {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is this `Kick`'s alone and closed once, here.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+std::thread_local! {
+    static KICK: Option<Arc<Kick>> = Kick::new();
+}
+
+/// Clears `armed` when the sleep ends, also if the future's poll unwinds.
+struct Disarm<'a>(&'a Kick);
+
+impl Drop for Disarm<'_> {
+    fn drop(&mut self) {
+        self.0.armed.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Polls `fut` once more with a waker that can end the sleep, then sleeps until the backend's
+/// handle or the kick is readable (at most [`SLEEP_BOUND_MS`]). `Ready` if that poll finished
+/// the future.
+pub(crate) fn sleep_with<F: Future>(handle: PollingHandle, fut: Pin<&mut F>) -> Poll<F::Output> {
+    let Some(kick) = KICK.with(|k| k.clone()) else {
+        // No eventfd for this thread (descriptors exhausted): sleep on the backend alone, so a
+        // wake from elsewhere waits for the bound at worst.
+        wait_readable(&[handle.fd], SLEEP_BOUND_MS);
+        return Poll::Pending;
+    };
+    kick.armed.store(true, Ordering::SeqCst);
+    let disarm = Disarm(&kick);
+    let waker = Waker::from(kick.clone());
+    if let Poll::Ready(v) = fut.poll(&mut Context::from_waker(&waker)) {
+        return Poll::Ready(v);
+    }
+    if wait_readable(&[handle.fd, kick.fd], SLEEP_BOUND_MS) & 2 != 0 {
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from the kick's own descriptor (nonblocking).
+        let _ = unsafe { libc::read(kick.fd, (&mut n as *mut u64).cast(), 8) };
+    }
+    drop(disarm);
+    Poll::Pending
+}
+
+/// Sleeps until the backend's handle is readable, at most [`SLEEP_BOUND_MS`] (a dropped packet
+/// waiting for its segments: nothing but the backend can end that wait).
+pub(crate) fn sleep_on(handle: PollingHandle) {
+    wait_readable(&[handle.fd], SLEEP_BOUND_MS);
+}
+
+/// `poll(2)` for readability of up to two descriptors; bit `i` of the result is set when
+/// `fds[i]` is readable (or in error: the caller's next read or poll will say).
+fn wait_readable(fds: &[i32], timeout_ms: i32) -> u32 {
+    let mut p = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 2];
+    let n = fds.len().min(2);
+    for (slot, &fd) in p.iter_mut().zip(fds) {
+        slot.fd = fd;
+    }
+    // SAFETY: `p` is a live array of at least `n` pollfds; poll writes only their `revents`.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
+    if r <= 0 {
+        return 0; // Timed out, or interrupted by a signal: the caller polls again either way.
+    }
+    p[..n].iter().enumerate().filter(|(_, s)| s.revents != 0).fold(0, |m, (i, _)| m | 1 << i)
+}
