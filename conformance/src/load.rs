@@ -4,7 +4,7 @@
 //! allocations per I/O.
 
 use crate::Rng;
-use mfio::{BlockDevice, BufFor, IoBackend, Packet, PacketIo, PacketPerms};
+use mfio::{Activity, BlockDevice, BufFor, IoBackend, Packet, PacketIo, PacketPerms};
 use mfio_dma::clock::CycleClock;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -243,8 +243,14 @@ where
             in_flight += 1;
         }
     }
+    let handle = dev.polling_handle();
     while in_flight > 0 {
-        dev.poll_backend(&mut cx);
+        if dev.poll_backend(&mut cx) == Activity::Armed {
+            // An interrupt-driven queue with nothing posted: sleep until its interrupt.
+            if let Some(h) = handle {
+                h.wait(mfio::SLEEP_BOUND_MS);
+            }
+        }
         // One clock read per round with completions, shared by all of them.
         let mut round_now = None;
         for (i, p) in packets.iter_mut().enumerate() {

@@ -44,6 +44,17 @@ pub struct PollingHandle {
     pub fd: i32,
 }
 
+#[cfg(feature = "std")]
+impl PollingHandle {
+    /// Sleeps until the descriptor is readable or `timeout_ms` passes (`poll(2)`), for loops
+    /// of one's own that got [`Activity::Armed`]. Keep the timeout short (see
+    /// [`SLEEP_BOUND_MS`](crate::SLEEP_BOUND_MS)): a backend notices a lost interrupt only when
+    /// it is polled again.
+    pub fn wait(&self, timeout_ms: i32) {
+        crate::sleep::wait_fd(self.fd, timeout_ms)
+    }
+}
+
 /// The backend's driver: hands queued work to the device and drains completions.
 pub trait IoBackend {
     /// Submits everything queued since the last poll (one doorbell per queue) and completes

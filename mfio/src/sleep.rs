@@ -105,7 +105,12 @@ pub(crate) fn sleep_with<F: Future>(handle: PollingHandle, fut: Pin<&mut F>) -> 
 /// Sleeps until the backend's handle is readable, at most [`SLEEP_BOUND_MS`] (a dropped packet
 /// waiting for its segments: nothing but the backend can end that wait).
 pub(crate) fn sleep_on(handle: PollingHandle) {
-    wait_readable(&[handle.fd], SLEEP_BOUND_MS);
+    wait_fd(handle.fd, SLEEP_BOUND_MS);
+}
+
+/// Sleeps until `fd` is readable, at most `timeout_ms`.
+pub(crate) fn wait_fd(fd: i32, timeout_ms: i32) {
+    wait_readable(&[fd], timeout_ms);
 }
 
 /// `poll(2)` for readability of up to two descriptors; bit `i` of the result is set when

@@ -51,6 +51,17 @@ impl CompletionMode {
     }
 }
 
+impl std::fmt::Display for CompletionMode {
+    /// The form [`FromStr`](std::str::FromStr) reads: `poll`, `interrupt`, `adaptive:<us>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CompletionMode::Poll => f.write_str("poll"),
+            CompletionMode::Interrupt => f.write_str("interrupt"),
+            CompletionMode::Adaptive { spin } => write!(f, "adaptive:{}", spin.as_micros()),
+        }
+    }
+}
+
 impl std::str::FromStr for CompletionMode {
     type Err = String;
 
@@ -365,6 +376,9 @@ mod tests {
             "adaptive:200".parse(),
             Ok(CompletionMode::Adaptive { spin: Duration::from_micros(200) })
         );
+        for m in [CompletionMode::Poll, CompletionMode::Interrupt, CompletionMode::ADAPTIVE] {
+            assert_eq!(m.to_string().parse(), Ok(m));
+        }
         let e = "spin".parse::<CompletionMode>().unwrap_err();
         assert!(e.contains("poll, interrupt, adaptive"), "{e}");
     }

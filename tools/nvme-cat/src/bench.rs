@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use mfio::{BlockDevice, FromDevice, ReadAt, ToDevice, Window, WriteAt};
 use mfio_conformance::load::{self, LoadResult, LoadSpec, Pattern};
 use mfio_dma::DmaSpace;
-use mfio_nvme::{Controller, ControllerOptions, DataPointer};
+use mfio_nvme::{CompletionMode, Controller, ControllerOptions, DataPointer};
 use mfio_pci::PciDevice;
 use serde_json::json;
 use std::sync::Arc;
@@ -76,9 +76,28 @@ pub struct BenchArgs {
     /// virtio-blk: force a virtqueue layout (default: packed when the device offers it).
     #[arg(long, value_enum)]
     ring: Option<Ring>,
+    /// How each queue waits for completions: poll, interrupt (MSI-X), adaptive (poll for
+    /// 50 us after the last completion, then sleep on the interrupt) or adaptive:<us>.
+    #[arg(long, default_value = "poll", value_parser = parse_completion)]
+    completion: CompletionMode,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
+}
+
+fn parse_completion(s: &str) -> Result<CompletionMode, String> {
+    s.parse()
+}
+
+/// User and system CPU time of the whole process so far (every bench thread, and a model's).
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+    };
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| tv(u.user_time()) + tv(u.system_time()))
+        .unwrap_or_default()
 }
 
 fn spec(a: &BenchArgs, seed: u64) -> Result<LoadSpec, String> {
@@ -106,7 +125,12 @@ fn is_write(a: &BenchArgs) -> bool {
 /// Runs the benchmark.
 pub fn run(a: &BenchArgs) -> Result<(), String> {
     let block = parse_size(&a.bs)? as usize;
-    let result = match parse(&a.device)? {
+    let spec_ = parse(&a.device)?;
+    if a.completion != CompletionMode::Poll && matches!(spec_, Spec::File(_)) {
+        return Err("--completion applies to NVMe and virtio-blk queues, not to files".into());
+    }
+    let cpu0 = cpu_time();
+    let result = match spec_ {
         Spec::File(p) => {
             let dev = open_file(&p)?;
             let s = spec(a, 1)?;
@@ -132,7 +156,8 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
             with_ctrl!(&nvme, |c| nvme_bench(c, a, block))?
         }
     };
-    report(a, block, &result);
+    let cpu = cpu_time().saturating_sub(cpu0);
+    report(a, block, &result, cpu);
     if result.ios == 0 {
         return Err(match result.first_error {
             Some(e) => format!("every I/O failed: {e}"),
@@ -162,7 +187,7 @@ fn nvme_bench<D: PciDevice + Send + Sync + 'static>(
     block: usize,
 ) -> Result<LoadResult, String> {
     let queues = (0..a.queues.max(1))
-        .map(|_| c.io_queue(a.nsid).map_err(|e| e.to_string()))
+        .map(|_| c.io_queue_with(a.nsid, a.completion).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     run_queues(queues, c.device().dma(), a, block)
 }
@@ -208,13 +233,21 @@ where
     Ok(LoadResult::merge(&results))
 }
 
-fn report(a: &BenchArgs, block: usize, r: &LoadResult) {
+/// Prints the figures. `cpu` is the process's user + system time over the run (setup
+/// included: opening the device and creating queues, which is small next to seconds of I/O).
+fn report(a: &BenchArgs, block: usize, r: &LoadResult, cpu: Duration) {
     let h = &r.latency;
     let us = |ns: u64| ns as f64 / 1000.0;
+    let cpu_ns_per_io = cpu.as_nanos() as f64 / (r.ios + r.errors).max(1) as f64;
+    let cpu_share = cpu.as_secs_f64() / r.elapsed.as_secs_f64().max(1e-9);
+    let completion = a.completion.to_string();
     match a.output {
         Format::Json => json(&json!({
             "device": a.device, "rw": format!("{:?}", a.rw).to_lowercase(), "bs": block, "qd": a.qd,
-            "queues": a.queues, "ios": r.ios, "errors": r.errors, "seconds": r.elapsed.as_secs_f64(),
+            "queues": a.queues, "completion": completion,
+            "ios": r.ios, "errors": r.errors, "seconds": r.elapsed.as_secs_f64(),
+            "cpu_seconds": cpu.as_secs_f64(), "cpu_ns_per_io": cpu_ns_per_io,
+            "cpu_cores": cpu_share,
             "iops": r.iops(), "mbps": r.mbps(),
             "first_error": r.first_error.map(|e| e.to_string()),
             "lat_ns": {
@@ -224,7 +257,7 @@ fn report(a: &BenchArgs, block: usize, r: &LoadResult) {
         })),
         Format::Normal => {
             println!(
-                "{}: {:?} bs={} qd={} queues={}: {} IOs in {:.2} s",
+                "{}: {:?} bs={} qd={} queues={} completion={completion}: {} IOs in {:.2} s",
                 a.device,
                 a.rw,
                 block,
@@ -234,6 +267,12 @@ fn report(a: &BenchArgs, block: usize, r: &LoadResult) {
                 r.elapsed.as_secs_f64()
             );
             println!("  iops={:.0} bw={:.1} MB/s errors={}", r.iops(), r.mbps(), r.errors);
+            println!(
+                "  cpu: {:.2} s user+sys, {:.0} ns per I/O, {:.0}% of a core",
+                cpu.as_secs_f64(),
+                cpu_ns_per_io,
+                cpu_share * 100.0
+            );
             println!(
                 "  lat (usec): mean={:.1} p50={:.1} p90={:.1} p99={:.1} p99.9={:.1} max={:.1}",
                 us(h.mean()),

@@ -61,7 +61,8 @@ pub fn parse(s: &str) -> Result<Spec, String> {
     }
 }
 
-/// `ns=SIZE/LBA,SIZE/LBA` (SIZE with K/M/G), `mdts=N`, separated by `;`.
+/// `ns=SIZE/LBA,SIZE/LBA` (SIZE with K/M/G), `mdts=N`, `null=1`, `latency=MICROS` (I/O
+/// completes that long after its doorbell, from the model's thread), separated by `;`.
 fn model_config(opts: &str) -> Result<ModelConfig, String> {
     let mut cfg = ModelConfig {
         namespaces: vec![
@@ -91,7 +92,11 @@ fn model_config(opts: &str) -> Result<ModelConfig, String> {
             }
             "mdts" => cfg.mdts = v.parse().map_err(|_| format!("mdts `{v}`"))?,
             "null" => cfg.null_io = v == "1" || v == "true",
-            _ => return Err(format!("unknown model option `{k}` (ns, mdts, null)")),
+            "latency" => {
+                let micros = v.parse().map_err(|_| format!("latency `{v}`: microseconds"))?;
+                cfg.completion = mfio_nvme::model::CompletionMode::Timed { micros };
+            }
+            _ => return Err(format!("unknown model option `{k}` (ns, mdts, null, latency)")),
         }
     }
     Ok(cfg)
