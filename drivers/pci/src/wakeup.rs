@@ -176,18 +176,21 @@ impl Wakeup {
         self.stats
     }
 
-    /// Step 1: at the start of a poll. After an `Armed` answer, reads (clears) the eventfd and
-    /// remembers whether an interrupt came.
+    /// Step 1: at the start of a poll. After an `Armed` answer, reads (clears) the eventfd,
+    /// remembers whether an interrupt came, and returns `true` (the queue may turn its device's
+    /// notifications off again while it polls).
     #[inline]
-    pub fn woke(&mut self) {
-        if self.armed {
-            self.armed = false;
-            self.after_sleep = true;
-            self.interrupted = self.drain();
-            if self.interrupted {
-                self.stats.interrupts += 1;
-            }
+    pub fn woke(&mut self) -> bool {
+        if !self.armed {
+            return false;
         }
+        self.armed = false;
+        self.after_sleep = true;
+        self.interrupted = self.drain();
+        if self.interrupted {
+            self.stats.interrupts += 1;
+        }
+        true
     }
 
     /// Reads the eventfd; whether it was signalled.

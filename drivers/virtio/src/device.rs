@@ -5,7 +5,7 @@ use crate::error::VirtioError;
 use crate::queue::{BlkQueue, Limits, QueueParts};
 use crate::spec::{blk, feature, feature_names, status};
 use crate::transport::Transport;
-use mfio_pci::PciDevice;
+use mfio_pci::{CompletionMode, PciDevice, PciError, Wakeup};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,10 @@ pub struct Options {
     /// split otherwise. `Some(Split)` refuses RING_PACKED (to test both layouts on one
     /// device); `Some(Packed)` fails bring-up unless the device offers it.
     pub ring: Option<RingLayout>,
+    /// How [`VirtioBlk::queue`]'s queues wait for completions (per queue:
+    /// [`VirtioBlk::queue_with`]). An interrupt-driven mode gives every queue an MSI-X vector
+    /// of its own at bring-up (queue `i`: vector `i`), so any queue may then use any mode.
+    pub completion: CompletionMode,
 }
 
 impl Default for Options {
@@ -52,6 +56,7 @@ impl Default for Options {
             bounce_slots: 16,
             refuse_features: 0,
             ring: None,
+            completion: CompletionMode::Poll,
         }
     }
 }
@@ -95,6 +100,10 @@ pub(crate) struct Shared<D: PciDevice> {
     pub info: BlkInfo,
     pub limits: Limits,
     pub slots: Mutex<Vec<Option<QueueParts>>>,
+    /// The mode [`VirtioBlk::queue`] gives.
+    pub completion: CompletionMode,
+    /// MSI-X vectors were routed at bring-up.
+    pub msix: bool,
     /// Set once the device was reset after a failure: every queue fails its I/O.
     pub broken: AtomicBool,
     pub broken_status: AtomicU8,
@@ -143,6 +152,9 @@ impl<D: PciDevice> Drop for Shared<D> {
                 self.dev.address()
             );
         }
+        if self.msix {
+            let _ = self.dev.disable_msix();
+        }
     }
 }
 
@@ -190,6 +202,8 @@ impl<D: PciDevice> VirtioBlk<D> {
                     info,
                     limits,
                     slots,
+                    completion: opts.completion,
+                    msix: opts.completion.uses_interrupts(),
                     broken: AtomicBool::new(false),
                     broken_status: AtomicU8::new(0),
                 };
@@ -199,6 +213,9 @@ impl<D: PciDevice> VirtioBlk<D> {
                 transport.add_status(&dev, status::FAILED);
                 let _ = transport.reset(&dev);
                 let _ = dev.set_bus_master(false);
+                if opts.completion.uses_interrupts() {
+                    let _ = dev.disable_msix();
+                }
                 Err(e)
             }
         }
@@ -291,6 +308,19 @@ impl<D: PciDevice> VirtioBlk<D> {
             bounce_size: round(opts.bounce_size),
             bounce_slots: opts.bounce_slots.max(1),
         };
+        // Interrupt-driven: vector q for queue q, routed to eventfds before any queue names it
+        // (as Linux's virtio-pci allocates its vectors first); configuration changes get none.
+        let mut irqs = match opts.completion.uses_interrupts() {
+            false => Vec::new(),
+            true => {
+                let vectors = dev.msix_count();
+                if vectors < u32::from(count) {
+                    return Err(VirtioError::NoVectors { vectors, queues: count });
+                }
+                dev.enable_msix(u32::from(count))?
+            }
+        }
+        .into_iter();
         let mut parts = Vec::with_capacity(usize::from(count));
         for q in 0..count {
             let max = t.select_queue(dev, q);
@@ -304,10 +334,11 @@ impl<D: PciDevice> VirtioBlk<D> {
             // The largest power of two not above `want` (split queues need one; packed ones
             // do not, but gain nothing from other sizes).
             let size = 1u16 << (15 - want.leading_zeros());
-            let p = QueueParts::new(dev.dma(), q, size, &limits)
+            let p = QueueParts::new(dev.dma(), q, size, &limits, irqs.next())
                 .map_err(|why| VirtioError::Queue { index: q, why })?;
             let (desc, avail, used) = p.ring_iovas();
-            let notify = t.setup_queue(dev, q, size, desc, avail, used)?;
+            let vector = p.has_interrupt().then_some(q);
+            let notify = t.setup_queue(dev, q, size, desc, avail, used, vector)?;
             t.enable_queue(dev);
             parts.push(p.with_notify(notify));
         }
@@ -344,9 +375,17 @@ impl<D: PciDevice> VirtioBlk<D> {
         &self.shared.dev
     }
 
-    /// Takes virtqueue `index` for this thread. It goes back when the [`BlkQueue`] is dropped
-    /// (unless the device had to be reset).
+    /// Takes virtqueue `index` for this thread, waiting for completions as
+    /// [`Options::completion`] said. It goes back when the [`BlkQueue`] is dropped (unless the
+    /// device had to be reset).
     pub fn queue(&self, index: u16) -> Result<BlkQueue<D>, VirtioError> {
+        self.queue_with(index, self.shared.completion)
+    }
+
+    /// Takes virtqueue `index` for this thread, waiting for completions in `mode`. An
+    /// interrupt-driven mode needs the device brought up with one
+    /// ([`Options::completion`]), which gave every queue its MSI-X vector.
+    pub fn queue_with(&self, index: u16, mode: CompletionMode) -> Result<BlkQueue<D>, VirtioError> {
         if self.shared.broken.load(Ordering::Acquire) {
             return Err(VirtioError::Broken {
                 status: self.shared.broken_status.load(Ordering::Relaxed),
@@ -357,7 +396,23 @@ impl<D: PciDevice> VirtioBlk<D> {
         let slot =
             slots.get_mut(usize::from(index)).ok_or(VirtioError::NoSuchQueue { index, count })?;
         let parts = slot.take().ok_or(VirtioError::QueueInUse { index })?;
+        let wakeup = match mode.uses_interrupts() {
+            false => None,
+            true => match parts.interrupt() {
+                Some(Ok(fd)) => Some(Wakeup::new(mode, fd, format!("virtio-blk queue {index}"))),
+                Some(Err(e)) => {
+                    *slot = Some(parts);
+                    let addr = self.shared.dev.address();
+                    let detail = e.to_string();
+                    return Err(PciError::Vfio { addr, op: "dup MSI-X eventfd", detail }.into());
+                }
+                None => {
+                    *slot = Some(parts);
+                    return Err(VirtioError::NoInterrupt { index });
+                }
+            },
+        };
         drop(slots);
-        Ok(BlkQueue::new(self.shared.clone(), parts))
+        Ok(BlkQueue::new(self.shared.clone(), parts, wakeup))
     }
 }

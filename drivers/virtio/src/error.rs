@@ -60,6 +60,26 @@ pub enum VirtioError {
     /// The device is not a block device this driver can use.
     #[error("unusable virtio-blk device: {0}")]
     BadDevice(String),
+    /// Interrupt-driven queues were asked of a device without enough MSI-X vectors.
+    #[error(
+        "interrupt-driven virtqueues need one MSI-X vector each: the device has {vectors} for \
+         {queues} queue(s); use fewer queues (Options::queues) or CompletionMode::Poll"
+    )]
+    NoVectors {
+        /// Vectors the device has.
+        vectors: u32,
+        /// Queues asked for.
+        queues: u16,
+    },
+    /// A queue was asked to use interrupts on a device brought up without them.
+    #[error(
+        "virtqueue {index} has no MSI-X vector: bring the device up with \
+         Options::completion set to an interrupt-driven mode (interrupt or adaptive)"
+    )]
+    NoInterrupt {
+        /// The queue.
+        index: u16,
+    },
     /// Queue setup failed.
     #[error("virtqueue {index}: {why}")]
     Queue {

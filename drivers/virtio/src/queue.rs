@@ -19,13 +19,13 @@ use mfio::{
     PacketView, ToDevice,
 };
 use mfio_dma::{DmaBuffer, DmaPool, DmaSlice, DmaSpace, Iova, IovaSegment, PoolSlot, Translator};
-use mfio_pci::PciDevice;
-use std::cell::RefCell;
+use mfio_pci::{EventFd, PciDevice, Verdict, Wakeup, WakeupStats};
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Context;
+use std::task::{Context, Waker};
 
 /// Control slot layout: header, status, one range, the GET_ID answer, the indirect table.
 const CTRL_HEADER: usize = 0;
@@ -67,6 +67,8 @@ pub(crate) struct QueueParts {
     /// Each control slot's IOVA.
     ctrl_iova: Vec<u64>,
     bounce: DmaPool,
+    /// The driver's end of the queue's MSI-X eventfd, when it was given a vector.
+    irq: Option<EventFd>,
 }
 
 impl QueueParts {
@@ -75,6 +77,7 @@ impl QueueParts {
         index: u16,
         size: u16,
         limits: &Limits,
+        irq: Option<EventFd>,
     ) -> Result<Self, String> {
         let vq = Virtqueue::new(space, size, limits.layout, limits.event_idx)?;
         let n = usize::from(size);
@@ -88,7 +91,17 @@ impl QueueParts {
             .ok_or("a request control slot is not IOVA-contiguous")?;
         let bounce = DmaPool::new(space, limits.bounce_size, limits.bounce_slots, 4096)
             .map_err(|e| format!("bounce pool: {e}"))?;
-        Ok(Self { index, notify: 0, vq, ctrl, ctrl_iova, bounce })
+        Ok(Self { index, notify: 0, vq, ctrl, ctrl_iova, bounce, irq })
+    }
+
+    /// Whether the queue has an MSI-X vector.
+    pub(crate) fn has_interrupt(&self) -> bool {
+        self.irq.is_some()
+    }
+
+    /// A descriptor of its own for the queue's interrupt eventfd (for a [`Wakeup`]).
+    pub(crate) fn interrupt(&self) -> Option<Result<EventFd, mfio_pci::Errno>> {
+        self.irq.as_ref().map(mfio_pci::dup_eventfd)
     }
 
     pub(crate) fn with_notify(mut self, notify: u64) -> Self {
@@ -198,6 +211,8 @@ pub struct QueueStats {
     pub unknown_completions: u64,
     /// Device status reads made because requests stalled.
     pub status_checks: u64,
+    /// How the queue waited (all zero for a polled queue).
+    pub wakeup: WakeupStats,
 }
 
 struct State {
@@ -209,6 +224,8 @@ struct State {
     tr: Translator,
     stats: QueueStats,
     stalled: u32,
+    /// The queue's interrupt and waiting state; `None` for a polled queue.
+    wakeup: Option<Wakeup>,
 }
 
 /// One virtqueue of a virtio-blk device, for one thread: an mfio block device.
@@ -228,6 +245,11 @@ pub struct BlkQueue<D: PciDevice> {
     capacity: u64,
     st: RefCell<Option<State>>,
     pending: RefCell<VecDeque<Pending>>,
+    /// The waker of a poll that answered `Idle` or `Armed`, woken when work is next sent.
+    parked: Cell<Option<Waker>>,
+    has_parked: Cell<bool>,
+    /// The polling handle: the queue's interrupt eventfd.
+    handle: Option<i32>,
 }
 
 fn map_status(s: u8) -> Result<(), Error> {
@@ -243,7 +265,8 @@ fn map_status(s: u8) -> Result<(), Error> {
 const FATAL: Error = Error::new(ErrorKind::Fatal, Origin::Virtio);
 
 impl<D: PciDevice> BlkQueue<D> {
-    pub(crate) fn new(shared: Arc<Shared<D>>, parts: QueueParts) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<D>>, parts: QueueParts, wakeup: Option<Wakeup>) -> Self {
+        use std::os::fd::AsRawFd;
         let limits = shared.limits;
         let size = usize::from(parts.vq.size());
         let seg_limit = if limits.indirect {
@@ -252,7 +275,7 @@ impl<D: PciDevice> BlkQueue<D> {
             limits.seg_max.min(size - 2)
         }
         .max(1);
-        let st = State {
+        let mut st = State {
             inflight: (0..size).map(|_| None).collect(),
             segs: Vec::with_capacity(seg_limit),
             seg_limit,
@@ -260,7 +283,12 @@ impl<D: PciDevice> BlkQueue<D> {
             stats: QueueStats::default(),
             stalled: 0,
             parts,
+            wakeup,
         };
+        let handle = st.wakeup.as_ref().map(|w| w.fd().as_raw_fd());
+        // Polling from the start: no used buffer notifications until the first sleep (a queue
+        // an interrupt-driven owner gave back may have left them on).
+        st.parts.vq.set_notify(false);
         Self {
             index: st.parts.index,
             notify: st.parts.notify,
@@ -269,8 +297,37 @@ impl<D: PciDevice> BlkQueue<D> {
             capacity: shared.info.capacity_bytes(),
             st: RefCell::new(Some(st)),
             pending: RefCell::new(VecDeque::with_capacity(4 * size)),
+            parked: Cell::new(None),
+            has_parked: Cell::new(false),
+            handle,
             shared,
         }
+    }
+
+    /// How the queue waits for completions now (`Poll` once an interrupt-driven queue has
+    /// fallen back to polling).
+    pub fn completion_mode(&self) -> mfio_pci::CompletionMode {
+        let st = self.st.borrow();
+        let w = st.as_ref().and_then(|s| s.wakeup.as_ref());
+        w.map_or(mfio_pci::CompletionMode::Poll, Wakeup::mode)
+    }
+
+    /// Wakes the waker a poll parked: work was sent.
+    #[inline]
+    fn unpark(&self) {
+        if self.has_parked.get() {
+            self.has_parked.set(false);
+            if let Some(w) = self.parked.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Keeps `cx`'s waker to wake when work is next sent (a poll answering `Idle` or `Armed`).
+    fn park(&self, cx: &Context<'_>) {
+        let w = self.parked.take().filter(|w| w.will_wake(cx.waker()));
+        self.parked.set(Some(w.unwrap_or_else(|| cx.waker().clone())));
+        self.has_parked.set(true);
     }
 
     /// The virtqueue's index.
@@ -280,7 +337,13 @@ impl<D: PciDevice> BlkQueue<D> {
 
     /// The queue's counters.
     pub fn stats(&self) -> QueueStats {
-        self.st.borrow().as_ref().map(|s| s.stats).unwrap_or_default()
+        let st = self.st.borrow();
+        st.as_ref()
+            .map(|s| QueueStats {
+                wakeup: s.wakeup.as_ref().map(Wakeup::stats).unwrap_or_default(),
+                ..s.stats
+            })
+            .unwrap_or_default()
     }
 
     /// Descriptors in flight on the device (a request takes one with indirect tables, else
@@ -318,6 +381,7 @@ impl<D: PciDevice> BlkQueue<D> {
             return;
         }
         self.pending.borrow_mut().push_back(p);
+        self.unpark();
     }
 
     /// A read or write: straight onto the ring when nothing queued waits before it (so order
@@ -333,6 +397,8 @@ impl<D: PciDevice> BlkQueue<D> {
                         Ok(None) => {}
                         Ok(Some(p)) | Err(p) => self.pending.borrow_mut().push_back(p),
                     }
+                    drop(guard);
+                    self.unpark();
                     return;
                 }
             }
@@ -808,12 +874,18 @@ impl<D: PciDevice> PacketIo<ToDevice, u64> for BlkQueue<D> {
 }
 
 impl<D: PciDevice> IoBackend for BlkQueue<D> {
-    fn poll_backend(&self, _cx: &mut Context<'_>) -> Activity {
+    fn poll_backend(&self, cx: &mut Context<'_>) -> Activity {
         let mut guard = self.st.borrow_mut();
         let Some(st) = guard.as_mut() else { return Activity::Idle };
         if self.is_broken() {
             self.fail_all(st, FATAL);
             return Activity::Idle;
+        }
+        if let Some(w) = st.wakeup.as_mut() {
+            if w.woke() {
+                // Awake: polling again, so no used buffer notifications until the next sleep.
+                st.parts.vq.set_notify(false);
+            }
         }
         let mut done = self.reap(st);
         self.submit_pending(st);
@@ -829,8 +901,46 @@ impl<D: PciDevice> IoBackend for BlkQueue<D> {
         } else {
             st.stalled = 0;
         }
-        if st.parts.vq.in_flight() > 0 || !self.pending.borrow().is_empty() {
+        let busy = st.parts.vq.in_flight() > 0 || !self.pending.borrow().is_empty();
+        if st.wakeup.is_some() {
+            return self.settle(st, cx, done as u32, busy);
+        }
+        if busy {
             Activity::Busy
+        } else {
+            Activity::Idle
+        }
+    }
+
+    fn polling_handle(&self) -> Option<mfio::PollingHandle> {
+        self.handle.map(|fd| mfio::PollingHandle { fd })
+    }
+}
+
+impl<D: PciDevice> BlkQueue<D> {
+    /// The end of an interrupt-driven queue's poll: spin on, or turn used buffer
+    /// notifications on, look at the used ring once more and answer `Armed` (see
+    /// `mfio_pci::wakeup` for the order that keeps a completion from being slept through).
+    #[inline(never)]
+    fn settle(&self, st: &mut State, cx: &Context<'_>, done: u32, busy: bool) -> Activity {
+        let Some(w) = st.wakeup.as_mut() else { return Activity::Busy };
+        let verdict = w.after_poll(done, busy);
+        if verdict == Verdict::Spin && busy {
+            return Activity::Busy;
+        }
+        if verdict == Verdict::Arm {
+            // Notifications on (with a full fence after), then the look: a buffer used before
+            // the device saw them on is found here; one used after is notified.
+            st.parts.vq.set_notify(true);
+            if st.parts.vq.has_used() {
+                st.parts.vq.set_notify(false);
+                return Activity::Busy;
+            }
+            w.sleeping();
+        }
+        self.park(cx);
+        if busy {
+            Activity::Armed
         } else {
             Activity::Idle
         }

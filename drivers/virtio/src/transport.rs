@@ -168,8 +168,9 @@ impl Transport {
         dev.read16(b, o + common::QUEUE_SIZE)
     }
 
-    /// Programs the selected queue: size, ring addresses, no MSI-X vector (polled); returns
-    /// the BAR offset of its notify address.
+    /// Programs the selected queue: size, ring addresses, its MSI-X vector (`None`: none, a
+    /// polled queue); returns the BAR offset of its notify address.
+    #[allow(clippy::too_many_arguments)]
     pub fn setup_queue<D: PciDevice + ?Sized>(
         &self,
         dev: &D,
@@ -178,10 +179,19 @@ impl Transport {
         desc: u64,
         avail: u64,
         used: u64,
+        vector: Option<u16>,
     ) -> Result<u64, VirtioError> {
         let (b, o) = (self.common.bar, self.common.offset);
         dev.write16(b, o + common::QUEUE_SIZE, size);
-        dev.write16(b, o + common::QUEUE_MSIX_VECTOR, common::NO_VECTOR);
+        let v = vector.unwrap_or(common::NO_VECTOR);
+        dev.write16(b, o + common::QUEUE_MSIX_VECTOR, v);
+        // A device that cannot map the vector reads back NO_VECTOR.
+        if vector.is_some() && dev.read16(b, o + common::QUEUE_MSIX_VECTOR) != v {
+            return Err(VirtioError::Queue {
+                index,
+                why: format!("the device refused MSI-X vector {v} (it reads back NO_VECTOR)"),
+            });
+        }
         dev.write64(b, o + common::QUEUE_DESC, desc);
         dev.write64(b, o + common::QUEUE_DRIVER, avail);
         dev.write64(b, o + common::QUEUE_DEVICE, used);

@@ -32,6 +32,7 @@ const DIRECT: Options = Options {
     bounce_slots: 16,
     refuse_features: feature::INDIRECT_DESC,
     ring: Some(RingLayout::Packed),
+    completion: mfio_pci::CompletionMode::Poll,
 };
 
 #[test]

@@ -109,6 +109,10 @@ pub struct ModelOptions {
     pub on_violation: OnViolation,
     /// When and in what order requests complete.
     pub completion: CompletionMode,
+    /// MSI-X table size (0: no MSI-X). A queue given a vector (`queue_msix_vector`) raises it
+    /// for used buffers the driver's event suppression asks to hear of. Default: one per
+    /// queue plus one for configuration changes.
+    pub msix_vectors: u32,
 }
 
 impl Default for ModelOptions {
@@ -139,6 +143,7 @@ impl Default for ModelOptions {
             id,
             on_violation: OnViolation::Panic,
             completion: CompletionMode::InOrder,
+            msix_vectors: 3,
         }
     }
 }
@@ -172,6 +177,8 @@ struct MQueue {
     avail_wrap: bool,
     used_pos: u16,
     used_wrap: bool,
+    /// The MSI-X vector for used buffer notifications (`None`: NO_VECTOR).
+    vector: Option<u16>,
 }
 
 struct State {
@@ -202,6 +209,9 @@ struct State {
     batch: Vec<Fetched>,
     /// Shuffle generator state (0: not seeded yet).
     rng: u64,
+    /// MSI-X vectors and the configuration change vector.
+    irq: mfio_pci::ModelInterrupts,
+    config_vector: Option<u16>,
 }
 
 struct Inner {
@@ -311,6 +321,8 @@ impl VirtioBlkModel {
             spare: Vec::new(),
             batch: Vec::new(),
             rng: 0,
+            irq: mfio_pci::ModelInterrupts::new(opts.msix_vectors),
+            config_vector: None,
         };
         Self {
             inner: Arc::new(Inner {
@@ -340,6 +352,22 @@ impl VirtioBlkModel {
     /// Requests of type `req_type` (`spec::blk::T_*`) fail with UNSUPP.
     pub fn inject_unsupported(&self, req_type: u32) {
         self.state().unsupported.push(req_type);
+    }
+
+    /// Masks or unmasks MSI-X vector `vector` (its MSI-X table entry's mask): a masked
+    /// vector's messages wait in its pending bit and are sent on unmasking.
+    pub fn mask_vector(&self, vector: u16, masked: bool) {
+        self.state().irq.set_masked(vector, masked)
+    }
+
+    /// While `lose`, every MSI-X message is lost (neither sent nor pending).
+    pub fn lose_interrupts(&self, lose: bool) {
+        self.state().irq.set_lose(lose)
+    }
+
+    /// MSI-X messages sent on `vector` so far.
+    pub fn interrupts_raised(&self, vector: u16) -> u64 {
+        self.state().irq.raised(vector)
     }
 
     /// Removes every injected IOERR and UNSUPP.
@@ -512,13 +540,15 @@ impl VirtioBlkModel {
                     1 => st.driver_features >> 32,
                     _ => 0,
                 },
-                common::CONFIG_MSIX_VECTOR => u64::from(common::NO_VECTOR),
+                common::CONFIG_MSIX_VECTOR => {
+                    u64::from(st.config_vector.unwrap_or(common::NO_VECTOR))
+                }
                 common::NUM_QUEUES => st.queues.len() as u64,
                 common::DEVICE_STATUS => u64::from(st.status),
                 common::CONFIG_GENERATION => 0,
                 common::QUEUE_SELECT => u64::from(st.queue_select),
                 common::QUEUE_SIZE => u64::from(if mq.size != 0 { mq.size } else { mq.max }),
-                common::QUEUE_MSIX_VECTOR => u64::from(common::NO_VECTOR),
+                common::QUEUE_MSIX_VECTOR => u64::from(mq.vector.unwrap_or(common::NO_VECTOR)),
                 common::QUEUE_ENABLE => u64::from(mq.enabled),
                 common::QUEUE_NOTIFY_OFF => q as u64,
                 common::QUEUE_DESC => mq.desc,
@@ -532,7 +562,7 @@ impl VirtioBlkModel {
                 (true, _) => v >> 32,
             }
         } else if off < DEVICE_AT {
-            0 // ISR: polled driver, no interrupts
+            0 // ISR: only INTx sets it, and the model's interrupts are MSI-X
         } else if off < DEVICE_AT + DEVICE_LEN {
             let o = (off - DEVICE_AT) as usize;
             let mut b = [0u8; 8];
@@ -591,7 +621,20 @@ impl VirtioBlkModel {
                     s => self.violation(&mut st, format!("driver feature select {s}")),
                 }
             }
-            common::CONFIG_MSIX_VECTOR | common::QUEUE_MSIX_VECTOR => {}
+            common::CONFIG_MSIX_VECTOR | common::QUEUE_MSIX_VECTOR => {
+                // A vector past the table reads back as NO_VECTOR: that is how the driver
+                // learns the device refused it.
+                let v = v as u16;
+                let vector =
+                    (v != common::NO_VECTOR && u32::from(v) < st.irq.supported()).then_some(v);
+                if off == common::CONFIG_MSIX_VECTOR {
+                    st.config_vector = vector;
+                } else if q < st.queues.len() {
+                    st.queues[q].vector = vector;
+                } else {
+                    self.violation(&mut st, format!("vector of queue {q}, which does not exist"));
+                }
+            }
             common::DEVICE_STATUS => self.write_status(&mut st, v as u8),
             common::QUEUE_SELECT => st.queue_select = v as u16,
             common::QUEUE_SIZE | common::QUEUE_ENABLE | 0x20..=0x37 => {
@@ -774,5 +817,16 @@ impl PciDevice for VirtioBlkModel {
     }
     fn dma(&self) -> &Arc<DmaSpace> {
         &self.inner.space
+    }
+    fn msix_count(&self) -> u32 {
+        self.state().irq.supported()
+    }
+    fn enable_msix(&self, count: u32) -> Result<Vec<mfio_pci::EventFd>, PciError> {
+        let addr = self.address();
+        self.state().irq.enable(addr, count)
+    }
+    fn disable_msix(&self) -> Result<(), PciError> {
+        self.state().irq.disable();
+        Ok(())
     }
 }

@@ -319,6 +319,32 @@ pub(super) fn check_driver_event(st: &State, m: &DmaView, q: usize) -> R<()> {
     Ok(())
 }
 
+/// Whether the driver wants a used buffer notification now that the used position moved on
+/// from `before` (position, wrap counter), per its event suppression structure: ENABLE,
+/// DISABLE, or with EVENT_IDX DESC: when the descriptor at its `off_wrap` was used.
+pub(super) fn wants_notification(
+    st: &State,
+    m: &DmaView,
+    q: usize,
+    before: (u16, bool),
+) -> R<bool> {
+    let mq = &st.queues[q];
+    let flags = m.read_le16(Iova(mq.driver + EVENT_FLAGS as u64)).map_err(dma)?;
+    Ok(match flags & 3 {
+        EVENT_F_ENABLE => true,
+        EVENT_F_DESC => {
+            let off_wrap = m.read_le16(Iova(mq.driver + EVENT_OFF_WRAP as u64)).map_err(dma)?;
+            // Positions on a ring of twice the size, the wrap counter as the lap.
+            let n = u32::from(mq.size);
+            let lin = |pos: u16, wrap: bool| u32::from(pos) + if wrap { 0 } else { n };
+            let (old, new) = (lin(before.0, before.1), lin(mq.used_pos, mq.used_wrap));
+            let event = lin(off_wrap & !EVENT_WRAP, off_wrap & EVENT_WRAP != 0);
+            (event + 2 * n - old) % (2 * n) < (new + 2 * n - old) % (2 * n)
+        }
+        _ => false,
+    })
+}
+
 /// A used descriptor naming buffer `id` at the device's used position, written as a buggy
 /// device would.
 pub(super) fn inject_stray(st: &mut State, m: &DmaView, q: usize, id: u32) -> R<()> {

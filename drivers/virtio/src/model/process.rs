@@ -10,6 +10,7 @@ use super::requests::{self, Buf};
 use super::{packed, split, CompletionMode, State, VirtioBlkModel, R};
 use crate::spec::feature;
 use mfio_dma::DmaView;
+use std::sync::atomic::{fence, Ordering};
 
 /// A chain the device fetched and has not completed yet (its buffers copied out).
 #[derive(Default)]
@@ -95,20 +96,62 @@ impl QueueWork {
 /// write, sees the same rings as if the model had fetched them all first.
 pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, all: bool) -> R<()> {
     let m = model.inner.dma.lock();
+    let before = used_position(st, q);
+    run(model, st, &m, q, all)?;
+    if used_position(st, q) != before {
+        notify_used(st, &m, q, before)?;
+    }
+    Ok(())
+}
+
+/// Where the device's next used entry goes: split, the used index; packed, the used position
+/// and its wrap counter.
+fn used_position(st: &State, q: usize) -> (u16, bool) {
+    let mq = &st.queues[q];
+    if st.driver_features & feature::RING_PACKED != 0 {
+        (mq.used_pos, mq.used_wrap)
+    } else {
+        (mq.used_idx, false)
+    }
+}
+
+/// Sends queue `q`'s used buffer notification (its MSI-X vector) if the driver's event
+/// suppression asks for one, now that the used entries moved on from `before`. Split:
+/// `used_event` with EVENT_IDX, else the available ring's NO_INTERRUPT flag; packed: the
+/// driver event suppression structure (ENABLE, DISABLE, or DESC with EVENT_IDX).
+fn notify_used(st: &mut State, m: &DmaView, q: usize, before: (u16, bool)) -> R<()> {
+    let mq = st.queues[q];
+    let Some(vector) = mq.vector else { return Ok(()) };
+    // The used entries are visible before the driver's suppression state is read, or a driver
+    // that arms and then looks at the ring could miss both.
+    fence(Ordering::SeqCst);
+    let wanted = if st.driver_features & feature::RING_PACKED != 0 {
+        packed::wants_notification(st, m, q, before)?
+    } else {
+        split::wants_notification(st, m, q, before.0)?
+    };
+    if wanted {
+        st.irq.raise(vector);
+    }
+    Ok(())
+}
+
+/// Fetches and completes what queue `q` has (see [`process_queue`]).
+fn run(model: &VirtioBlkModel, st: &mut State, m: &DmaView, q: usize, all: bool) -> R<()> {
     let mode = model.inner.opts.completion;
     let packed = st.driver_features & feature::RING_PACKED != 0;
     if mode == CompletionMode::InOrder {
         if packed {
-            packed::check_driver_event(st, &m, q)?;
+            packed::check_driver_event(st, m, q)?;
         }
         let mut done = 0u32;
         let mut each = |st: &mut State, f: &mut Fetched| {
             done += 1;
-            carry_out(model, st, &m, q, packed, f)
+            carry_out(model, st, m, q, packed, f)
         };
-        let r = fetch(st, &m, q, packed, &mut each);
+        let r = fetch(st, m, q, packed, &mut each);
         if !packed && done > 0 {
-            split::publish_used(st, &m, q)?;
+            split::publish_used(st, m, q)?;
         }
         return r;
     }
@@ -123,7 +166,7 @@ pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, al
         st.work[q].pending.push(std::mem::replace(f, spare));
         Ok(())
     };
-    fetch(st, &m, q, packed, &mut hold)?;
+    fetch(st, m, q, packed, &mut hold)?;
     // What completes now, in fetch order.
     let mut batch = std::mem::take(&mut st.batch);
     let pending = &mut st.work[q].pending;
@@ -157,7 +200,7 @@ pub(super) fn process_queue(model: &VirtioBlkModel, st: &mut State, q: usize, al
         }
         _ => {}
     }
-    let r = complete(model, st, &m, q, packed, &mut batch);
+    let r = complete(model, st, m, q, packed, &mut batch);
     st.batch = batch;
     r
 }

@@ -164,6 +164,21 @@ pub(super) fn publish_used(st: &State, m: &DmaView, q: usize) -> R<()> {
     m.write_le16(Iova(mq.device + 2), mq.used_idx).map_err(dma)
 }
 
+/// Whether the driver wants a used buffer notification now that the used index moved on
+/// from `old`: per `used_event` with EVENT_IDX, else unless the available ring's flags say
+/// NO_INTERRUPT.
+pub(super) fn wants_notification(st: &State, m: &DmaView, q: usize, old: u16) -> R<bool> {
+    let mq = &st.queues[q];
+    if st.driver_features & feature::EVENT_IDX != 0 {
+        let at = mq.driver + 4 + 2 * u64::from(mq.size);
+        let used_event = m.read_le16(Iova(at)).map_err(dma)?;
+        Ok(ring::need_event(used_event, mq.used_idx, old))
+    } else {
+        let flags = m.read_le16(Iova(mq.driver)).map_err(dma)?;
+        Ok(flags & ring::AVAIL_F_NO_INTERRUPT == 0)
+    }
+}
+
 /// A used element naming descriptor `id`, written as a buggy device would.
 pub(super) fn inject_stray(st: &mut State, m: &DmaView, q: usize, id: u32) -> R<()> {
     let f = Fetched { id, ..Fetched::default() };

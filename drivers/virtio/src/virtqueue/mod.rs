@@ -142,6 +142,18 @@ impl Virtqueue {
         either!(self, next_used())
     }
 
+    /// Turns used buffer notifications on (the driver is about to sleep) or off (it polls),
+    /// in this layout's event suppression; turning them on ends with a full fence, so a look at
+    /// the used ring after it sees every buffer the device used before it read the change.
+    pub(crate) fn set_notify(&mut self, on: bool) {
+        either!(self, set_notify(on))
+    }
+
+    /// Whether the device has used a buffer not yet taken by [`next_used`](Self::next_used).
+    pub(crate) fn has_used(&self) -> bool {
+        either!(self, has_used())
+    }
+
     /// Forgets the buffer `id` in flight, freeing its descriptors and ID: only after the
     /// device was reset (it will never use it), as the ring is not consistent afterwards.
     pub(crate) fn abandon(&mut self, id: u16) {

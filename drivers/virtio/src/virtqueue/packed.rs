@@ -17,7 +17,7 @@
 use super::{Completion, Desc, Used};
 use crate::spec::packed::{
     DESC_F_AVAIL, DESC_F_USED, DESC_LEN, EVENT_FLAGS, EVENT_F_DESC, EVENT_F_DISABLE,
-    EVENT_OFF_WRAP, EVENT_SIZE, EVENT_WRAP, MAX_SIZE,
+    EVENT_F_ENABLE, EVENT_OFF_WRAP, EVENT_SIZE, EVENT_WRAP, MAX_SIZE,
 };
 use crate::spec::ring::{self, desc_words, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
 use mfio_dma::{DmaBuffer, DmaSlice, DmaSpace};
@@ -192,6 +192,28 @@ impl PackedQueue {
             // the reserved value 3.
             _ => true,
         }
+    }
+
+    /// Used buffer notifications on (ENABLE) or off (DISABLE) in the driver event suppression
+    /// structure.
+    pub(crate) fn set_notify(&mut self, on: bool) {
+        let flags = if on { EVENT_F_ENABLE } else { EVENT_F_DISABLE };
+        self.events.mem().write_le16(DRIVER_EVENT + EVENT_FLAGS, flags);
+        if on {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the device has used a buffer not yet taken.
+    pub(crate) fn has_used(&self) -> bool {
+        if self.num_free == self.size {
+            return false;
+        }
+        let at = usize::from(self.next_used) * DESC_SIZE;
+        let word = u64::from_le(self.ring.mem().load_acquire_u64(at + DESC_LEN));
+        let flags = (word >> 48) as u16;
+        let used = flags & DESC_F_USED != 0;
+        used == self.used_wrap && (flags & DESC_F_AVAIL != 0) == used
     }
 
     /// The next used buffer, its descriptors and ID freed; `None` when the device has used

@@ -179,6 +179,28 @@ impl SplitQueue {
         }
     }
 
+    /// Used buffer notifications on or off: `used_event` (EVENT_IDX: on asks to hear of the
+    /// next used entry, off names the one just behind, which the index will not pass again for
+    /// a lap of 65536) or the NO_INTERRUPT flag.
+    pub(crate) fn set_notify(&mut self, on: bool) {
+        let m = self.avail.mem();
+        if self.event_idx {
+            let event = if on { self.last_used } else { self.last_used.wrapping_sub(1) };
+            m.write_le16(ring::avail_size(self.size) - 2, event);
+        } else {
+            m.write_le16(0, if on { 0 } else { ring::AVAIL_F_NO_INTERRUPT });
+        }
+        if on {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the device has used an entry not yet taken.
+    pub(crate) fn has_used(&self) -> bool {
+        self.used_seen != self.last_used
+            || u16::from_le(self.used.mem().load_acquire_u16(2)) != self.last_used
+    }
+
     /// The next used entry, its chain freed; `None` when the device has used nothing more.
     /// The used index is read (acquire) only when the entries seen at the last read are all
     /// consumed, so a batch costs one read of it plus one to find the ring empty.
