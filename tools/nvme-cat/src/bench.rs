@@ -172,7 +172,7 @@ fn virtio_bench(s: Spec, a: &BenchArgs, block: usize) -> Result<LoadResult, Stri
         Ring::Split => mfio_virtio::RingLayout::Split,
         Ring::Packed => mfio_virtio::RingLayout::Packed,
     });
-    let v = open_virtio(s, a.queues.max(1), ring)?;
+    let v = open_virtio(s, a.queues.max(1), ring, a.completion)?;
     with_virtio!(&v, |v| {
         let queues = (0..a.queues.max(1).min(v.queue_count()))
             .map(|t| v.queue(t).map_err(|e| e.to_string()))

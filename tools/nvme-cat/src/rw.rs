@@ -284,7 +284,7 @@ pub fn write(a: &WriteArgs) -> Result<(), String> {
         s @ (Spec::VirtioModel(_) | Spec::Pci(_))
             if matches!(s, Spec::VirtioModel(_)) || matches!(s, Spec::Pci(a) if is_virtio(a)) =>
         {
-            let v = open_virtio(s, 1, None)?;
+            let v = open_virtio(s, 1, None, mfio_pci::CompletionMode::Poll)?;
             with_virtio!(&v, |v| {
                 let q = v.queue(0).map_err(|e| e.to_string())?;
                 let (start, d) = go(u64::from(q.block_size()), q.capacity())?;
@@ -308,7 +308,7 @@ pub fn write(a: &WriteArgs) -> Result<(), String> {
 }
 
 fn read_virtio(s: Spec, a: &ReadArgs, out: &mut dyn Write) -> Result<(), String> {
-    let v = open_virtio(s, 1, None)?;
+    let v = open_virtio(s, 1, None, mfio_pci::CompletionMode::Poll)?;
     with_virtio!(&v, |v| {
         let q = v.queue(0).map_err(|e| e.to_string())?;
         let (start, len) = resolve(&a.range, u64::from(q.block_size()), q.capacity(), None)?;

@@ -151,8 +151,9 @@ pub fn open_virtio(
     spec: Spec,
     queues: u16,
     ring: Option<mfio_virtio::RingLayout>,
+    completion: mfio_pci::CompletionMode,
 ) -> Result<Virtio, String> {
-    let opts = mfio_virtio::Options { queues, ring, ..Default::default() };
+    let opts = mfio_virtio::Options { queues, ring, completion, ..Default::default() };
     match spec {
         Spec::Pci(addr) => {
             let dev = VfioPci::open(addr).map_err(|e| e.to_string())?;
