@@ -53,6 +53,13 @@ impl PollingHandle {
     pub fn wait(&self, timeout_ms: i32) {
         crate::sleep::wait_fd(self.fd, timeout_ms)
     }
+
+    /// A descriptor of the caller's own for the same file (`F_DUPFD_CLOEXEC`): readable when
+    /// this one is, and registrable with a reactor (tokio's `AsyncFd`, smol's `Async`) without
+    /// clashing with another registration of the backend's, or outliving it by mistake.
+    pub fn try_clone(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        crate::sleep::dup_fd(self.fd)
+    }
 }
 
 /// The backend's driver: hands queued work to the device and drains completions.

@@ -108,6 +108,19 @@ pub(crate) fn sleep_on(handle: PollingHandle) {
     wait_fd(handle.fd, SLEEP_BOUND_MS);
 }
 
+/// A fresh descriptor for the file `fd` refers to.
+pub(crate) fn dup_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl takes no pointers; an invalid `fd` is an error (EBADF), handled.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just created by F_DUPFD and is owned by nothing else; the OwnedFd
+    // closes it once. (Whatever file `fd` named, the duplicate is ours alone.)
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
 /// Sleeps until `fd` is readable, at most `timeout_ms`.
 pub(crate) fn wait_fd(fd: i32, timeout_ms: i32) {
     wait_readable(&[fd], timeout_ms);
