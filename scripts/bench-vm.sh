@@ -11,8 +11,10 @@
 #                        1.5 s of start-up, plus qemu-img's hangs (10 s each): 3 boots took
 #                        14.2 min at 4 s and 14.9 min at 5 s; --time 3 or fewer --contenders
 #                        for a quicker look
-#   --contenders LIST    comma-separated (default all): mfio, fio-io_uring, fio-io_uring-poll,
-#                        fio-libaio, qemu-nvme
+#   --contenders LIST    comma-separated (default all): mfio (polled queues), mfio-adaptive,
+#                        mfio-interrupt (nvme-cat bench --completion; each also measures the
+#                        CPU of holding a queue 5 s with nothing issued), fio-io_uring,
+#                        fio-io_uring-poll, fio-libaio, qemu-nvme
 #   --workloads LIST     comma-separated (default rand4k-qd1,rand4k-qd32,rand4k-qd128,
 #                        seq128k-qd8,seq4k-qd1,seq4k-qd32); also seq4k-qd128. seq4k-* run on
 #                        NVMe only, for ours and QEMU's driver (qemu-img bench reads
@@ -40,7 +42,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 
 BOOTS=3 TIME=4 MODE=iommu BUILD=1 BOOT_TIMEOUT="" DIAG=0 REPORT="" APPEND=""
-CONTENDERS=mfio,fio-io_uring,fio-io_uring-poll,fio-libaio,qemu-nvme
+CONTENDERS=mfio,mfio-adaptive,mfio-interrupt,fio-io_uring,fio-io_uring-poll,fio-libaio,qemu-nvme
 WORKLOADS=rand4k-qd1,rand4k-qd32,rand4k-qd128,seq128k-qd8,seq4k-qd1,seq4k-qd32
 OUT=/tmp/mfio-bench-vm.$(date +%Y%m%d-%H%M%S)
 
@@ -190,14 +192,14 @@ paired() {
 }
 # report: the tables from $OUT/boot-*/results.tsv, into $OUT/tables.md and stdout.
 report() {
-  local nb dev wl rows ours c mine ok n_ok n_hang n_fail runs why iops p50 p99 pr mr pb
+  local nb dev wl rows ours c mine ok n_ok n_hang n_fail runs why iops p50 p99 cpu pr mr pb v
   cat "$OUT"/boot-*/results.tsv 2>/dev/null >"$OUT/all.tsv" || true
   nb=$(find "$OUT" -maxdepth 2 -name results.tsv | wc -l)
   [ -n "$ACCEL" ] || ACCEL=$(sed -n 's/^accel \([a-z]*\).*/\1/p' "$OUT"/boot-*/versions.txt 2>/dev/null | head -n 1)
   {
     echo "Guest benchmark, $(date -u -r "$(ls -t "$OUT"/boot-*/results.tsv | sed -n 1p)" '+%Y-%m-%d %H:%M UTC'): accel=${ACCEL:-unknown}, mode=$MODE${APPEND:+, kernel args:$APPEND}, $nb boot(s), ${TIME}s per run${TOTAL:+, total ${TOTAL}s}"
     echo "Host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1), $(uname -r); guest: kernel $(sed -n 2p "$OUT"/boot-1/versions.txt 2>/dev/null), $(sed -n 3p "$OUT"/boot-1/versions.txt 2>/dev/null) vCPUs"
-    echo "Figures: medians across boots of the runs that completed; p50/p99 in µs (fio: clat; qemu-img reports none)."
+    echo "Figures: medians across boots of the runs that completed; p50/p99 in µs (fio: clat; qemu-img reports none); CPU µs/IO: the process's user + system time per I/O (getrusage; fio: usr_cpu + sys_cpu)."
     echo "peer/mfio: the contender's IOPS over ours; mfio/peer: ours over the contender's (the targets' form)."
     echo "per boot: the median over boots of mfio/peer within each boot (both measured under the same host conditions)."
     for dev in nvme virtio; do
@@ -207,8 +209,8 @@ report() {
         echo
         echo "### $dev $wl"
         echo
-        echo "| contender | IOPS | p50 µs | p99 µs | peer/mfio | mfio/peer | per boot | runs |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---|"
+        echo "| contender | IOPS | p50 µs | p99 µs | CPU µs/IO | peer/mfio | mfio/peer | per boot | runs |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
         ours=$(awk -F'\t' '$3 == "mfio" && $4 ~ /^ok/ { print $5 }' <<<"$rows" | median)
         for c in ${CONTENDERS//,/ }; do
           mine=$(awk -F'\t' -v c="$c" '$3 == c' <<<"$rows")
@@ -223,22 +225,37 @@ report() {
           if [ -z "$ok" ]; then
             # Nothing completed: say why (the first failure's reason, or that it hung).
             why=$(awk -F'\t' '{ print $4; exit }' <<<"$mine")
-            echo "| $c | $why | - | - | - | - | - | $runs |"
+            echo "| $c | $why | - | - | - | - | - | - | $runs |"
             continue
           fi
           iops=$(cut -f5 <<<"$ok" | median)
           p50=$(cut -f6 <<<"$ok" | grep -v '^-$' | median || true)
           p99=$(cut -f7 <<<"$ok" | grep -v '^-$' | median || true)
+          cpu=$(cut -f8 <<<"$ok" | grep -v '^-$' | grep . | median || true)
           if [ "$c" = mfio ]; then
             pr="1.00x" mr="1.00x" pb="1.00x"
           else
             pr=$(ratio "$iops" "$ours") mr=$(ratio "$ours" "$iops")
             pb=$(paired "$dev" "$wl" "$c")
           fi
-          echo "| $c | $(fmt "$iops" 0) | $(fmt "$p50" 1) | $(fmt "$p99" 1) | $pr | $mr | $pb | $runs |"
+          echo "| $c | $(fmt "$iops" 0) | $(fmt "$p50" 1) | $(fmt "$p99" 1) | $(fmt "${cpu:--}" 1) | $pr | $mr | $pb | $runs |"
         done
       done
     done
+    if cat "$OUT"/boot-*/idle.tsv >"$OUT/idle-all.tsv" 2>/dev/null && [ -s "$OUT/idle-all.tsv" ]; then
+      echo
+      echo "### Idle: one queue held 5 s, nothing issued (nvme-cat bench --idle 5), % of a core"
+      echo
+      echo "| device | contender | CPU % (median) | boots |"
+      echo "|---|---|---:|---:|"
+      for dev in nvme virtio; do
+        for c in mfio mfio-adaptive mfio-interrupt; do
+          v=$(awk -F'\t' -v d="$dev" -v c="$c" '$1 == d && $2 == c && $3 != "fail" { print $3 }' "$OUT/idle-all.tsv")
+          [ -n "$v" ] || continue
+          echo "| $dev | $c | $(fmt "$(median <<<"$v")" 2) | $(grep -c . <<<"$v") |"
+        done
+      done
+    fi
     echo
     echo "runs: completed runs (one per boot), and attempts that hung (a hung qemu-img run is retried once; \"hang\" alone: both attempts hung)."
   } | tee "$OUT/tables.md"

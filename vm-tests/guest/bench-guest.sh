@@ -5,13 +5,17 @@
 #
 #   bench-guest.sh --time SECONDS --contenders LIST --workloads LIST --boot N
 #
-# Contenders (comma-separated): mfio, fio-io_uring, fio-io_uring-poll, fio-libaio, qemu-nvme.
+# Contenders (comma-separated): mfio (polled queues), mfio-adaptive, mfio-interrupt (nvme-cat
+# bench --completion), fio-io_uring, fio-io_uring-poll, fio-libaio, qemu-nvme.
 # Workloads (comma-separated): rand4k-qd1, rand4k-qd32, rand4k-qd128, seq128k-qd8 (every
 # contender), seq4k-qd1, seq4k-qd32, seq4k-qd128 (NVMe only: ours against QEMU's driver, which
 # reads sequentially only).
 # Writes into $MFIO_VM_OUT/boot-N/: one raw output file per run (JSON or text) with its stderr,
 # and results.tsv, one line per run:
-#   device  workload  contender  status  iops  p50_us  p99_us
+#   device  workload  contender  status  iops  p50_us  p99_us  cpu_us_per_io
+# and idle.tsv, one line per mfio contender and device: the CPU share of a process that holds a
+# queue and issues nothing for 5 s (nvme-cat bench --idle):
+#   device  contender  cpu_percent
 # status is "ok", "hang" (the run outlived its timeout and was killed) or "fail: reason".
 # A failing or hanging run never stops the others: each one has its own timeout.
 #
@@ -55,9 +59,9 @@ for w in rand4k-qd1:randread:4096:1 rand4k-qd32:randread:4096:32 rand4k-qd128:ra
   [[ ",$WANT_WL," == *",${w%%:*},"* ]] && WORKLOADS="$WORKLOADS $w"
 done
 
-record() { # record DEVICE WORKLOAD CONTENDER STATUS IOPS P50_US P99_US
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RES"
-  log "$1 $2 $3: $4 iops=$5 p50=$6us p99=$7us"
+record() { # record DEVICE WORKLOAD CONTENDER STATUS IOPS P50_US P99_US [CPU_US_PER_IO]
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$7" "${8:--}" >>"$RES"
+  log "$1 $2 $3: $4 iops=$5 p50=$6us p99=$7us cpu=${8:--}us/io"
 }
 
 # run_limited SECS FILE CMD...: runs CMD with stdout to FILE, stderr to FILE.err, for at most
@@ -77,18 +81,34 @@ why() { tail -n 1 "$1.err" 2>/dev/null | tr '\t\r' '  ' | cut -c1-80; }
 . "$(dirname "$0")/bench-lib.sh"
 
 # ---- contenders ------------------------------------------------------------------------------
-# mfio DEVICE ADDR WL RW BS QD: nvme-cat bench on the VFIO-bound function (DMA buffers).
+# The completion mode of an mfio contender: mfio polls, mfio-adaptive, mfio-interrupt.
+mfio_mode() { case "$1" in mfio) echo poll ;; *) echo "${1#mfio-}" ;; esac; }
+
+# mfio CONTENDER DEVICE ADDR WL RW BS QD: nvme-cat bench on the VFIO-bound function (DMA
+# buffers), in the contender's completion mode.
 run_mfio() {
-  local dev=$1 addr=$2 wl=$3 rw=$4 bs=$5 qd=$6 f="$OUT/$1.$3.mfio.json" rc
-  run_limited "$RUN_TIMEOUT" "$f" "$NVME_CAT" bench "$addr" --rw "$rw" --bs "$bs" --qd "$qd" --queues 1 --time "$TIME" -o json
+  local c=$1 dev=$2 addr=$3 wl=$4 rw=$5 bs=$6 qd=$7 f="$OUT/$2.$4.$1.json" rc
+  run_limited "$RUN_TIMEOUT" "$f" "$NVME_CAT" bench "$addr" --rw "$rw" --bs "$bs" --qd "$qd" --queues 1 \
+    --time "$TIME" --completion "$(mfio_mode "$c")" -o json
   rc=$?
-  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then record "$dev" "$wl" mfio hang - - -; return; fi
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then record "$dev" "$wl" "$c" hang - - -; return; fi
   if [ "$rc" != 0 ] || ! jq -e '.errors == 0' "$f" >/dev/null 2>&1; then
-    record "$dev" "$wl" mfio "fail: rc $rc $(why "$f")" - - -
+    record "$dev" "$wl" "$c" "fail: rc $rc $(why "$f")" - - -
     return
   fi
-  # shellcheck disable=SC2046 # three numbers, split on purpose
-  record "$dev" "$wl" mfio ok $(jq -r '[(.iops|floor), (.lat_ns.p50/1000), (.lat_ns.p99/1000)] | map(tostring) | join(" ")' "$f")
+  # shellcheck disable=SC2046 # four numbers, split on purpose
+  record "$dev" "$wl" "$c" ok $(jq -r '[(.iops|floor), (.lat_ns.p50/1000), (.lat_ns.p99/1000), (.cpu_ns_per_io/1000)] | map(tostring) | join(" ")' "$f")
+}
+
+# idle CONTENDER DEVICE ADDR: the CPU share of holding one queue 5 s with nothing issued.
+run_idle() {
+  local c=$1 dev=$2 addr=$3 f="$OUT/$2.idle.$1.json"
+  if run_limited 30 "$f" "$NVME_CAT" bench "$addr" --idle 5 --completion "$(mfio_mode "$c")" -o json; then
+    printf '%s\t%s\t%s\n' "$dev" "$c" "$(jq -r '.cpu_cores * 100' "$f")" >>"$OUT/idle.tsv"
+  else
+    printf '%s\t%s\t%s\n' "$dev" "$c" "fail" >>"$OUT/idle.tsv"
+  fi
+  log "$dev idle $c: $(tail -n 1 "$OUT/idle.tsv" | cut -f3)% of a core"
 }
 
 # fio NAME DEVICE BLOCKDEV WL RW BS QD EXTRA...: one fio job, one thread, O_DIRECT, time based.
@@ -106,8 +126,9 @@ run_fio() {
     record "$dev" "$wl" "$name" "fail: rc $rc $(why "$f")" - - -
     return
   fi
-  # shellcheck disable=SC2046 # three numbers, split on purpose
-  record "$dev" "$wl" "$name" ok $(jq -r '.jobs[0].read | [(.iops|floor), (.clat_ns.percentile["50.000000"]/1000), (.clat_ns.percentile["99.000000"]/1000)] | map(tostring) | join(" ")' "$f")
+  # CPU per I/O: fio's usr_cpu and sys_cpu are percentages of one CPU over the job's runtime.
+  # shellcheck disable=SC2046 # four numbers, split on purpose
+  record "$dev" "$wl" "$name" ok $(jq -r '.jobs[0] | [(.read.iops|floor), (.read.clat_ns.percentile["50.000000"]/1000), (.read.clat_ns.percentile["99.000000"]/1000), ((.usr_cpu + .sys_cpu) / 100 * (.job_runtime / 1000) / ([.read.total_ios, 1] | max) * 1e6)] | map(tostring) | join(" ")' "$f")
 }
 
 # qemu WL BS QD: QEMU's userspace NVMe driver (block/nvme.c) through `qemu-img bench`, which
@@ -202,12 +223,18 @@ bench_device() {
       done
     fi
   fi
-  if want mfio || { [ "$dev" = nvme ] && want qemu-nvme; }; then
+  if want mfio || want mfio-adaptive || want mfio-interrupt || { [ "$dev" = nvme ] && want qemu-nvme; }; then
     if bind "$addr" vfio-pci; then
+      for c in mfio mfio-adaptive mfio-interrupt; do
+        want "$c" && [ "${MFIO_BENCH_IDLE:-1}" = 1 ] && run_idle "$c" "$dev" "$addr"
+      done
       for w in $WORKLOADS; do
         IFS=: read -r wl rw bs qd <<<"$w"
         [[ "$wl" == seq4k-* ]] && [ "$dev" != nvme ] && continue
-        want mfio && run_mfio "$dev" "$addr" "$wl" "$rw" "$bs" "$qd"
+        # The modes side by side, in turn for each workload.
+        for c in mfio mfio-adaptive mfio-interrupt; do
+          want "$c" && run_mfio "$c" "$dev" "$addr" "$wl" "$rw" "$bs" "$qd"
+        done
         # QEMU's driver reads sequentially only: no random workloads for it.
         [ "$dev" = nvme ] && [ "$rw" = read ] && want qemu-nvme && run_qemu "$wl" "$bs" "$qd"
       done

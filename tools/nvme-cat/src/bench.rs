@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// 50 us after the last completion, then sleep on the interrupt) or adaptive:<us>.
     #[arg(long, default_value = "poll", value_parser = parse_completion)]
     completion: CompletionMode,
+    /// Issue nothing: hold the queues and drive them (as an engine waiting for work does) for
+    /// this many seconds, and report the CPU that took.
+    #[arg(long, value_name = "SECONDS")]
+    idle: Option<f64>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
@@ -129,6 +133,9 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
     if a.completion != CompletionMode::Poll && matches!(spec_, Spec::File(_)) {
         return Err("--completion applies to NVMe and virtio-blk queues, not to files".into());
     }
+    if let Some(secs) = a.idle {
+        return idle(spec_, a, Duration::from_secs_f64(secs.clamp(0.0, 3600.0)));
+    }
     let cpu0 = cpu_time();
     let result = match spec_ {
         Spec::File(p) => {
@@ -165,6 +172,111 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+/// `--idle`: every queue driven for `secs` with nothing issued, its CPU reported.
+fn idle(spec: Spec, a: &BenchArgs, secs: Duration) -> Result<(), String> {
+    let (cpu, wall) = match spec {
+        Spec::File(_) => return Err("--idle holds NVMe or virtio-blk queues, not files".into()),
+        s @ (Spec::VirtioModel(_) | Spec::Pci(_)) if is_virtio_spec(&s) => {
+            let v = open_virtio(s, a.queues.max(1), None, a.completion)?;
+            with_virtio!(&v, |v| {
+                let queues = (0..a.queues.max(1).min(v.queue_count()))
+                    .map(|t| v.queue(t).map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                hold(queues, secs)
+            })?
+        }
+        _ => {
+            let opts = ControllerOptions { io_queues: a.queues.max(1), ..Default::default() };
+            let nvme = open_nvme(&a.device, opts)?;
+            with_ctrl!(&nvme, |c| {
+                let queues = (0..a.queues.max(1))
+                    .map(|_| c.io_queue_with(a.nsid, a.completion).map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                hold(queues, secs)
+            })?
+        }
+    };
+    let cores = cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+    let completion = a.completion.to_string();
+    match a.output {
+        Format::Json => json(&json!({
+            "device": a.device, "completion": completion, "queues": a.queues,
+            "idle_seconds": wall.as_secs_f64(), "cpu_seconds": cpu.as_secs_f64(), "cpu_cores": cores,
+        })),
+        Format::Normal => println!(
+            "{}: {} queue(s), completion={completion}, idle {:.1} s: {:.3} s of CPU ({:.2}% of a core)",
+            a.device,
+            a.queues,
+            wall.as_secs_f64(),
+            cpu.as_secs_f64(),
+            cores * 100.0
+        ),
+    }
+    Ok(())
+}
+
+/// Drives each queue on a thread of its own, with nothing to do, until `secs` have passed: the
+/// wait is a future woken from another thread, as an engine's is by its clients. Returns the
+/// process's CPU time and the wall time over that hold (bring-up excluded).
+fn hold<Q: mfio::IoBackend + Send>(
+    queues: Vec<Q>,
+    secs: Duration,
+) -> Result<(Duration, Duration), String> {
+    let (cpu0, t0) = (cpu_time(), std::time::Instant::now());
+    std::thread::scope(|scope| {
+        for q in queues {
+            scope.spawn(move || mfio::block_on(&q, Deadline::after(secs)));
+        }
+    });
+    Ok((cpu_time().saturating_sub(cpu0), t0.elapsed()))
+}
+
+/// A future that is ready once a timer thread says so (after `secs`), woken from there.
+struct Deadline {
+    state: Arc<(std::sync::Mutex<Option<std::task::Waker>>, std::sync::atomic::AtomicBool)>,
+}
+
+impl Deadline {
+    fn after(secs: Duration) -> Deadline {
+        let state = Arc::new((
+            std::sync::Mutex::new(None::<std::task::Waker>),
+            std::sync::atomic::AtomicBool::new(false),
+        ));
+        let s = state.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(secs);
+            s.1.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(w) = s.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                w.wake();
+            }
+        });
+        Deadline { state }
+    }
+}
+
+impl std::future::Future for Deadline {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let mut w = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
+        if self.state.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(());
+        }
+        *w = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+}
+
+fn is_virtio_spec(s: &Spec) -> bool {
+    match s {
+        Spec::VirtioModel(_) => true,
+        Spec::Pci(addr) => is_virtio(*addr),
+        _ => false,
+    }
 }
 
 fn virtio_bench(s: Spec, a: &BenchArgs, block: usize) -> Result<LoadResult, String> {
