@@ -136,7 +136,8 @@ impl<B: IoBackend> Future for Driver<'_, B> {
 /// microseconds) and backs off to yielding when nothing progresses for a while. When a backend
 /// with a polling handle answers [`Activity::Armed`] (an interrupt-driven queue with nothing
 /// posted yet) or `Idle`, it sleeps on the handle instead (at most [`SLEEP_BOUND_MS`] at a
-/// time), and a wake of `fut` from another thread ends that sleep.
+/// time while armed, a second while idle), and a wake of `fut` from another thread ends that
+/// sleep.
 ///
 /// [`SLEEP_BOUND_MS`]: crate::SLEEP_BOUND_MS
 pub fn block_on<Bk: IoBackend + ?Sized, F: Future>(backend: &Bk, fut: F) -> F::Output {
@@ -157,7 +158,11 @@ pub fn block_on<Bk: IoBackend + ?Sized, F: Future>(backend: &Bk, fut: F) -> F::O
         #[cfg(feature = "std")]
         if let Some(handle) = backend.polling_handle() {
             spins = 0;
-            if let Poll::Ready(v) = crate::sleep::sleep_with(handle, fut.as_mut()) {
+            let bound = match activity {
+                Activity::Armed => crate::sleep::SLEEP_BOUND_MS,
+                _ => crate::sleep::IDLE_BOUND_MS,
+            };
+            if let Poll::Ready(v) = crate::sleep::sleep_with(handle, fut.as_mut(), bound) {
                 return v;
             }
             continue;

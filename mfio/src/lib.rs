@@ -59,7 +59,7 @@ pub use packet::{
 };
 pub use perms::{Direction, FromDevice, PacketPerms, ToDevice};
 #[cfg(feature = "std")]
-pub use sleep::SLEEP_BOUND_MS;
+pub use sleep::{IDLE_BOUND_MS, SLEEP_BOUND_MS};
 #[cfg(feature = "std")]
 pub use stall::report_stalled_drops_after;
 

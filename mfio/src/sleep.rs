@@ -21,8 +21,14 @@ use std::task::Wake;
 
 use crate::backend::PollingHandle;
 
-/// The longest one sleep on a polling handle lasts, in milliseconds.
+/// The longest one sleep on an armed backend's polling handle lasts, in milliseconds: how soon
+/// a backend whose interrupt was lost is polled again.
 pub const SLEEP_BOUND_MS: i32 = 50;
+
+/// The longest one sleep of [`block_on`](crate::block_on) on an idle backend lasts (nothing in
+/// flight, so no interrupt can be lost; the bound only limits what a future that forgot its
+/// waker costs). Long, so that an idle thread wakes once a second, not twenty times.
+pub const IDLE_BOUND_MS: i32 = 1000;
 
 /// This thread's kick eventfd and whether the thread is asleep on it.
 struct Kick {
@@ -78,12 +84,16 @@ impl Drop for Disarm<'_> {
 }
 
 /// Polls `fut` once more with a waker that can end the sleep, then sleeps until the backend's
-/// handle or the kick is readable (at most [`SLEEP_BOUND_MS`]). `Ready` if that poll finished
-/// the future.
-pub(crate) fn sleep_with<F: Future>(handle: PollingHandle, fut: Pin<&mut F>) -> Poll<F::Output> {
+/// handle or the kick is readable (at most `bound_ms`). `Ready` if that poll finished the
+/// future.
+pub(crate) fn sleep_with<F: Future>(
+    handle: PollingHandle,
+    fut: Pin<&mut F>,
+    bound_ms: i32,
+) -> Poll<F::Output> {
     let Some(kick) = KICK.with(|k| k.clone()) else {
-        // No eventfd for this thread (descriptors exhausted): sleep on the backend alone, so a
-        // wake from elsewhere waits for the bound at worst.
+        // No eventfd for this thread (descriptors exhausted): sleep on the backend alone, and
+        // not long, since only the bound ends a wait for a wake from elsewhere.
         wait_readable(&[handle.fd], SLEEP_BOUND_MS);
         return Poll::Pending;
     };
@@ -93,7 +103,7 @@ pub(crate) fn sleep_with<F: Future>(handle: PollingHandle, fut: Pin<&mut F>) -> 
     if let Poll::Ready(v) = fut.poll(&mut Context::from_waker(&waker)) {
         return Poll::Ready(v);
     }
-    if wait_readable(&[handle.fd, kick.fd], SLEEP_BOUND_MS) & 2 != 0 {
+    if wait_readable(&[handle.fd, kick.fd], bound_ms) & 2 != 0 {
         let mut n = 0u64;
         // SAFETY: reads 8 bytes into a live u64 from the kick's own descriptor (nonblocking).
         let _ = unsafe { libc::read(kick.fd, (&mut n as *mut u64).cast(), 8) };

@@ -20,8 +20,9 @@
 //! back to polling for good, said once through `tracing`. Callers sleep at most a bounded time
 //! (mfio's `block_on` 50 ms), so the fallback comes within a fraction of a second, not never.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use mfio_dma::clock::{CycleClock, Ticks};
 use nix::sys::eventfd::EventFd;
 
 /// How an I/O queue waits for its completions.
@@ -91,9 +92,10 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// Unannounced completions in a row after which a queue stops trusting its interrupt.
 pub const UNANNOUNCED_LIMIT: u32 = 3;
 
-/// Empty polls between clock reads while an adaptive queue spins (a clock read can cost far
-/// more than a poll in a guest).
-const CLOCK_EVERY: u32 = 16;
+/// Empty polls between clock reads while an adaptive queue spins. The clock is the CPU's
+/// counter (`CycleClock`): `Instant::now` can be a system call and an emulated HPET read in a
+/// guest, which would eat the window it measures.
+const CLOCK_EVERY: u32 = 4;
 
 /// What a queue should tell its caller after a poll.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -133,7 +135,10 @@ pub struct Wakeup {
     unannounced_run: u32,
     /// Adaptive: empty polls since the last completion, and when the spin window started.
     empty_polls: u32,
-    spin_start: Option<Instant>,
+    spin_start: Option<Ticks>,
+    /// Adaptive: the spin window in clock ticks.
+    spin_ticks: Ticks,
+    clock: &'static CycleClock,
     stats: WakeupStats,
     /// For the log line.
     name: String,
@@ -142,7 +147,14 @@ pub struct Wakeup {
 impl Wakeup {
     /// A queue's wakeup in `mode` on `fd`, the queue's MSI-X eventfd (nonblocking).
     pub fn new(mode: CompletionMode, fd: EventFd, name: String) -> Self {
+        let clock = CycleClock::get();
+        let spin_ticks = match mode {
+            CompletionMode::Adaptive { spin } => clock.ticks_in(spin),
+            _ => 0,
+        };
         Self {
+            spin_ticks,
+            clock,
             mode,
             fd,
             armed: false,
@@ -225,7 +237,7 @@ impl Wakeup {
         let verdict = match self.mode {
             CompletionMode::Poll => Verdict::Spin,
             CompletionMode::Interrupt => Verdict::Arm,
-            CompletionMode::Adaptive { spin } => self.spun_out(spin),
+            CompletionMode::Adaptive { .. } => self.spun_out(),
         };
         if verdict == Verdict::Arm {
             self.drain();
@@ -258,19 +270,19 @@ impl Wakeup {
     }
 
     /// Adaptive: whether the spin window since the last completion has passed.
-    fn spun_out(&mut self, spin: Duration) -> Verdict {
+    fn spun_out(&mut self) -> Verdict {
         let n = self.empty_polls;
         self.empty_polls = n.wrapping_add(1);
         if n % CLOCK_EVERY != 0 {
             return Verdict::Spin;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         match self.spin_start {
             None => {
                 self.spin_start = Some(now);
                 Verdict::Spin
             }
-            Some(t) if now.duration_since(t) >= spin => Verdict::Arm,
+            Some(t) if now.saturating_sub(t) >= self.spin_ticks => Verdict::Arm,
             Some(_) => Verdict::Spin,
         }
     }
@@ -288,6 +300,7 @@ impl Wakeup {
 mod tests {
     use super::*;
     use nix::sys::eventfd::EfdFlags;
+    use std::time::Instant;
 
     fn wakeup(mode: CompletionMode) -> (Wakeup, EventFd) {
         let fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();

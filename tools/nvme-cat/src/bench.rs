@@ -8,7 +8,7 @@ use mfio::{BlockDevice, FromDevice, ReadAt, ToDevice, Window, WriteAt};
 use mfio_conformance::load::{self, LoadResult, LoadSpec, Pattern};
 use mfio_dma::DmaSpace;
 use mfio_nvme::{CompletionMode, Controller, ControllerOptions, DataPointer};
-use mfio_pci::PciDevice;
+use mfio_pci::{PciDevice, WakeupStats};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -313,7 +313,7 @@ fn run_queues<Q>(
     block: usize,
 ) -> Result<LoadResult, String>
 where
-    Q: ReadAt + WriteAt + BlockDevice + Send,
+    Q: ReadAt + WriteAt + BlockDevice + Waits + Send,
 {
     let results: Vec<Result<LoadResult, String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = queues
@@ -327,12 +327,14 @@ where
                         Window::new(buf, 0, block).expect("window inside its buffer")
                     };
                     let heap = || vec![0u8; block];
-                    Ok(match (is_write(a), a.bounce) {
+                    let r = match (is_write(a), a.bounce) {
                         (false, false) => load::run::<_, FromDevice, _>(&q, &s, dma),
                         (true, false) => load::run::<_, ToDevice, _>(&q, &s, dma),
                         (false, true) => load::run::<_, FromDevice, _>(&q, &s, heap),
                         (true, true) => load::run::<_, ToDevice, _>(&q, &s, heap),
-                    })
+                    };
+                    add_waits(q.wakeup());
+                    Ok(r)
                 })
             })
             .collect();
@@ -345,6 +347,39 @@ where
     Ok(LoadResult::merge(&results))
 }
 
+/// How a queue waited, for the report.
+trait Waits {
+    fn wakeup(&self) -> WakeupStats;
+}
+
+impl<D: PciDevice> Waits for mfio_nvme::IoQueue<D> {
+    fn wakeup(&self) -> WakeupStats {
+        self.stats().wakeup
+    }
+}
+
+impl<D: PciDevice> Waits for mfio_virtio::BlkQueue<D> {
+    fn wakeup(&self) -> WakeupStats {
+        self.stats().wakeup
+    }
+}
+
+/// Every bench queue's waits, summed.
+static WAITS: std::sync::Mutex<WakeupStats> = std::sync::Mutex::new(WakeupStats {
+    armed: 0,
+    interrupts: 0,
+    unannounced: 0,
+    fell_back: false,
+});
+
+fn add_waits(w: WakeupStats) {
+    let mut t = WAITS.lock().unwrap_or_else(|p| p.into_inner());
+    t.armed += w.armed;
+    t.interrupts += w.interrupts;
+    t.unannounced += w.unannounced;
+    t.fell_back |= w.fell_back;
+}
+
 /// Prints the figures. `cpu` is the process's user + system time over the run (setup
 /// included: opening the device and creating queues, which is small next to seconds of I/O).
 fn report(a: &BenchArgs, block: usize, r: &LoadResult, cpu: Duration) {
@@ -353,8 +388,12 @@ fn report(a: &BenchArgs, block: usize, r: &LoadResult, cpu: Duration) {
     let cpu_ns_per_io = cpu.as_nanos() as f64 / (r.ios + r.errors).max(1) as f64;
     let cpu_share = cpu.as_secs_f64() / r.elapsed.as_secs_f64().max(1e-9);
     let completion = a.completion.to_string();
+    let w = *WAITS.lock().unwrap_or_else(|p| p.into_inner());
+    let per_io = |n: u64| n as f64 / r.ios.max(1) as f64;
     match a.output {
         Format::Json => json(&json!({
+            "sleeps_per_io": per_io(w.armed), "interrupts_per_io": per_io(w.interrupts),
+            "unannounced": w.unannounced, "fell_back": w.fell_back,
             "device": a.device, "rw": format!("{:?}", a.rw).to_lowercase(), "bs": block, "qd": a.qd,
             "queues": a.queues, "completion": completion,
             "ios": r.ios, "errors": r.errors, "seconds": r.elapsed.as_secs_f64(),
@@ -385,6 +424,15 @@ fn report(a: &BenchArgs, block: usize, r: &LoadResult, cpu: Duration) {
                 cpu_ns_per_io,
                 cpu_share * 100.0
             );
+            if a.completion.uses_interrupts() {
+                println!(
+                    "  waits: {:.3} sleeps and {:.3} interrupts per I/O, {} unannounced{}",
+                    per_io(w.armed),
+                    per_io(w.interrupts),
+                    w.unannounced,
+                    if w.fell_back { ", fell back to polling" } else { "" }
+                );
+            }
             println!(
                 "  lat (usec): mean={:.1} p50={:.1} p90={:.1} p99={:.1} p99.9={:.1} max={:.1}",
                 us(h.mean()),
