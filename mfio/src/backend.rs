@@ -143,12 +143,21 @@ impl<B: IoBackend> Future for Driver<'_, B> {
 pub fn block_on<Bk: IoBackend + ?Sized, F: Future>(backend: &Bk, fut: F) -> F::Output {
     let mut fut = pin!(fut);
     let mut cx = Context::from_waker(Waker::noop());
+    // A backend that can be slept on keeps the waker of its idle or armed polls and wakes it
+    // when work is sent: this thread's kick, so that I/O the future sends just before a sleep
+    // ends it. A polled backend gets the no-op waker (the hot path pays nothing).
+    #[cfg(feature = "std")]
+    let kick = backend.polling_handle().and_then(|_| crate::sleep::kick_waker());
+    #[cfg(feature = "std")]
+    let mut bcx = Context::from_waker(kick.as_ref().unwrap_or(Waker::noop()));
+    #[cfg(not(feature = "std"))]
+    let mut bcx = Context::from_waker(Waker::noop());
     let mut spins = 0u32;
     loop {
         if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
             return v;
         }
-        let activity = backend.poll_backend(&mut cx);
+        let activity = backend.poll_backend(&mut bcx);
         if activity == Activity::Busy {
             core::hint::spin_loop();
             continue;

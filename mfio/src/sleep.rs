@@ -15,7 +15,7 @@
 use alloc::sync::Arc;
 use core::future::Future;
 use core::pin::Pin;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::{Context, Poll, Waker};
 use std::task::Wake;
 
@@ -30,17 +30,18 @@ pub const SLEEP_BOUND_MS: i32 = 50;
 /// waker costs). Long, so that an idle thread wakes once a second, not twenty times.
 pub const IDLE_BOUND_MS: i32 = 1000;
 
-/// This thread's kick eventfd and whether the thread is asleep on it.
+/// This thread's kick eventfd, and how many sleeps of this thread are under way on it (a
+/// count, not a flag: a `block_on` nested in a future's poll must not disarm the outer one).
 struct Kick {
     fd: i32,
-    armed: AtomicBool,
+    armed: AtomicU32,
 }
 
 impl Kick {
     fn new() -> Option<Arc<Kick>> {
         // SAFETY: eventfd takes no pointers; a negative result is an error, handled.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        (fd >= 0).then(|| Arc::new(Kick { fd, armed: AtomicBool::new(false) }))
+        (fd >= 0).then(|| Arc::new(Kick { fd, armed: AtomicU32::new(0) }))
     }
 }
 
@@ -52,7 +53,7 @@ impl Wake for Kick {
     fn wake_by_ref(self: &Arc<Self>) {
         // SeqCst pairs with the sleeper's store of `armed` before its last poll of the future:
         // either this sees `armed` and writes, or the sleeper's poll saw what this wake is for.
-        if self.armed.load(Ordering::SeqCst) {
+        if self.armed.load(Ordering::SeqCst) > 0 {
             let one = 1u64;
             // SAFETY: writes 8 bytes from a live u64 to a descriptor this `Kick` owns (it is
             // closed only when the last `Arc` goes). A failure (a full counter) still leaves the
@@ -74,13 +75,20 @@ std::thread_local! {
     static KICK: Option<Arc<Kick>> = Kick::new();
 }
 
-/// Clears `armed` when the sleep ends, also if the future's poll unwinds.
+/// Ends this sleep's share of `armed`, also if a poll unwinds.
 struct Disarm<'a>(&'a Kick);
 
 impl Drop for Disarm<'_> {
     fn drop(&mut self) {
-        self.0.armed.store(false, Ordering::SeqCst);
+        self.0.armed.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// This thread's kick waker, for the backend's polls in `block_on`: a backend keeps the waker
+/// of a poll that answered `Idle` or `Armed` and wakes it when work is sent, so I/O sent by the
+/// future's last poll before a sleep ends the sleep (the doorbell is rung in the next poll).
+pub(crate) fn kick_waker() -> Option<Waker> {
+    KICK.try_with(|k| k.clone()).ok().flatten().map(Waker::from)
 }
 
 /// Polls `fut` once more with a waker that can end the sleep, then sleeps until the backend's
@@ -91,16 +99,18 @@ pub(crate) fn sleep_with<F: Future>(
     fut: Pin<&mut F>,
     bound_ms: i32,
 ) -> Poll<F::Output> {
-    let Some(kick) = KICK.with(|k| k.clone()) else {
+    // `try_with`: during thread-local destruction there is no kick, only the bounded sleep.
+    let Some(kick) = KICK.try_with(|k| k.clone()).ok().flatten() else {
         // No eventfd for this thread (descriptors exhausted): sleep on the backend alone, and
         // not long, since only the bound ends a wait for a wake from elsewhere.
         wait_readable(&[handle.fd], SLEEP_BOUND_MS);
         return Poll::Pending;
     };
-    kick.armed.store(true, Ordering::SeqCst);
+    kick.armed.fetch_add(1, Ordering::SeqCst);
     let disarm = Disarm(&kick);
     let waker = Waker::from(kick.clone());
-    if let Poll::Ready(v) = fut.poll(&mut Context::from_waker(&waker)) {
+    let mut cx = Context::from_waker(&waker);
+    if let Poll::Ready(v) = fut.poll(&mut cx) {
         return Poll::Ready(v);
     }
     if wait_readable(&[handle.fd, kick.fd], bound_ms) & 2 != 0 {

@@ -104,7 +104,20 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         // Registered on the first poll, inside the runtime.
-        let core = this.core.get_or_insert_with(|| Core::new(Tokio::new(&*this.backend)));
+        let core = this.core.get_or_insert_with(|| {
+            // tokio panics when the runtime lacks its I/O or time driver: fall back to polling
+            // (said once) rather than take the task down.
+            let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Tokio::new(&*this.backend)
+            }));
+            Core::new(made.unwrap_or_else(|_| {
+                eprintln_once(
+                    "mfio-rt: the tokio runtime has no I/O or time driver (build it with \
+                     enable_all()); the driver polls instead of sleeping",
+                );
+                None
+            }))
+        });
         core.poll(&*this.backend, cx)
     }
 }

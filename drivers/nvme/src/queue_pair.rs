@@ -19,6 +19,7 @@ use mfio::{
     Activity, BlockDevice, Error, ErrorKind, FromDevice, IoBackend, Origin, PacketIo, PacketView,
     ToDevice,
 };
+use mfio_dma::clock::CycleClock;
 use mfio_dma::{DmaPool, PoolSlot, Translator};
 use mfio_pci::{CompletionMode, EventFd, PciDevice, Verdict, Wakeup, WakeupStats};
 use std::cell::RefCell;
@@ -104,10 +105,12 @@ struct Inner {
     dptr: DataPointers,
     pending: VecDeque<Pending>,
     stats: QueueStats,
-    t0: Instant,
-    /// Milliseconds since `t0`, refreshed every `CLOCK_POLLS` busy polls: reading the clock
-    /// can cost a system call and an HPET read (a VM exit in a guest without a stable TSC),
-    /// far more than a poll, and deadlines are seconds.
+    /// The CPU's counter at the queue's start, and the clock that reads it.
+    t0: mfio_dma::clock::Ticks,
+    clock: &'static CycleClock,
+    /// Milliseconds since `t0`, refreshed every `CLOCK_POLLS` busy polls, after a sleep and on
+    /// the first command after the queue was idle: deadlines are seconds, and even the CPU's
+    /// counter costs more than a poll in a guest.
     now_ms: u64,
     polls: u32,
     last_check_ms: u64,
@@ -232,7 +235,8 @@ impl<D: PciDevice> IoQueue<D> {
                 dptr,
                 pending: VecDeque::with_capacity(4 * nslots),
                 stats: QueueStats::default(),
-                t0: Instant::now(),
+                t0: CycleClock::get().now(),
+                clock: CycleClock::get(),
                 now_ms: 0,
                 polls: 0,
                 last_check_ms: 0,
@@ -394,6 +398,11 @@ fn rings(
 }
 
 impl Inner {
+    /// Refreshes `now_ms` (the CPU's counter: cheap even in a guest).
+    fn tick(&mut self) {
+        self.now_ms = self.clock.to_ns(self.clock.now().saturating_sub(self.t0)) / 1_000_000;
+    }
+
     /// Queues a request behind any already waiting, then submits what fits.
     fn enqueue<D: PciDevice>(&mut self, p: Pending, q: &IoQueue<D>) {
         if self.broken {
@@ -765,6 +774,11 @@ impl<D: PciDevice> IoQueue<D> {
             return;
         };
         let mut inner = self.inner.borrow_mut();
+        if inner.free.len() == inner.slots.len() {
+            // The first command after the queue was idle: the clock, refreshed only by busy
+            // polls, may be an idle stretch old, and the command's deadline would start then.
+            inner.tick();
+        }
         if inner.broken || !inner.pending.is_empty() {
             inner.enqueue(P::pending(pos, view), self);
         } else if let Err((pos, view)) = inner.submit_rw(self, pos, view) {
@@ -800,8 +814,8 @@ impl<D: PciDevice> IoBackend for IoQueue<D> {
                 self.recover();
                 return Activity::Busy;
             }
-            if let Some(w) = inner.wakeup.as_mut() {
-                w.woke();
+            if inner.wakeup.as_mut().is_some_and(Wakeup::woke) {
+                inner.tick(); // after a sleep: polls did not count the time
             }
             inner.submit_pending(self);
             if inner.sq.commit(dev) {
@@ -837,7 +851,7 @@ impl<D: PciDevice> IoBackend for IoQueue<D> {
         if busy {
             inner.polls = inner.polls.wrapping_add(1);
             if inner.polls % CLOCK_POLLS == 0 {
-                inner.now_ms = inner.t0.elapsed().as_millis() as u64;
+                inner.tick();
             }
             if inner.now_ms >= inner.last_check_ms + 100 {
                 inner.last_check_ms = inner.now_ms;
@@ -883,7 +897,6 @@ impl<D: PciDevice> IoQueue<D> {
         reaped: u32,
         busy: bool,
     ) -> Activity {
-        let inner = &mut *inner;
         let Some(w) = inner.wakeup.as_mut() else { return Activity::Busy };
         let verdict = w.after_poll(reaped, busy);
         if verdict == Verdict::Spin && busy {
@@ -900,10 +913,19 @@ impl<D: PciDevice> IoQueue<D> {
             if inner.cq.commit(self.ctrl.device()) {
                 inner.stats.cq_doorbells += 1;
             }
-            w.sleeping();
+            if let Some(w) = inner.wakeup.as_mut() {
+                w.sleeping();
+            }
         }
-        if !inner.parked.as_ref().is_some_and(|p| p.will_wake(cx.waker())) {
-            inner.parked = Some(cx.waker().clone());
+        // A different waker replaces the parked one, which is woken (after the borrow) rather
+        // than dropped: its task may be waiting for exactly this queue's next send.
+        let replaced = match &inner.parked {
+            Some(p) if p.will_wake(cx.waker()) => None,
+            _ => inner.parked.replace(cx.waker().clone()),
+        };
+        drop(inner);
+        if let Some(old) = replaced {
+            old.wake();
         }
         if busy {
             Activity::Armed

@@ -213,3 +213,60 @@ fn a_completion_posted_while_the_queue_arms_is_not_slept_through() {
     assert!(t0.elapsed() < bound * 4, "20 reads took {:?}", t0.elapsed());
     assert!(model.violations().is_empty());
 }
+
+#[test]
+fn one_block_on_runs_a_sequence_of_reads_without_sleeping_out_the_bound() {
+    // Each read after the first is sent from inside block_on's last poll before a sleep: it
+    // must reach the device (the doorbell) before the thread sleeps, or every read waits out
+    // the 50 ms bound.
+    let (_model, q) = queue(timed(100), CompletionMode::Interrupt);
+    let t0 = Instant::now();
+    let n = block_on(&q, async {
+        let mut n = 0;
+        for i in 0..40u64 {
+            let (r, _) = q.read_at(i * 4096, vec![0u8; 4096]).await;
+            n += r.unwrap();
+        }
+        n
+    });
+    assert_eq!(n, 40 * 4096);
+    let bound = Duration::from_millis(mfio::SLEEP_BOUND_MS as u64);
+    assert!(t0.elapsed() < bound * 20, "40 reads took {:?}", t0.elapsed());
+    assert_eq!(q.stats().wakeup.unannounced, 0, "{:?}", q.stats().wakeup);
+}
+
+#[test]
+fn a_late_interrupt_does_not_keep_an_idle_queue_busy() {
+    let (model, q) = queue(timed(500), CompletionMode::Interrupt);
+    // The message of this read waits in the vector's pending bit, and is sent once the queue
+    // has reaped the read and gone idle: the eventfd is readable with nothing to do.
+    model.mask_vector(q.qid(), true);
+    let (r, _) = block_on(&q, q.read_at(0, vec![0u8; 512]));
+    assert_eq!(r, Ok(512));
+    assert_eq!(q.poll_backend(&mut Context::from_waker(Waker::noop())), Activity::Idle);
+    model.mask_vector(q.qid(), false);
+    let (tx, rx) = futures::channel::oneshot::channel::<()>();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        tx.send(()).unwrap();
+    });
+    let cpu0 = thread_cpu_ticks();
+    block_on(&q, rx).unwrap();
+    let cpu = thread_cpu_ticks() - cpu0;
+    t.join().unwrap();
+    assert!(cpu <= 6, "{cpu} ticks of CPU in 300 ms of idle waiting: it spun on the eventfd");
+}
+
+#[test]
+fn a_parked_waker_that_is_replaced_is_woken_not_dropped() {
+    let (_model, q) = queue(timed(100), CompletionMode::Interrupt);
+    let (a, b) =
+        (Arc::new(CountWakes(AtomicUsize::new(0))), Arc::new(CountWakes(AtomicUsize::new(0))));
+    let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+    assert_eq!(q.poll_backend(&mut Context::from_waker(&wa)), Activity::Idle);
+    assert_eq!(q.poll_backend(&mut Context::from_waker(&wa)), Activity::Idle);
+    assert_eq!(a.0.load(Ordering::SeqCst), 0, "the same waker stays parked");
+    assert_eq!(q.poll_backend(&mut Context::from_waker(&wb)), Activity::Idle);
+    assert_eq!(a.0.load(Ordering::SeqCst), 1, "the replaced waker's task is told");
+    assert_eq!(b.0.load(Ordering::SeqCst), 0);
+}

@@ -312,10 +312,12 @@ impl<D: PciDevice> BlkQueue<D> {
         w.map_or(mfio_pci::CompletionMode::Poll, Wakeup::mode)
     }
 
-    /// Wakes the waker a poll parked: work was sent.
+    /// Wakes the waker a poll parked: work was sent. Not from inside `poll_backend` (a sink
+    /// sending more while the queue's state is borrowed): that poll answers `Busy` for what is
+    /// now pending, and a waker may be caller code that looks at this queue.
     #[inline]
     fn unpark(&self) {
-        if self.has_parked.get() {
+        if self.has_parked.get() && self.st.try_borrow_mut().is_ok() {
             self.has_parked.set(false);
             if let Some(w) = self.parked.take() {
                 w.wake();
@@ -323,11 +325,23 @@ impl<D: PciDevice> BlkQueue<D> {
         }
     }
 
-    /// Keeps `cx`'s waker to wake when work is next sent (a poll answering `Idle` or `Armed`).
-    fn park(&self, cx: &Context<'_>) {
-        let w = self.parked.take().filter(|w| w.will_wake(cx.waker()));
-        self.parked.set(Some(w.unwrap_or_else(|| cx.waker().clone())));
+    /// Keeps `cx`'s waker to wake when work is next sent (a poll answering `Idle` or `Armed`);
+    /// returns the one it replaces, for the caller to wake once the state is no longer
+    /// borrowed (its task may be waiting for this queue's next send).
+    #[must_use]
+    fn park(&self, cx: &Context<'_>) -> Option<Waker> {
+        let old = self.parked.take();
         self.has_parked.set(true);
+        match old {
+            Some(w) if w.will_wake(cx.waker()) => {
+                self.parked.set(Some(w));
+                None
+            }
+            old => {
+                self.parked.set(Some(cx.waker().clone()));
+                old
+            }
+        }
     }
 
     /// The virtqueue's index.
@@ -875,6 +889,22 @@ impl<D: PciDevice> PacketIo<ToDevice, u64> for BlkQueue<D> {
 
 impl<D: PciDevice> IoBackend for BlkQueue<D> {
     fn poll_backend(&self, cx: &mut Context<'_>) -> Activity {
+        let mut replaced = None;
+        let activity = self.poll_state(cx, &mut replaced);
+        if let Some(w) = replaced {
+            w.wake(); // the state is no longer borrowed
+        }
+        activity
+    }
+
+    fn polling_handle(&self) -> Option<mfio::PollingHandle> {
+        self.handle.map(|fd| mfio::PollingHandle { fd })
+    }
+}
+
+impl<D: PciDevice> BlkQueue<D> {
+    /// The poll proper; a parked waker it replaced comes back in `replaced`.
+    fn poll_state(&self, cx: &mut Context<'_>, replaced: &mut Option<Waker>) -> Activity {
         let mut guard = self.st.borrow_mut();
         let Some(st) = guard.as_mut() else { return Activity::Idle };
         if self.is_broken() {
@@ -903,7 +933,7 @@ impl<D: PciDevice> IoBackend for BlkQueue<D> {
         }
         let busy = st.parts.vq.in_flight() > 0 || !self.pending.borrow().is_empty();
         if st.wakeup.is_some() {
-            return self.settle(st, cx, done as u32, busy);
+            return self.settle(st, cx, done as u32, busy, replaced);
         }
         if busy {
             Activity::Busy
@@ -912,17 +942,18 @@ impl<D: PciDevice> IoBackend for BlkQueue<D> {
         }
     }
 
-    fn polling_handle(&self) -> Option<mfio::PollingHandle> {
-        self.handle.map(|fd| mfio::PollingHandle { fd })
-    }
-}
-
-impl<D: PciDevice> BlkQueue<D> {
     /// The end of an interrupt-driven queue's poll: spin on, or turn used buffer
     /// notifications on, look at the used ring once more and answer `Armed` (see
     /// `mfio_pci::wakeup` for the order that keeps a completion from being slept through).
     #[inline(never)]
-    fn settle(&self, st: &mut State, cx: &Context<'_>, done: u32, busy: bool) -> Activity {
+    fn settle(
+        &self,
+        st: &mut State,
+        cx: &Context<'_>,
+        done: u32,
+        busy: bool,
+        replaced: &mut Option<Waker>,
+    ) -> Activity {
         let Some(w) = st.wakeup.as_mut() else { return Activity::Busy };
         let verdict = w.after_poll(done, busy);
         if verdict == Verdict::Spin && busy {
@@ -938,7 +969,7 @@ impl<D: PciDevice> BlkQueue<D> {
             }
             w.sleeping();
         }
-        self.park(cx);
+        *replaced = self.park(cx);
         if busy {
             Activity::Armed
         } else {

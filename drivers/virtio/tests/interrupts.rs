@@ -165,3 +165,48 @@ fn too_few_vectors_or_none_are_typed_errors() {
     let q = dev.queue(0).expect("the queue went back to its slot");
     roundtrip(&q, 0, 5);
 }
+
+#[test]
+fn a_parked_waker_that_is_replaced_is_woken_and_sends_wake_the_parked_one() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let (_m, dev) =
+        device(RingLayout::Packed, 0, Duration::from_millis(1), CompletionMode::Interrupt);
+    let q = dev.queue(0).unwrap();
+    let (a, b) = (Arc::new(Count(AtomicUsize::new(0))), Arc::new(Count(AtomicUsize::new(0))));
+    let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+    assert_eq!(q.poll_backend(&mut Context::from_waker(&wa)), mfio::Activity::Idle);
+    assert_eq!(q.poll_backend(&mut Context::from_waker(&wb)), mfio::Activity::Idle);
+    assert_eq!(a.0.load(Ordering::SeqCst), 1, "the replaced waker's task is told");
+    let mut fut = std::pin::pin!(q.read_at(0, vec![0u8; 512]));
+    assert!(std::future::Future::poll(fut.as_mut(), &mut Context::from_waker(Waker::noop()))
+        .is_pending());
+    assert_eq!(b.0.load(Ordering::SeqCst), 1, "sending woke the parked driver");
+    let (r, _) = block_on(&q, fut);
+    assert_eq!(r, Ok(512));
+}
+
+#[test]
+fn one_block_on_runs_a_sequence_of_reads_without_sleeping_out_the_bound() {
+    for (ring, refuse) in variants() {
+        let (_m, dev) = device(ring, refuse, Duration::from_micros(200), CompletionMode::Interrupt);
+        let q = dev.queue(0).unwrap();
+        let t0 = Instant::now();
+        let n = block_on(&q, async {
+            let mut n = 0;
+            for i in 0..30u64 {
+                n += q.read_at(i * 4096, vec![0u8; 4096]).await.0.unwrap();
+            }
+            n
+        });
+        assert_eq!(n, 30 * 4096);
+        assert!(t0.elapsed() < Duration::from_millis(750), "{ring:?}: took {:?}", t0.elapsed());
+    }
+}

@@ -253,9 +253,9 @@ impl State {
             return Err(specific(specific::INVALID_QID));
         }
         let (ien, iv) = (cmd.cdw11 & 2 != 0, cmd.cdw11 >> 16);
-        // Vectors beyond the MSI-X table (or any but 0 without MSI-X, where vector 0 is the pin
-        // interrupt, which the model never raises) do not exist.
-        if ien && iv != 0 && iv >= self.irq.supported() {
+        // Vectors beyond the MSI-X table do not exist, and while MSI-X is off only vector 0
+        // (the pin interrupt, which the model never raises) does, as QEMU has it.
+        if ien && iv != 0 && (iv >= self.irq.supported() || self.irq.enabled() == 0) {
             return Err(specific(INVALID_INTERRUPT_VECTOR));
         }
         let vector = ien.then_some(iv as u16);
