@@ -1,8 +1,9 @@
 #!/bin/bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
 #   formatting, clippy, the no_std build of the framework, every crate's tests, the soundness
-#   tests (the framework's, dma's, the NVMe driver's) under valgrind, the benchmarks' quick run, and the guest tests (scripts/vm-tests.sh:
-#   QEMU's NVMe and virtio-blk through VFIO, IOMMU and no-IOMMU).
+#   tests (the framework's, dma's, both drivers', and the interrupt and runtime tests) under
+#   valgrind, the benchmarks' quick run, and the guest tests (scripts/vm-tests.sh: QEMU's NVMe
+#   and virtio-blk through VFIO, IOMMU and no-IOMMU).
 # Installs what it needs (apt packages, the guest kernel) on a fresh Debian 12 machine.
 # Every stage runs even if an earlier one failed; the summary says which failed. Exit 1 if any.
 #
@@ -53,14 +54,20 @@ valgrind_soundness() {
   # dma's (atomic access from threads, an unmap racing a device's access), and the drivers'
   # soundness tests (a sink panicking inside the NVMe and virtio-blk completion loops, a reset
   # of a controller that will not stop). Any invalid access fails the stage.
+  # Then the waits (eventfds, the kick waker across threads, parked wakers, the lost wake-up
+  # window): both drivers' interrupt tests, the wakeup state machine, the tokio and smol
+  # drivers (their CPU bounds are checked natively only: MFIO_VALGRIND).
   local bins
   bins="$(test_bins -p mfio) $(test_bins -p mfio-dma --lib) $(test_bins -p mfio-nvme --test soundness)"
   bins="$bins $(test_bins -p mfio-virtio --test soundness)"
-  [ "$(echo $bins | wc -w)" -ge 4 ] || { echo "test binaries not found: $bins"; return 1; }
+  bins="$bins $(test_bins -p mfio-nvme --test interrupts) $(test_bins -p mfio-virtio --test interrupts)"
+  bins="$bins $(test_bins -p mfio-pci --lib) $(test_bins -p mfio-rt --test tokio --test smol)"
+  [ "$(echo $bins | wc -w)" -ge 9 ] || { echo "test binaries not found: $bins"; return 1; }
   local b rc=0
   for b in $bins; do
     echo "valgrind: $(basename "$b")"
-    PROPTEST_CASES=32 valgrind -q --error-exitcode=99 --leak-check=no "$b" --test-threads=2 -q || rc=1
+    MFIO_VALGRIND=1 PROPTEST_CASES=32 valgrind -q --error-exitcode=99 --leak-check=no "$b" \
+      --test-threads=2 -q || rc=1
   done
   return $rc
 }

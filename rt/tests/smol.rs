@@ -7,6 +7,16 @@ use mfio_nvme::{CompletionMode, Controller, ControllerOptions};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// CPU bounds hold natively; under valgrind (the CI stage sets MFIO_VALGRIND) its own work on
+/// every wake dwarfs them, so there the tests check behaviour only.
+fn cpu_bound(ticks: u64) -> u64 {
+    if std::env::var_os("MFIO_VALGRIND").is_some() {
+        u64::MAX
+    } else {
+        ticks
+    }
+}
+
 fn thread_cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
@@ -51,7 +61,7 @@ fn tasks_on_a_local_executor_share_an_interrupt_driven_queue() {
     assert_eq!(s.completed, 64);
     assert!(s.wakeup.armed > 0 && s.wakeup.interrupts > 0, "{s:?}");
     assert!(wall >= Duration::from_millis(70), "{wall:?}");
-    assert!(cpu <= 5, "{cpu} ticks of CPU over {wall:?}");
+    assert!(cpu <= cpu_bound(5), "{cpu} ticks of CPU over {wall:?}");
     let (r, _) = mfio_rt::smol::block_on(&*q, q.read_at(0, vec![0u8; 512]));
     assert_eq!(r, Ok(512));
 }

@@ -18,6 +18,16 @@ fn queue(latency_us: u64, mode: CompletionMode) -> (NvmeModel, IoQueue<NvmeModel
 }
 
 /// CPU time of this thread so far, in clock ticks (user + system, from /proc).
+/// CPU bounds hold natively; under valgrind (the CI stage sets MFIO_VALGRIND) its own work on
+/// every wake dwarfs them, so there the tests check behaviour only.
+fn cpu_bound(ticks: u64) -> u64 {
+    if std::env::var_os("MFIO_VALGRIND").is_some() {
+        u64::MAX
+    } else {
+        ticks
+    }
+}
+
 fn thread_cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
@@ -77,7 +87,7 @@ fn many_tasks_share_an_interrupt_driven_queue_and_the_thread_sleeps() {
         assert!(s.wakeup.armed > 0 && s.wakeup.interrupts > 0, "{mode}: {s:?}");
         assert_eq!(s.wakeup.unannounced, 0, "{mode}: {s:?}");
         assert!(wall >= Duration::from_millis(90), "{wall:?}");
-        assert!(cpu <= 6, "{mode}: {cpu} ticks of CPU over {wall:?}");
+        assert!(cpu <= cpu_bound(6), "{mode}: {cpu} ticks of CPU over {wall:?}");
     }
 }
 
@@ -94,7 +104,7 @@ fn an_idle_driver_sleeps_until_work_is_sent() {
         // Nothing sent for 300 ms: the driver is parked, the thread sleeps in the reactor.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let idle = thread_cpu_ticks() - cpu0;
-        assert!(idle <= 3, "{idle} ticks of CPU while idle");
+        assert!(idle <= cpu_bound(3), "{idle} ticks of CPU while idle");
         // Then a read: the queue wakes its parked driver.
         let (r, buf) = q.read_at(7 * 512, vec![0u8; 512]).await;
         assert_eq!(r, Ok(512));

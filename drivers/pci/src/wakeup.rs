@@ -270,6 +270,14 @@ impl Wakeup {
         if self.clock.now().saturating_sub(self.slept_at) < self.clock.ticks_in(UNANNOUNCED_AFTER) {
             return;
         }
+        // Its message may have landed after the read at the start of this poll (the device
+        // posted while the queue woke from a bound): look again. Draining here loses nothing:
+        // this poll reaped, so it answers `Busy` and the caller polls again.
+        if self.drain() {
+            self.stats.interrupts += 1;
+            self.unannounced_run = 0;
+            return;
+        }
         // A completion no interrupt announced; too many in a row and the queue polls for good.
         self.stats.unannounced += 1;
         self.unannounced_run += 1;
