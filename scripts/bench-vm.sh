@@ -13,7 +13,8 @@
 #                        for a quicker look
 #   --contenders LIST    comma-separated (default all): mfio (polled queues), mfio-adaptive,
 #                        mfio-interrupt (nvme-cat bench --completion; each also measures the
-#                        CPU of holding a queue 5 s with nothing issued), fio-io_uring,
+#                        CPU of holding a queue 5 s with nothing issued), mfio-tokio (nvme-cat
+#                        bench --tokio: a tokio task per I/O in flight, adaptive), fio-io_uring,
 #                        fio-io_uring-poll, fio-libaio, qemu-nvme
 #   --workloads LIST     comma-separated (default rand4k-qd1,rand4k-qd32,rand4k-qd128,
 #                        seq128k-qd8,seq4k-qd1,seq4k-qd32); also seq4k-qd128. seq4k-* run on
@@ -42,7 +43,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 
 BOOTS=3 TIME=4 MODE=iommu BUILD=1 BOOT_TIMEOUT="" DIAG=0 REPORT="" APPEND=""
-CONTENDERS=mfio,mfio-adaptive,mfio-interrupt,fio-io_uring,fio-io_uring-poll,fio-libaio,qemu-nvme
+CONTENDERS=mfio,mfio-adaptive,mfio-interrupt,mfio-tokio,fio-io_uring,fio-io_uring-poll,fio-libaio,qemu-nvme
 WORKLOADS=rand4k-qd1,rand4k-qd32,rand4k-qd128,seq128k-qd8,seq4k-qd1,seq4k-qd32
 OUT=/tmp/mfio-bench-vm.$(date +%Y%m%d-%H%M%S)
 

@@ -6,7 +6,8 @@
 #   bench-guest.sh --time SECONDS --contenders LIST --workloads LIST --boot N
 #
 # Contenders (comma-separated): mfio (polled queues), mfio-adaptive, mfio-interrupt (nvme-cat
-# bench --completion), fio-io_uring, fio-io_uring-poll, fio-libaio, qemu-nvme.
+# bench --completion), mfio-tokio (nvme-cat bench --tokio: a tokio task per I/O in flight,
+# adaptive), fio-io_uring, fio-io_uring-poll, fio-libaio, qemu-nvme.
 # Workloads (comma-separated): rand4k-qd1, rand4k-qd32, rand4k-qd128, seq128k-qd8 (every
 # contender), seq4k-qd1, seq4k-qd32, seq4k-qd128 (NVMe only: ours against QEMU's driver, which
 # reads sequentially only).
@@ -81,15 +82,19 @@ why() { tail -n 1 "$1.err" 2>/dev/null | tr '\t\r' '  ' | cut -c1-80; }
 . "$(dirname "$0")/bench-lib.sh"
 
 # ---- contenders ------------------------------------------------------------------------------
-# The completion mode of an mfio contender: mfio polls, mfio-adaptive, mfio-interrupt.
-mfio_mode() { case "$1" in mfio) echo poll ;; *) echo "${1#mfio-}" ;; esac; }
+# The completion mode of an mfio contender: mfio polls, mfio-adaptive, mfio-interrupt;
+# mfio-tokio is the load as a tokio program issues it (a task per I/O in flight, mfio-rt's
+# driver), on an adaptive queue.
+mfio_mode() { case "$1" in mfio) echo poll ;; mfio-tokio) echo adaptive ;; *) echo "${1#mfio-}" ;; esac; }
+mfio_extra() { [ "$1" = mfio-tokio ] && echo --tokio; }
 
 # mfio CONTENDER DEVICE ADDR WL RW BS QD: nvme-cat bench on the VFIO-bound function (DMA
 # buffers), in the contender's completion mode.
 run_mfio() {
   local c=$1 dev=$2 addr=$3 wl=$4 rw=$5 bs=$6 qd=$7 f="$OUT/$2.$4.$1.json" rc
+  # shellcheck disable=SC2046 # no flag, or one
   run_limited "$RUN_TIMEOUT" "$f" "$NVME_CAT" bench "$addr" --rw "$rw" --bs "$bs" --qd "$qd" --queues 1 \
-    --time "$TIME" --completion "$(mfio_mode "$c")" -o json
+    --time "$TIME" --completion "$(mfio_mode "$c")" $(mfio_extra "$c") -o json
   rc=$?
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then record "$dev" "$wl" "$c" hang - - -; return; fi
   if [ "$rc" != 0 ] || ! jq -e '.errors == 0' "$f" >/dev/null 2>&1; then
@@ -223,7 +228,7 @@ bench_device() {
       done
     fi
   fi
-  if want mfio || want mfio-adaptive || want mfio-interrupt || { [ "$dev" = nvme ] && want qemu-nvme; }; then
+  if want mfio || want mfio-adaptive || want mfio-interrupt || want mfio-tokio || { [ "$dev" = nvme ] && want qemu-nvme; }; then
     if bind "$addr" vfio-pci; then
       for c in mfio mfio-adaptive mfio-interrupt; do
         want "$c" && [ "${MFIO_BENCH_IDLE:-1}" = 1 ] && run_idle "$c" "$dev" "$addr"
@@ -232,7 +237,7 @@ bench_device() {
         IFS=: read -r wl rw bs qd <<<"$w"
         [[ "$wl" == seq4k-* ]] && [ "$dev" != nvme ] && continue
         # The modes side by side, in turn for each workload.
-        for c in mfio mfio-adaptive mfio-interrupt; do
+        for c in mfio mfio-adaptive mfio-interrupt mfio-tokio; do
           want "$c" && run_mfio "$c" "$dev" "$addr" "$wl" "$rw" "$bs" "$qd"
         done
         # QEMU's driver reads sequentially only: no random workloads for it.

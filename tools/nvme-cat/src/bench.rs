@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// 50 us after the last completion, then sleep on the interrupt) or adaptive:<us>.
     #[arg(long, default_value = "poll", value_parser = parse_completion)]
     completion: CompletionMode,
+    /// Issue the load as a tokio program: per queue a current-thread runtime with `--qd` tasks,
+    /// each with one I/O in flight, the queue driven by mfio-rt (use with `--completion`).
+    #[arg(long)]
+    tokio: bool,
     /// Issue nothing: hold the queues and drive them (as an engine waiting for work does) for
     /// this many seconds, and report the CPU that took.
     #[arg(long, value_name = "SECONDS")]
@@ -313,7 +317,7 @@ fn run_queues<Q>(
     block: usize,
 ) -> Result<LoadResult, String>
 where
-    Q: ReadAt + WriteAt + BlockDevice + Waits + Send,
+    Q: ReadAt + WriteAt + BlockDevice + mfio::IoBackend + Waits + Send + 'static,
 {
     let results: Vec<Result<LoadResult, String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = queues
@@ -327,6 +331,15 @@ where
                         Window::new(buf, 0, block).expect("window inside its buffer")
                     };
                     let heap = || vec![0u8; block];
+                    if a.tokio {
+                        let q = std::rc::Rc::new(q);
+                        let r = match a.bounce {
+                            false => crate::tokio_load::run(&q, &s, is_write(a), dma),
+                            true => crate::tokio_load::run(&q, &s, is_write(a), heap),
+                        };
+                        add_waits(q.wakeup());
+                        return Ok(r);
+                    }
                     let r = match (is_write(a), a.bounce) {
                         (false, false) => load::run::<_, FromDevice, _>(&q, &s, dma),
                         (true, false) => load::run::<_, ToDevice, _>(&q, &s, dma),

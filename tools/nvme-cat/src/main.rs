@@ -12,6 +12,7 @@ mod logs;
 mod output;
 mod rw;
 mod target;
+mod tokio_load;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
