@@ -63,16 +63,17 @@ fn thread_cpu_ticks() -> u64 {
 fn interrupt_driven_queues_sleep_until_their_vector_fires() {
     for (ring, refuse) in variants() {
         let what = format!("{ring:?}, refused {refuse:#x}");
-        let (m, dev) = device(ring, refuse, Duration::from_micros(300), CompletionMode::Interrupt);
+        // 2 ms between the device's passes: the queue arms first, even under valgrind.
+        let (m, dev) = device(ring, refuse, Duration::from_millis(2), CompletionMode::Interrupt);
         let q = dev.queue(0).unwrap();
         assert!(q.polling_handle().is_some(), "{what}");
         for i in 0..30 {
             roundtrip(&q, i * 8, i as u8);
         }
         let s = q.stats().wakeup;
-        assert!(s.armed >= 50 && s.interrupts >= 50, "{what}: most I/O slept: {s:?}");
+        assert!(s.armed >= 45 && s.interrupts >= 45, "{what}: most I/O slept: {s:?}");
         assert_eq!(s.unannounced, 0, "{what}: a completion came without its interrupt: {s:?}");
-        assert!(m.interrupts_raised(0) >= 50, "{what}: vector 0 is queue 0's");
+        assert!(m.interrupts_raised(0) >= 45, "{what}: vector 0 is queue 0's");
         assert_eq!(m.interrupts_raised(1), 0, "{what}: queue 1 did nothing");
         assert!(m.violations().is_empty(), "{what}: {:?}", m.violations());
     }
