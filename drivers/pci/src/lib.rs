@@ -27,7 +27,10 @@ pub use error::PciError;
 pub use model_irq::{dup_eventfd, ModelInterrupts};
 pub use sysfs::{PciFunction, Sysfs, CLASS_NVME, DEVICE_VIRTIO_BLK, VENDOR_VIRTIO, VFIO_PCI};
 pub use vfio::{IommuMode, VfioPci};
-pub use wakeup::{CompletionMode, Verdict, Wakeup, WakeupStats, DEFAULT_SPIN, UNANNOUNCED_LIMIT};
+pub use wakeup::{
+    CompletionMode, Verdict, Wakeup, WakeupStats, ADAPTIVE_MAX_WINDOW, DEFAULT_SPIN,
+    UNANNOUNCED_AFTER, UNANNOUNCED_LIMIT,
+};
 
 /// The eventfd type MSI-X vectors are delivered on, and its error type, re-exported so users
 /// need no `nix` of their own.

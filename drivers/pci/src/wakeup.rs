@@ -33,10 +33,13 @@ pub enum CompletionMode {
     Poll,
     /// Sleep on the queue's interrupt whenever a poll finds nothing.
     Interrupt,
-    /// Poll while completions keep coming; once none has come for `spin`, arm the interrupt
-    /// and sleep.
+    /// Poll while completions keep coming at their usual pace; once none has come for the
+    /// window (`spin`, or four times the recent average gap between completions when that is
+    /// longer, up to [`ADAPTIVE_MAX_WINDOW`]), arm the interrupt and sleep. A queue under load
+    /// so never sleeps between two completions, and one whose device stalls, or whose I/O is
+    /// slow, sleeps.
     Adaptive {
-        /// How long to keep polling after the last completion.
+        /// The shortest window after the last completion.
         spin: Duration,
     },
 }
@@ -88,6 +91,9 @@ impl std::str::FromStr for CompletionMode {
 
 /// The default spin window of [`CompletionMode::ADAPTIVE`].
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+/// The longest an adaptive queue's window grows to with the gaps between its completions.
+pub const ADAPTIVE_MAX_WINDOW: Duration = Duration::from_millis(1);
 
 /// Unannounced completions in a row after which a queue stops trusting its interrupt.
 pub const UNANNOUNCED_LIMIT: u32 = 3;
@@ -145,6 +151,11 @@ pub struct Wakeup {
     /// spinning a window that is measured from the last completion, not from the wake).
     spin_ticks: Ticks,
     spun: bool,
+    /// Adaptive: when the last completion was seen, and the moving average of the gaps between
+    /// completions (weight 1/8), in ticks; the window is at least four times that.
+    last_done: Ticks,
+    gap_avg: Ticks,
+    max_window: Ticks,
     clock: &'static CycleClock,
     stats: WakeupStats,
     /// For the log line.
@@ -162,6 +173,9 @@ impl Wakeup {
         Self {
             spin_ticks,
             spun: false,
+            last_done: 0,
+            gap_avg: 0,
+            max_window: clock.ticks_in(ADAPTIVE_MAX_WINDOW).max(spin_ticks),
             clock,
             mode,
             fd,
@@ -257,6 +271,15 @@ impl Wakeup {
         self.empty_polls = 0;
         self.spin_start = None;
         self.spun = false;
+        if matches!(self.mode, CompletionMode::Adaptive { .. }) {
+            let now = self.clock.now();
+            // Gaps after a sleep are the device's stalls, not its pace: left out.
+            if self.last_done != 0 && !self.after_sleep {
+                let gap = now.saturating_sub(self.last_done).min(self.max_window);
+                self.gap_avg = self.gap_avg - self.gap_avg / 8 + gap / 8;
+            }
+            self.last_done = now;
+        }
         if !self.after_sleep {
             return;
         }
@@ -307,12 +330,17 @@ impl Wakeup {
                 self.spin_start = Some(now);
                 Verdict::Spin
             }
-            Some(t) if now.saturating_sub(t) >= self.spin_ticks => {
+            Some(t) if now.saturating_sub(t) >= self.window() => {
                 self.spun = true;
                 Verdict::Arm
             }
             Some(_) => Verdict::Spin,
         }
+    }
+
+    /// Adaptive: how long to spin after the last completion.
+    fn window(&self) -> Ticks {
+        self.spin_ticks.max(self.gap_avg.saturating_mul(4)).min(self.max_window)
     }
 
     /// Step 3: the queue armed, looked at its ring and found nothing; it answers `Armed`.
@@ -375,6 +403,21 @@ mod tests {
         // A completion restarts the window.
         assert_eq!(w.after_poll(1, true), Verdict::Spin);
         assert_eq!(w.after_poll(0, true), Verdict::Spin);
+    }
+
+    #[test]
+    fn an_adaptive_window_grows_with_the_pace_of_completions() {
+        let (mut w, _d) = wakeup(CompletionMode::ADAPTIVE);
+        // Completions 2 ms apart (an emulated device, a deep queue served in batches): the
+        // window becomes the cap, 1 ms, not the 50 us floor.
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_millis(2));
+            assert_eq!(w.after_poll(1, true), Verdict::Spin);
+        }
+        let t0 = Instant::now();
+        while w.after_poll(0, true) == Verdict::Spin {}
+        let elapsed = t0.elapsed();
+        assert!(elapsed >= ADAPTIVE_MAX_WINDOW * 3 / 5, "armed after {elapsed:?}");
     }
 
     #[test]
