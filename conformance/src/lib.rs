@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod cases;
+pub mod cpu;
 pub mod load;
 mod rng;
 

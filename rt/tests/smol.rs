@@ -7,23 +7,6 @@ use mfio_nvme::{CompletionMode, Controller, ControllerOptions};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// CPU bounds hold natively; under valgrind (the CI stage sets MFIO_VALGRIND) its own work on
-/// every wake dwarfs them, so there the tests check behaviour only.
-fn cpu_bound(ticks: u64) -> u64 {
-    if std::env::var_os("MFIO_VALGRIND").is_some() {
-        u64::MAX
-    } else {
-        ticks
-    }
-}
-
-fn thread_cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 #[test]
 fn tasks_on_a_local_executor_share_an_interrupt_driven_queue() {
     let model = NvmeModel::new(ModelConfig {
@@ -36,7 +19,7 @@ fn tasks_on_a_local_executor_share_an_interrupt_driven_queue() {
     let ctrl = Controller::new(model, ControllerOptions::default()).unwrap();
     let q = Rc::new(ctrl.io_queue_with(1, CompletionMode::Interrupt).unwrap());
     let ex = smol::LocalExecutor::new();
-    let (cpu0, t0) = (thread_cpu_ticks(), Instant::now());
+    let (cpu0, t0) = (mfio_conformance::cpu::thread_ticks(), Instant::now());
     smol::block_on(ex.run(async {
         ex.spawn(mfio_rt::smol::drive(q.clone())).detach();
         let tasks: Vec<_> = (0..16u64)
@@ -56,12 +39,12 @@ fn tasks_on_a_local_executor_share_an_interrupt_driven_queue() {
             t.await;
         }
     }));
-    let (cpu, wall) = (thread_cpu_ticks() - cpu0, t0.elapsed());
+    let (cpu, wall) = (mfio_conformance::cpu::thread_ticks() - cpu0, t0.elapsed());
     let s = q.stats();
     assert_eq!(s.completed, 64);
     assert!(s.wakeup.armed > 0 && s.wakeup.interrupts > 0, "{s:?}");
     assert!(wall >= Duration::from_millis(70), "{wall:?}");
-    assert!(cpu <= cpu_bound(5), "{cpu} ticks of CPU over {wall:?}");
+    assert!(cpu <= mfio_conformance::cpu::bound(5), "{cpu} ticks of CPU over {wall:?}");
     let (r, _) = mfio_rt::smol::block_on(&*q, q.read_at(0, vec![0u8; 512]));
     assert_eq!(r, Ok(512));
 }

@@ -17,24 +17,6 @@ fn queue(latency_us: u64, mode: CompletionMode) -> (NvmeModel, IoQueue<NvmeModel
     (model, q)
 }
 
-/// CPU time of this thread so far, in clock ticks (user + system, from /proc).
-/// CPU bounds hold natively; under valgrind (the CI stage sets MFIO_VALGRIND) its own work on
-/// every wake dwarfs them, so there the tests check behaviour only.
-fn cpu_bound(ticks: u64) -> u64 {
-    if std::env::var_os("MFIO_VALGRIND").is_some() {
-        u64::MAX
-    } else {
-        ticks
-    }
-}
-
-fn thread_cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -75,19 +57,19 @@ fn many_tasks_share_an_interrupt_driven_queue_and_the_thread_sleeps() {
         let q = Rc::new(q);
         let rt = runtime();
         let local = tokio::task::LocalSet::new();
-        let (cpu0, t0) = (thread_cpu_ticks(), Instant::now());
+        let (cpu0, t0) = (mfio_conformance::cpu::thread_ticks(), Instant::now());
         local.block_on(&rt, async {
             tokio::task::spawn_local(mfio_rt::tokio::drive(q.clone()));
             readers(q.clone(), 5).await;
         });
-        let (cpu, wall) = (thread_cpu_ticks() - cpu0, t0.elapsed());
+        let (cpu, wall) = (mfio_conformance::cpu::thread_ticks() - cpu0, t0.elapsed());
         let s = q.stats();
         assert_eq!(s.completed, 160);
         assert!(s.max_pending == 0, "32 in flight fit the queue: {s:?}");
         assert!(s.wakeup.armed > 0 && s.wakeup.interrupts > 0, "{mode}: {s:?}");
         assert_eq!(s.wakeup.unannounced, 0, "{mode}: {s:?}");
         assert!(wall >= Duration::from_millis(90), "{wall:?}");
-        assert!(cpu <= cpu_bound(6), "{mode}: {cpu} ticks of CPU over {wall:?}");
+        assert!(cpu <= mfio_conformance::cpu::bound(6), "{mode}: {cpu} ticks of CPU over {wall:?}");
     }
 }
 
@@ -100,11 +82,11 @@ fn an_idle_driver_sleeps_until_work_is_sent() {
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         tokio::task::spawn_local(mfio_rt::tokio::drive(q.clone()));
-        let cpu0 = thread_cpu_ticks();
+        let cpu0 = mfio_conformance::cpu::thread_ticks();
         // Nothing sent for 300 ms: the driver is parked, the thread sleeps in the reactor.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let idle = thread_cpu_ticks() - cpu0;
-        assert!(idle <= cpu_bound(3), "{idle} ticks of CPU while idle");
+        let idle = mfio_conformance::cpu::thread_ticks() - cpu0;
+        assert!(idle <= mfio_conformance::cpu::bound(3), "{idle} ticks of CPU while idle");
         // Then a read: the queue wakes its parked driver.
         let (r, buf) = q.read_at(7 * 512, vec![0u8; 512]).await;
         assert_eq!(r, Ok(512));

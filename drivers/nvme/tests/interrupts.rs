@@ -23,15 +23,6 @@ fn queue(cfg: ModelConfig, mode: CompletionMode) -> (NvmeModel, IoQueue<NvmeMode
     (model, q)
 }
 
-/// CPU time of this thread so far, in clock ticks (user + system, from /proc).
-fn thread_cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 fn roundtrip(q: &IoQueue<NvmeModel>, lba: u64, fill: u8) {
     let (r, _) = block_on(q, q.write_at(lba * 512, vec![fill; 4096]));
     assert_eq!(r, Ok(4096));
@@ -63,9 +54,9 @@ fn an_interrupt_driven_queue_sleeps_until_its_msix_vector_fires() {
 fn a_sleeping_wait_costs_no_cpu() {
     // A read that takes 400 ms: polled, the thread would burn all of it.
     let (_model, q) = queue(timed(400_000), CompletionMode::Interrupt);
-    let (cpu0, t0) = (thread_cpu_ticks(), Instant::now());
+    let (cpu0, t0) = (mfio_conformance::cpu::thread_ticks(), Instant::now());
     let (r, _) = block_on(&q, q.read_at(0, vec![0u8; 4096]));
-    let (cpu, wall) = (thread_cpu_ticks() - cpu0, t0.elapsed());
+    let (cpu, wall) = (mfio_conformance::cpu::thread_ticks() - cpu0, t0.elapsed());
     assert_eq!(r, Ok(4096));
     assert!(wall >= Duration::from_millis(390), "the read took its time: {wall:?}");
     // Clock ticks are 10 ms: 40 of them would be a spinning thread.
@@ -253,9 +244,9 @@ fn a_late_interrupt_does_not_keep_an_idle_queue_busy() {
         std::thread::sleep(Duration::from_millis(300));
         tx.send(()).unwrap();
     });
-    let cpu0 = thread_cpu_ticks();
+    let cpu0 = mfio_conformance::cpu::thread_ticks();
     block_on(&q, rx).unwrap();
-    let cpu = thread_cpu_ticks() - cpu0;
+    let cpu = mfio_conformance::cpu::thread_ticks() - cpu0;
     t.join().unwrap();
     assert!(cpu <= 6, "{cpu} ticks of CPU in 300 ms of idle waiting: it spun on the eventfd");
 }

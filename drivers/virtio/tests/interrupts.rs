@@ -51,14 +51,6 @@ fn roundtrip(q: &BlkQueue<VirtioBlkModel>, sector: u64, fill: u8) {
     assert!(buf.iter().all(|&b| b == fill), "read back what was written at sector {sector}");
 }
 
-/// CPU time of this thread so far, in clock ticks (user + system, from /proc).
-fn thread_cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 #[test]
 fn interrupt_driven_queues_sleep_until_their_vector_fires() {
     for (ring, refuse) in variants() {
@@ -99,9 +91,9 @@ fn a_sleeping_wait_costs_no_cpu() {
     let q = dev.queue(0).unwrap();
     // Let the releases line up so the read waits most of a period.
     std::thread::sleep(Duration::from_millis(5));
-    let (cpu0, t0) = (thread_cpu_ticks(), Instant::now());
+    let (cpu0, t0) = (mfio_conformance::cpu::thread_ticks(), Instant::now());
     let (r, _) = block_on(&q, q.read_at(0, vec![0u8; 4096]));
-    let (cpu, wall) = (thread_cpu_ticks() - cpu0, t0.elapsed());
+    let (cpu, wall) = (mfio_conformance::cpu::thread_ticks() - cpu0, t0.elapsed());
     assert_eq!(r, Ok(4096));
     assert!(wall >= Duration::from_millis(100), "the read waited: {wall:?}");
     assert!(cpu <= 5, "{cpu} ticks of CPU over {wall:?} of waiting");

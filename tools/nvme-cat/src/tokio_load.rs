@@ -4,7 +4,7 @@
 //! load generator on the same queue, it shows what the runtime costs.
 
 use mfio::{BlockDevice, IoBackend, IoBuf, IoBufMut, ReadAt, WriteAt};
-use mfio_conformance::load::{Histogram, LoadResult, LoadSpec, Pattern};
+use mfio_conformance::load::{LoadResult, LoadSpec, Pattern};
 use mfio_conformance::Rng;
 use mfio_dma::clock::CycleClock;
 use std::cell::RefCell;
@@ -26,17 +26,7 @@ where
     let clock = CycleClock::get();
     let deadline = spec.duration.map(|d| clock.now() + clock.ticks_in(d));
     let limit = spec.ios.unwrap_or(u64::MAX);
-    let shared = Rc::new(RefCell::new((
-        LoadResult {
-            ios: 0,
-            errors: 0,
-            first_error: None,
-            bytes: 0,
-            elapsed: Default::default(),
-            latency: Histogram::default(),
-        },
-        0u64, // issued
-    )));
+    let shared = Rc::new(RefCell::new((LoadResult::merge(&[]), 0u64 /* issued */)));
     let t0 = std::time::Instant::now();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
@@ -88,17 +78,7 @@ where
             let _ = t.await;
         }
     });
-    let mut r = std::mem::replace(
-        &mut shared.borrow_mut().0,
-        LoadResult {
-            ios: 0,
-            errors: 0,
-            first_error: None,
-            bytes: 0,
-            elapsed: Default::default(),
-            latency: Histogram::default(),
-        },
-    );
+    let mut r = std::mem::replace(&mut shared.borrow_mut().0, LoadResult::merge(&[]));
     r.elapsed = t0.elapsed();
     r
 }
