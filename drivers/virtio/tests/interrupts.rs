@@ -203,3 +203,34 @@ fn one_block_on_runs_a_sequence_of_reads_without_sleeping_out_the_bound() {
         assert!(t0.elapsed() < Duration::from_millis(750), "{ring:?}: took {:?}", t0.elapsed());
     }
 }
+
+#[test]
+fn a_parked_waker_that_panics_leaves_the_queue_consistent() {
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+    struct PanicOnWake;
+    impl Wake for PanicOnWake {
+        fn wake(self: Arc<Self>) {
+            panic!("a parked waker that panics");
+        }
+    }
+    for (ring, refuse) in variants() {
+        let (_m, dev) = device(ring, refuse, Duration::from_micros(200), CompletionMode::Interrupt);
+        let q = dev.queue(0).unwrap();
+        let bad = Waker::from(Arc::new(PanicOnWake));
+        assert_eq!(q.poll_backend(&mut Context::from_waker(&bad)), mfio::Activity::Idle);
+        let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut fut = std::pin::pin!(q.read_at(0, vec![0u8; 512]));
+            let _ =
+                std::future::Future::poll(fut.as_mut(), &mut Context::from_waker(Waker::noop()));
+        }));
+        assert!(sent.is_err(), "{ring:?}: the send woke the panicking waker");
+        assert_eq!(q.in_flight(), 0, "{ring:?}: the dropped read waited for its request");
+        assert_eq!(q.poll_backend(&mut Context::from_waker(&bad)), mfio::Activity::Idle);
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            q.poll_backend(&mut Context::from_waker(Waker::noop()))
+        }));
+        assert!(polled.is_err(), "{ring:?}: the replaced waker was woken");
+        roundtrip(&q, 16, 0x77);
+    }
+}
