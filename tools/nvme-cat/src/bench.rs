@@ -131,8 +131,65 @@ fn is_write(a: &BenchArgs) -> bool {
 }
 
 /// Runs the benchmark.
+/// Most I/Os in flight per queue: an NVMe queue holds at most 4096 commands (a virtqueue
+/// 32768 descriptors, but QEMU's 256), and deeper would only wait in the driver's pending
+/// list.
+const MAX_QD: usize = 4096;
+/// Most buffer memory a run may ask for (`--qd` x `--bs` x `--queues`).
+const MAX_BUFFERS: u64 = 1 << 30;
+
+/// The options' values, checked before anything is opened: each refusal says what to give.
+fn validate(a: &BenchArgs) -> Result<usize, String> {
+    let block = parse_size(&a.bs)?;
+    if block == 0 {
+        return Err("--bs 0: give the bytes per I/O, a multiple of the block size (4K)".into());
+    }
+    if !(1..=MAX_QD).contains(&a.qd) {
+        return Err(format!("--qd {}: give 1 to {MAX_QD} I/Os in flight per queue", a.qd));
+    }
+    if a.queues == 0 {
+        return Err("--queues 0: give at least one queue".into());
+    }
+    let total = block.saturating_mul(a.qd as u64).saturating_mul(u64::from(a.queues));
+    if total > MAX_BUFFERS {
+        return Err(format!(
+            "--qd {} x --bs {} x --queues {} needs {} MiB of buffers, more than the {} MiB a \
+             run may use: lower --qd or --bs",
+            a.qd,
+            a.bs,
+            a.queues,
+            total >> 20,
+            MAX_BUFFERS >> 20
+        ));
+    }
+    if !(a.time.is_finite() && a.time > 0.0) {
+        return Err(format!("--time {}: give a positive number of seconds", a.time));
+    }
+    if a.ios == Some(0) {
+        return Err("--ios 0: give at least one I/O per queue".into());
+    }
+    if let Some(span) = &a.span {
+        if parse_size(span)? < block {
+            return Err(format!("--span {span} is smaller than one I/O (--bs {})", a.bs));
+        }
+    }
+    Ok(block as usize)
+}
+
+/// Refuses an I/O size the device cannot take, before any I/O.
+fn check_block(q: &impl BlockDevice, block: usize) -> Result<(), String> {
+    let bs = q.block_size() as usize;
+    if bs == 0 || block % bs != 0 {
+        return Err(format!("--bs {block}: not a multiple of the device's {bs}-byte block size"));
+    }
+    if block as u64 > q.capacity() {
+        return Err(format!("--bs {block}: larger than the device ({} bytes)", q.capacity()));
+    }
+    Ok(())
+}
+
 pub fn run(a: &BenchArgs) -> Result<(), String> {
-    let block = parse_size(&a.bs)? as usize;
+    let block = validate(a)?;
     let spec_ = parse(&a.device)?;
     if a.completion != CompletionMode::Poll && matches!(spec_, Spec::File(_)) {
         return Err("--completion applies to NVMe and virtio-blk queues, not to files".into());
@@ -144,6 +201,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
     let result = match spec_ {
         Spec::File(p) => {
             let dev = open_file(&p)?;
+            check_block(&dev, block)?;
             let s = spec(a, 1)?;
             if is_write(a) {
                 load::run::<_, ToDevice, _>(&dev, &s, || vec![0u8; block])
@@ -333,17 +391,34 @@ fn run_queues<Q>(
 where
     Q: ReadAt + WriteAt + BlockDevice + mfio::IoBackend + Waits + Send + 'static,
 {
+    for q in &queues {
+        check_block(q, block)?;
+    }
+    // Every buffer up front, so a device out of DMA memory is an error, not a panic.
+    let pool: Vec<Vec<Window<mfio_dma::DmaBuffer>>> = (0..queues.len())
+        .map(|_| {
+            (0..if a.bounce { 0 } else { a.qd })
+                .map(|_| {
+                    let buf = space.alloc(block).map_err(|e| {
+                        format!("DMA memory for --qd {} x --bs {}: {e}", a.qd, a.bs)
+                    })?;
+                    Window::new(buf, 0, block)
+                        .ok_or_else(|| "a window inside its buffer".to_string())
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .collect::<Result<_, _>>()?;
     let results: Vec<Result<LoadResult, String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = queues
             .into_iter()
+            .zip(pool)
             .enumerate()
-            .map(|(t, q)| {
+            .map(|(t, (q, bufs))| {
                 scope.spawn(move || -> Result<LoadResult, String> {
                     let s = spec(a, 1 + t as u64)?;
-                    let dma = || {
-                        let buf = space.alloc(block).expect("DMA memory for the benchmark");
-                        Window::new(buf, 0, block).expect("window inside its buffer")
-                    };
+                    // One buffer per slot: the load asks for exactly `--qd`.
+                    let mut bufs = bufs.into_iter();
+                    let dma = move || bufs.next().expect("a buffer per I/O in flight");
                     let heap = || vec![0u8; block];
                     if a.tokio {
                         let q = std::rc::Rc::new(q);

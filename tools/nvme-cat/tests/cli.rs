@@ -152,3 +152,33 @@ fn verbose_logs_bring_up_and_admin_commands_to_stderr() {
     let quiet = nvme_cat(&["id-ctrl", "model"], None);
     assert!(quiet.stderr.is_empty(), "no log without -v");
 }
+
+#[test]
+fn bench_refuses_impossible_options_with_what_to_give() {
+    // (options, what the message must say); each on both models, never a panic, never
+    // figures for a run that cannot exist.
+    let cases: &[(&[&str], &str)] = &[
+        (&["--bs", "0"], "--bs 0"),
+        (&["--bs", "3"], "block size"),
+        (&["--qd", "0"], "give 1 to 4096"),
+        (&["--qd", "100000"], "give 1 to 4096"),
+        (&["--queues", "0"], "at least one queue"),
+        (&["--bs", "1G"], "MiB of buffers"),
+        (&["--ios", "0"], "at least one I/O"),
+        (&["--span", "512"], "smaller than one I/O"),
+        (&["--completion", "spin"], "poll, interrupt, adaptive"),
+        (&["--time", "0"], "positive number of seconds"),
+    ];
+    for dev in ["model", "virtio-model"] {
+        for (opts, want) in cases {
+            let mut args = vec!["bench", dev];
+            args.extend_from_slice(opts);
+            if !opts.contains(&"--time") {
+                args.extend_from_slice(&["--time", "0.1"]);
+            }
+            let e = err(&args);
+            assert!(e.contains(want), "nvme-cat {args:?}: {e}");
+            assert!(!e.contains("panicked"), "nvme-cat {args:?} panicked: {e}");
+        }
+    }
+}
