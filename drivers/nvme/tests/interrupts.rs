@@ -298,3 +298,24 @@ fn a_parked_waker_that_panics_leaves_the_queue_consistent() {
     roundtrip(&q, 16, 0x77);
     assert_eq!(q.stats().completed, q.stats().submitted);
 }
+
+#[test]
+fn a_forgotten_read_on_an_interrupt_driven_queue_completes_into_leaked_memory() {
+    // mem::forget of a future whose read is in flight on a sleeping queue: its buffer is
+    // leaked (stays valid), the device's completion still arrives by interrupt, and the queue
+    // drains and goes on.
+    let (model, q) = queue(timed(2_000), CompletionMode::Interrupt);
+    let mut fut = Box::pin(q.read_at(0, vec![0u8; 4096]));
+    assert!(fut.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
+    std::mem::forget(fut);
+    let t0 = Instant::now();
+    while q.in_flight() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the forgotten read never completed");
+        if q.poll_backend(&mut Context::from_waker(Waker::noop())) == Activity::Armed {
+            q.polling_handle().unwrap().wait(mfio::SLEEP_BOUND_MS);
+        }
+    }
+    assert_eq!(q.stats().wakeup.unannounced, 0);
+    roundtrip(&q, 8, 0x42);
+    assert!(model.violations().is_empty());
+}
