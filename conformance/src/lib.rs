@@ -9,11 +9,13 @@
 #![warn(missing_docs)]
 
 mod cases;
+mod commands;
 pub mod cpu;
 pub mod load;
 mod rng;
 
 pub use cases::CASES;
+pub use commands::check_commands;
 pub use rng::Rng;
 
 use mfio::{BlockDevice, ReadAt, WriteAt};

@@ -100,6 +100,13 @@ impl Error {
         self
     }
 
+    /// Returns this error with the OS error number `errno` (what the kernel said, for an
+    /// error of another kind: an `Unsupported` that was `EOPNOTSUPP`).
+    pub const fn with_errno(mut self, errno: i32) -> Self {
+        self.errno = errno;
+        self
+    }
+
     /// A segment that was dropped without being completed.
     pub const DROPPED: Self = Self::new(ErrorKind::Aborted, Origin::Framework);
 

@@ -50,33 +50,38 @@ impl Finish for All {
 ///
 /// The packet lives inside the future (on the stack when the future is), so an I/O costs no
 /// heap allocation. Dropping the future before it resolves waits for the device to finish.
-pub struct Io<'b, Bk, P: PacketPerms, B, M> {
+///
+/// `A` is the address type the backend takes (`u64` byte offsets; [`Fua`](crate::Fua) for
+/// writes that must be durable when they complete).
+pub struct Io<'b, Bk, P: PacketPerms, B, M, A = u64> {
     packet: Packet<'b, P, B>,
     backend: &'b Bk,
-    pos: u64,
+    pos: A,
     submitted: bool,
     _mode: PhantomData<M>,
 }
 
-impl<'b, Bk, P, B, M> Io<'b, Bk, P, B, M>
+impl<'b, Bk, P, B, M, A> Io<'b, Bk, P, B, M, A>
 where
-    Bk: PacketIo<P, u64> + IoBackend,
+    Bk: PacketIo<P, A> + IoBackend,
     P: PacketPerms,
     B: BufFor<P>,
     M: Finish,
+    A: Copy,
 {
     /// An I/O of `buf` at `pos` on `backend`, submitted when first polled.
-    pub fn new(backend: &'b Bk, pos: u64, buf: B) -> Self {
+    pub fn new(backend: &'b Bk, pos: A, buf: B) -> Self {
         Self { packet: Packet::new(buf), backend, pos, submitted: false, _mode: PhantomData }
     }
 }
 
-impl<Bk, P, B, M> Future for Io<'_, Bk, P, B, M>
+impl<Bk, P, B, M, A> Future for Io<'_, Bk, P, B, M, A>
 where
-    Bk: PacketIo<P, u64> + IoBackend,
+    Bk: PacketIo<P, A> + IoBackend,
     P: PacketPerms,
     B: BufFor<P>,
     M: Finish,
+    A: Copy,
 {
     type Output = (M::Output, B);
 

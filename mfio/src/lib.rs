@@ -39,6 +39,7 @@ mod backend;
 pub mod backends;
 mod block;
 mod buf;
+mod commands;
 mod error;
 mod io;
 mod packet;
@@ -52,6 +53,9 @@ mod unwind;
 pub use backend::{block_on, Activity, BlockDevice, Driver, IoBackend, PacketIo, PollingHandle};
 pub use block::clip;
 pub use buf::{IoBuf, IoBufMut, Window};
+#[cfg(feature = "std")]
+pub use commands::zero_fill;
+pub use commands::{check_range, BlockCommands, Capabilities, Fua, Zeroes};
 pub use error::{Error, ErrorKind, Origin, PartialError};
 pub use io::{command, All, At, CommandIo, Finish, Io, ReadAt, WriteAt};
 pub use packet::{

@@ -604,9 +604,9 @@ impl<'b, P: PacketPerms, B: BufFor<P>> Packet<'b, P, B> {
     /// Submits the whole packet to `backend` at `pos`. The backend only queues it; the I/O
     /// reaches the device when the backend is next polled (with everything else queued).
     #[inline]
-    pub fn submit<Bk>(self: Pin<&mut Self>, backend: &'b Bk, pos: u64) -> Result<(), Error>
+    pub fn submit<Bk, A>(self: Pin<&mut Self>, backend: &'b Bk, pos: A) -> Result<(), Error>
     where
-        Bk: PacketIo<P, u64> + IoBackend,
+        Bk: PacketIo<P, A> + IoBackend,
     {
         let view = self.start(Some(backend))?;
         backend.send_io(pos, view);

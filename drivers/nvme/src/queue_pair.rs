@@ -14,10 +14,10 @@ use crate::namespace::Namespace;
 use crate::prp::{self, PrpError, PrpList};
 use crate::queues::{CompletionQueue, ShadowDoorbells, SubmissionQueue};
 use crate::sgl::{self, SglAlignment};
-use crate::spec::{self, Command, Completion, PAGE_SIZE};
+use crate::spec::{self, Command, Completion, IdentifyController, IdentifyNamespace, PAGE_SIZE};
 use mfio::{
-    Activity, BlockDevice, Error, ErrorKind, FromDevice, IoBackend, Origin, PacketIo, PacketView,
-    ToDevice,
+    Activity, BlockCommands, BlockDevice, Capabilities, Error, ErrorKind, FromDevice, Fua,
+    IoBackend, Origin, PacketIo, PacketView, ToDevice, Zeroes,
 };
 use mfio_dma::clock::CycleClock;
 use mfio_dma::{DmaPool, PoolSlot, Translator};
@@ -34,14 +34,24 @@ use std::time::{Duration, Instant};
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Other {
     Flush,
-    WriteZeroes { slba: u64, blocks: u32 },
-    Deallocate { slba: u64, blocks: u32 },
+    /// `deac`: the controller may deallocate the blocks.
+    WriteZeroes {
+        slba: u64,
+        blocks: u32,
+        deac: bool,
+    },
+    Deallocate {
+        slba: u64,
+        blocks: u32,
+    },
 }
 
 /// A request waiting for a slot (backpressure, never loss).
 enum Pending {
     Read(u64, PacketView<FromDevice>),
     Write(u64, PacketView<ToDevice>),
+    /// A write with Force Unit Access: completes only once durable.
+    WriteFua(u64, PacketView<ToDevice>),
     Other(Other, PacketView<ToDevice>),
 }
 
@@ -291,41 +301,6 @@ impl<D: PciDevice> IoQueue<D> {
         inner.slots.len() - inner.free.len()
     }
 
-    /// Flush: the controller's volatile write cache reaches the media.
-    pub fn flush(&self) -> impl Future<Output = Result<(), Error>> + '_ {
-        mfio::command(self, |q: &Self, view| q.send_other(Other::Flush, view))
-    }
-
-    /// Write Zeroes over `len` bytes at `pos` (block aligned, within the namespace).
-    pub fn write_zeroes(&self, pos: u64, len: u64) -> impl Future<Output = Result<(), Error>> + '_ {
-        mfio::command(self, move |q: &Self, view| {
-            q.send_ranged(pos, len, view, |slba, blocks| Other::WriteZeroes { slba, blocks })
-        })
-    }
-
-    /// Deallocates (Dataset Management) `len` bytes at `pos` (block aligned, within the
-    /// namespace); they read back as zeroes on controllers that say so.
-    pub fn deallocate(&self, pos: u64, len: u64) -> impl Future<Output = Result<(), Error>> + '_ {
-        mfio::command(self, move |q: &Self, view| {
-            q.send_ranged(pos, len, view, |slba, blocks| Other::Deallocate { slba, blocks })
-        })
-    }
-
-    /// Blocking [`flush`](Self::flush).
-    pub fn flush_blocking(&self) -> Result<(), Error> {
-        mfio::block_on(self, self.flush())
-    }
-
-    /// Blocking [`write_zeroes`](Self::write_zeroes).
-    pub fn write_zeroes_blocking(&self, pos: u64, len: u64) -> Result<(), Error> {
-        mfio::block_on(self, self.write_zeroes(pos, len))
-    }
-
-    /// Blocking [`deallocate`](Self::deallocate).
-    pub fn deallocate_blocking(&self, pos: u64, len: u64) -> Result<(), Error> {
-        mfio::block_on(self, self.deallocate(pos, len))
-    }
-
     fn send_other(&self, op: Other, view: PacketView<ToDevice>) {
         let mut inner = self.inner.borrow_mut();
         inner.enqueue(Pending::Other(op, view), self);
@@ -341,11 +316,8 @@ impl<D: PciDevice> IoQueue<D> {
         make: impl Fn(u64, u32) -> Other,
     ) {
         let bs = u64::from(self.ns.block_size);
-        if pos % bs != 0 || len % bs != 0 {
-            return view.fail(Error::new(ErrorKind::Misaligned, ORIGIN));
-        }
-        if pos.checked_add(len).is_none_or(|end| end > self.capacity()) {
-            return view.fail(Error::new(ErrorKind::OutOfRange, ORIGIN));
+        if let Err(e) = mfio::check_range(pos, len, self.capacity(), self.ns.block_size, ORIGIN) {
+            return view.fail(e);
         }
         let (mut slba, mut left) = (pos / bs, len / bs);
         if left == 0 {
@@ -409,7 +381,7 @@ impl Inner {
             let e = Error::new(ErrorKind::Fatal, ORIGIN);
             return match p {
                 Pending::Read(_, v) => v.fail(e),
-                Pending::Write(_, v) | Pending::Other(_, v) => v.fail(e),
+                Pending::Write(_, v) | Pending::WriteFua(_, v) | Pending::Other(_, v) => v.fail(e),
             };
         }
         if self.pending.is_empty() {
@@ -447,10 +419,13 @@ impl Inner {
     fn submit<D: PciDevice>(&mut self, p: Pending, q: &IoQueue<D>) -> Result<(), Pending> {
         match p {
             Pending::Read(pos, v) => {
-                self.submit_rw(q, pos, v).map_err(|(p, v)| Pending::Read(p, v))
+                self.submit_rw(q, pos, v, 0).map_err(|(p, v)| Pending::Read(p, v))
             }
             Pending::Write(pos, v) => {
-                self.submit_rw(q, pos, v).map_err(|(p, v)| Pending::Write(p, v))
+                self.submit_rw(q, pos, v, 0).map_err(|(p, v)| Pending::Write(p, v))
+            }
+            Pending::WriteFua(pos, v) => {
+                self.submit_rw(q, pos, v, Command::FUA).map_err(|(p, v)| Pending::WriteFua(p, v))
             }
             Pending::Other(op, v) => {
                 if !self.has_room() {
@@ -468,6 +443,7 @@ impl Inner {
         q: &IoQueue<D>,
         mut pos: u64,
         mut view: PacketView<P>,
+        cdw12: u32,
     ) -> Result<(), (u64, PacketView<P>)> {
         loop {
             if !self.has_room() {
@@ -497,7 +473,7 @@ impl Inner {
                         // No bounce buffer free: wait (the remainder queued behind the piece).
                         self.free.push(idx);
                         if let Some(r) = rest {
-                            self.pending.push_front(P::pending(pos + piece.len() as u64, r));
+                            self.pending.push_front(P::pending(pos + piece.len() as u64, r, cdw12));
                         }
                         return Err((pos, piece));
                     };
@@ -506,8 +482,11 @@ impl Inner {
                         (Some(r2), Some(r)) => {
                             // Pieces of one request complete independently; send the far tail
                             // back to wait and go on with the near one.
-                            self.pending
-                                .push_front(P::pending(pos + (piece.len() + r2.len()) as u64, r));
+                            self.pending.push_front(P::pending(
+                                pos + (piece.len() + r2.len()) as u64,
+                                r,
+                                cdw12,
+                            ));
                             Some(r2)
                         }
                         (r2, r) => r2.or(r),
@@ -527,6 +506,7 @@ impl Inner {
             let mut cmd =
                 Command::rw(P::OPCODE, q.ns.nsid, pos >> shift, (piece.len() >> shift) as u32);
             (cmd.prp1, cmd.prp2, cmd.flags) = dptr;
+            cmd.cdw12 |= cdw12;
             self.stats.sgl += u64::from(cmd.flags & Command::PSDT_SGL != 0);
             let len = piece.len();
             self.start(idx, &mut cmd, P::slot_io(piece), bounce);
@@ -548,8 +528,10 @@ impl Inner {
         let nsid = q.ns.nsid;
         let mut cmd = match op {
             Other::Flush => Command::new(spec::io::FLUSH, nsid),
-            Other::WriteZeroes { slba, blocks } => {
-                Command::rw(spec::io::WRITE_ZEROES, nsid, slba, blocks)
+            Other::WriteZeroes { slba, blocks, deac } => {
+                let mut cmd = Command::rw(spec::io::WRITE_ZEROES, nsid, slba, blocks);
+                cmd.cdw12 |= if deac { Command::DEAC } else { 0 };
+                cmd
             }
             Other::Deallocate { slba, blocks } => {
                 // One range descriptor (context attributes, length in blocks, starting LBA) in
@@ -639,7 +621,7 @@ impl Inner {
         while let Some(p) = self.pending.pop_front() {
             out.push(match p {
                 Pending::Read(_, v) => (SlotIo::Read(v), Err(error)),
-                Pending::Write(_, v) => (SlotIo::Write(v), Err(error)),
+                Pending::Write(_, v) | Pending::WriteFua(_, v) => (SlotIo::Write(v), Err(error)),
                 Pending::Other(_, v) => (SlotIo::Other(v), Err(error)),
             });
         }
@@ -729,7 +711,8 @@ trait RwDir: mfio::PacketPerms + Sized {
     const OPCODE: u8;
     fn slot_io(v: PacketView<Self>) -> SlotIo;
     fn fill_bounce(v: &PacketView<Self>, mem: &mfio_dma::DmaSlice<'_>);
-    fn pending(pos: u64, v: PacketView<Self>) -> Pending;
+    /// The request waiting with its CDW12 flags (FUA).
+    fn pending(pos: u64, v: PacketView<Self>, cdw12: u32) -> Pending;
 }
 
 impl RwDir for FromDevice {
@@ -738,7 +721,7 @@ impl RwDir for FromDevice {
         SlotIo::Read(v)
     }
     fn fill_bounce(_: &PacketView<Self>, _: &mfio_dma::DmaSlice<'_>) {}
-    fn pending(pos: u64, v: PacketView<Self>) -> Pending {
+    fn pending(pos: u64, v: PacketView<Self>, _: u32) -> Pending {
         Pending::Read(pos, v)
     }
 }
@@ -751,8 +734,11 @@ impl RwDir for ToDevice {
     fn fill_bounce(v: &PacketView<Self>, mem: &mfio_dma::DmaSlice<'_>) {
         mem.copy_from_slice(0, v.as_slice());
     }
-    fn pending(pos: u64, v: PacketView<Self>) -> Pending {
-        Pending::Write(pos, v)
+    fn pending(pos: u64, v: PacketView<Self>, cdw12: u32) -> Pending {
+        match cdw12 & Command::FUA {
+            0 => Pending::Write(pos, v),
+            _ => Pending::WriteFua(pos, v),
+        }
     }
 }
 
@@ -769,7 +755,7 @@ impl<D: PciDevice> IoQueue<D> {
     /// A read or a write: range checks, then straight to a slot when nothing is waiting (the
     /// common case), else behind what waits.
     #[inline(always)]
-    fn send_rw<P: RwDir>(&self, pos: u64, view: PacketView<P>) {
+    fn send_rw<P: RwDir>(&self, pos: u64, view: PacketView<P>, cdw12: u32) {
         let Some(view) = mfio::clip(pos, view, self.capacity(), self.ns.block_size, ORIGIN) else {
             return;
         };
@@ -780,9 +766,9 @@ impl<D: PciDevice> IoQueue<D> {
             inner.tick();
         }
         if inner.broken || !inner.pending.is_empty() {
-            inner.enqueue(P::pending(pos, view), self);
-        } else if let Err((pos, view)) = inner.submit_rw(self, pos, view) {
-            inner.wait_first(P::pending(pos, view));
+            inner.enqueue(P::pending(pos, view, cdw12), self);
+        } else if let Err((pos, view)) = inner.submit_rw(self, pos, view, cdw12) {
+            inner.wait_first(P::pending(pos, view, cdw12));
         }
         if inner.parked.is_some() {
             unpark(inner);
@@ -793,14 +779,83 @@ impl<D: PciDevice> IoQueue<D> {
 impl<D: PciDevice> PacketIo<FromDevice, u64> for IoQueue<D> {
     #[inline]
     fn send_io(&self, pos: u64, view: PacketView<FromDevice>) {
-        self.send_rw(pos, view);
+        self.send_rw(pos, view, 0);
     }
 }
 
 impl<D: PciDevice> PacketIo<ToDevice, u64> for IoQueue<D> {
     #[inline]
     fn send_io(&self, pos: u64, view: PacketView<ToDevice>) {
-        self.send_rw(pos, view);
+        self.send_rw(pos, view, 0);
+    }
+}
+
+impl<D: PciDevice> BlockCommands for IoQueue<D> {
+    /// From Identify: VWC (a volatile write cache), ONCS (Dataset Management, Write Zeroes)
+    /// and the namespace's DLFEAT (deallocated blocks read as zeroes; Write Zeroes may
+    /// deallocate). FUA is part of every NVMe write.
+    fn capabilities(&self) -> Capabilities {
+        let id = self.ctrl.identify();
+        let dlfeat = self.ns.identify.dlfeat;
+        Capabilities {
+            volatile_cache: id.vwc & 1 != 0,
+            fua: true,
+            discard: id.oncs & IdentifyController::ONCS_DSM != 0,
+            discard_zeroes: dlfeat & 7 == IdentifyNamespace::DLFEAT_READS_ZEROES,
+            write_zeroes: id.oncs & IdentifyController::ONCS_WRITE_ZEROES != 0,
+            zeroes_unmap: dlfeat & IdentifyNamespace::DLFEAT_WRITE_ZEROES_DEAC != 0,
+            read_only: false,
+        }
+    }
+
+    /// Flush: the controller's volatile write cache reaches the media.
+    fn flush(&self) -> impl Future<Output = Result<(), Error>> + '_ {
+        mfio::command(self, |q: &Self, view| q.send_other(Other::Flush, view))
+    }
+
+    /// Deallocate (Dataset Management): one command per 65536 blocks.
+    fn discard(&self, pos: u64, len: u64) -> impl Future<Output = Result<(), Error>> + '_ {
+        let supported = self.capabilities().discard;
+        mfio::command(self, move |q: &Self, view| match supported {
+            true => {
+                q.send_ranged(pos, len, view, |slba, blocks| Other::Deallocate { slba, blocks })
+            }
+            false => view.fail(Error::new(ErrorKind::Unsupported, ORIGIN)),
+        })
+    }
+
+    /// Write Zeroes, with DEAC when the blocks may be unmapped and the namespace can.
+    fn write_zeroes(
+        &self,
+        pos: u64,
+        len: u64,
+        zeroes: Zeroes,
+    ) -> impl Future<Output = Result<(), Error>> + '_ {
+        let caps = self.capabilities();
+        let deac = zeroes == Zeroes::MayUnmap && caps.zeroes_unmap;
+        mfio::command(self, move |q: &Self, view| match caps.write_zeroes {
+            true => q.send_ranged(pos, len, view, |slba, blocks| Other::WriteZeroes {
+                slba,
+                blocks,
+                deac,
+            }),
+            false => view.fail(Error::new(ErrorKind::Unsupported, ORIGIN)),
+        })
+    }
+
+    /// One Write with FUA per piece (the data is durable when each completes).
+    fn write_all_fua<B: mfio::IoBuf>(
+        &self,
+        pos: u64,
+        buf: B,
+    ) -> impl Future<Output = (Result<(), mfio::PartialError>, B)> + '_ {
+        mfio::Io::<Self, ToDevice, B, mfio::All, Fua>::new(self, Fua(pos), buf)
+    }
+}
+
+impl<D: PciDevice> PacketIo<ToDevice, Fua> for IoQueue<D> {
+    fn send_io(&self, pos: Fua, view: PacketView<ToDevice>) {
+        self.send_rw(pos.0, view, Command::FUA);
     }
 }
 

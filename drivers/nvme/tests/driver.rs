@@ -2,8 +2,8 @@
 //! batching, splitting, zero copy, commands without data, threads.
 
 use mfio::{
-    block_on, BlockDevice, ErrorKind, FromDevice, IoBackend, Origin, Packet, ReadAt, Window,
-    WriteAt,
+    block_on, BlockCommands, BlockDevice, ErrorKind, FromDevice, IoBackend, Origin, Packet, ReadAt,
+    Window, WriteAt, Zeroes,
 };
 use mfio_conformance::Rng;
 use mfio_nvme::model::{Injection, ModelConfig, NamespaceConfig, NvmeModel, Target};
@@ -187,28 +187,50 @@ fn scattered_memory_at_an_odd_offset_is_one_command_with_chained_sgl_segments() 
 }
 
 #[test]
+fn block_commands_conform_with_native_fua_and_deac() {
+    for lba in [512, 4096] {
+        let cfg = ModelConfig {
+            namespaces: vec![NamespaceConfig::new((4 << 20) / lba, lba as u32)],
+            ..basic()
+        };
+        let (model, _ctrl, q) = setup(cfg, ControllerOptions::default());
+        let caps = q.capabilities();
+        assert!(caps.fua && caps.volatile_cache && caps.discard && caps.discard_zeroes, "{caps:?}");
+        assert!(caps.write_zeroes && caps.zeroes_unmap, "{caps:?}");
+        mfio_conformance::check_commands(&q, 4 << 20).unwrap();
+        let st = model.stats();
+        // One FUA write (no flush after it), one Write Zeroes of each kind.
+        assert_eq!((st.fua_writes, st.deac_zeroes), (1, 1), "{st:?}");
+        assert!(model.violations().is_empty(), "{:?}", model.violations());
+    }
+}
+
+#[test]
 fn flush_write_zeroes_and_deallocate() {
     let (model, _ctrl, q) = setup(basic(), ControllerOptions::default());
     q.write_all_blocking(0, &[0xabu8; 8192]).unwrap();
     q.flush_blocking().unwrap();
     assert_eq!(model.io_commands(spec::io::FLUSH), 1);
-    q.write_zeroes_blocking(1024, 2048).unwrap();
+    q.write_zeroes_blocking(1024, 2048, Zeroes::Allocate).unwrap();
     let got = model.read_blocks(1, 0, 16);
     assert!(got[..1024].iter().all(|&b| b == 0xab));
     assert!(got[1024..3072].iter().all(|&b| b == 0));
     assert!(got[3072..].iter().all(|&b| b == 0xab));
-    q.deallocate_blocking(4096, 4096).unwrap();
+    q.discard_blocking(4096, 4096).unwrap();
     assert!(model.read_blocks(1, 8, 8).iter().all(|&b| b == 0));
     assert_eq!(model.io_commands(spec::io::DATASET_MANAGEMENT), 1);
     // Ranges are checked before anything reaches the controller.
-    assert_eq!(q.write_zeroes_blocking(100, 512).unwrap_err().kind(), ErrorKind::Misaligned);
-    assert_eq!(q.deallocate_blocking(q.capacity(), 512).unwrap_err().kind(), ErrorKind::OutOfRange);
+    assert_eq!(
+        q.write_zeroes_blocking(100, 512, Zeroes::Allocate).unwrap_err().kind(),
+        ErrorKind::Misaligned
+    );
+    assert_eq!(q.discard_blocking(q.capacity(), 512).unwrap_err().kind(), ErrorKind::OutOfRange);
     // A huge write zeroes is split into commands of at most 65536 blocks.
     let (model2, _c2, q2) = setup(
         ModelConfig { namespaces: vec![NamespaceConfig::new(200_000, 512)], ..basic() },
         ControllerOptions::default(),
     );
-    q2.write_zeroes_blocking(0, 200_000 * 512).unwrap();
+    q2.write_zeroes_blocking(0, 200_000 * 512, Zeroes::Allocate).unwrap();
     assert_eq!(model2.io_commands(spec::io::WRITE_ZEROES), 4);
 }
 

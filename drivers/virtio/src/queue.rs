@@ -15,8 +15,8 @@ use crate::device::{RingLayout, Shared};
 use crate::spec::{blk, feature, ring, status};
 use crate::virtqueue::{Completion, Desc, Virtqueue};
 use mfio::{
-    clip, Activity, BlockDevice, Error, ErrorKind, FromDevice, IoBackend, Origin, Packet, PacketIo,
-    PacketView, ToDevice,
+    clip, Activity, BlockCommands, BlockDevice, Capabilities, Error, ErrorKind, FromDevice,
+    IoBackend, Origin, Packet, PacketIo, PacketView, ToDevice, Zeroes,
 };
 use mfio_dma::{DmaBuffer, DmaPool, DmaSlice, DmaSpace, Iova, IovaSegment, PoolSlot, Translator};
 use mfio_pci::{EventFd, PciDevice, Verdict, Wakeup, WakeupStats};
@@ -420,56 +420,6 @@ impl<D: PciDevice> BlkQueue<D> {
         self.enqueue(p);
     }
 
-    /// Flushes the device's write cache. Without FLUSH the device has none (it writes
-    /// through), so there is nothing to do.
-    pub async fn flush(&self) -> Result<(), Error> {
-        if !self.has(feature::BLK_FLUSH) {
-            return Ok(());
-        }
-        self.command(Op::Flush, 0, 0).await
-    }
-
-    /// Blocking [`flush`](Self::flush).
-    pub fn flush_blocking(&self) -> Result<(), Error> {
-        mfio::block_on(self, self.flush())
-    }
-
-    /// Discards `len` bytes at `pos` (block aligned, within the device): the device may free
-    /// them; what they read afterwards is the device's choice. Unsupported without DISCARD.
-    pub async fn discard(&self, pos: u64, len: u64) -> Result<(), Error> {
-        if !self.has(feature::BLK_DISCARD) {
-            return Err(Error::new(ErrorKind::Unsupported, Origin::Virtio));
-        }
-        self.check_range(pos, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.command(Op::Discard, pos, len).await
-    }
-
-    /// Blocking [`discard`](Self::discard).
-    pub fn discard_blocking(&self, pos: u64, len: u64) -> Result<(), Error> {
-        mfio::block_on(self, self.discard(pos, len))
-    }
-
-    /// Writes zeroes to `len` bytes at `pos` (block aligned, within the device); `unmap` lets
-    /// the device deallocate them. Unsupported without WRITE_ZEROES.
-    pub async fn write_zeroes(&self, pos: u64, len: u64, unmap: bool) -> Result<(), Error> {
-        if !self.has(feature::BLK_WRITE_ZEROES) {
-            return Err(Error::new(ErrorKind::Unsupported, Origin::Virtio));
-        }
-        self.check_range(pos, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.command(Op::WriteZeroes { unmap }, pos, len).await
-    }
-
-    /// Blocking [`write_zeroes`](Self::write_zeroes).
-    pub fn write_zeroes_blocking(&self, pos: u64, len: u64, unmap: bool) -> Result<(), Error> {
-        mfio::block_on(self, self.write_zeroes(pos, len, unmap))
-    }
-
     /// The device's id string (GET_ID: up to 20 bytes, NUL padded).
     pub async fn get_id(&self) -> Result<[u8; blk::ID_BYTES], Error> {
         let mut packet = pin!(Packet::<FromDevice, [u8; blk::ID_BYTES]>::new([0; blk::ID_BYTES]));
@@ -485,17 +435,6 @@ impl<D: PciDevice> BlkQueue<D> {
     /// Blocking [`get_id`](Self::get_id).
     pub fn get_id_blocking(&self) -> Result<[u8; blk::ID_BYTES], Error> {
         mfio::block_on(self, self.get_id())
-    }
-
-    fn check_range(&self, pos: u64, len: u64) -> Result<(), Error> {
-        let bs = u64::from(self.block_size);
-        if pos % bs != 0 || len % bs != 0 {
-            return Err(Error::new(ErrorKind::Misaligned, Origin::Virtio));
-        }
-        match pos.checked_add(len) {
-            Some(end) if end <= self.capacity => Ok(()),
-            _ => Err(Error::new(ErrorKind::OutOfRange, Origin::Virtio)),
-        }
     }
 
     /// A request without data: an empty packet whose view (or views, when the range is
@@ -855,6 +794,55 @@ impl<D: PciDevice> BlkQueue<D> {
         if self.is_broken() {
             self.fail_all(st, FATAL);
         }
+    }
+}
+
+impl<D: PciDevice> BlockCommands for BlkQueue<D> {
+    /// From the negotiated features: FLUSH (a volatile cache), DISCARD, WRITE_ZEROES (and the
+    /// config's `write_zeroes_may_unmap`), RO. virtio-blk has no FUA (a write, then a flush)
+    /// and does not promise what discarded sectors read.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            volatile_cache: self.has(feature::BLK_FLUSH),
+            fua: false,
+            discard: self.has(feature::BLK_DISCARD),
+            discard_zeroes: false,
+            write_zeroes: self.has(feature::BLK_WRITE_ZEROES),
+            zeroes_unmap: self.shared.info.write_zeroes_may_unmap,
+            read_only: self.has(feature::BLK_RO),
+        }
+    }
+
+    /// Flushes the device's write cache. Without FLUSH the device has none (it writes
+    /// through), so there is nothing to do.
+    async fn flush(&self) -> Result<(), Error> {
+        if !self.has(feature::BLK_FLUSH) {
+            return Ok(());
+        }
+        self.command(Op::Flush, 0, 0).await
+    }
+
+    /// DISCARD: the device may free the sectors.
+    async fn discard(&self, pos: u64, len: u64) -> Result<(), Error> {
+        if !self.has(feature::BLK_DISCARD) {
+            return Err(Error::new(ErrorKind::Unsupported, Origin::Virtio));
+        }
+        if !mfio::check_range(pos, len, self.capacity, self.block_size, Origin::Virtio)? {
+            return Ok(());
+        }
+        self.command(Op::Discard, pos, len).await
+    }
+
+    /// WRITE_ZEROES, with the UNMAP flag when the sectors may be deallocated.
+    async fn write_zeroes(&self, pos: u64, len: u64, zeroes: Zeroes) -> Result<(), Error> {
+        if !self.has(feature::BLK_WRITE_ZEROES) {
+            return Err(Error::new(ErrorKind::Unsupported, Origin::Virtio));
+        }
+        if !mfio::check_range(pos, len, self.capacity, self.block_size, Origin::Virtio)? {
+            return Ok(());
+        }
+        let unmap = zeroes == Zeroes::MayUnmap;
+        self.command(Op::WriteZeroes { unmap }, pos, len).await
     }
 }
 

@@ -5,7 +5,10 @@
 //! `packed.rs`, the model's own strictness in `model_strict.rs`.)
 
 use futures::future::join_all;
-use mfio::{block_on, ErrorKind, FromDevice, IoBackend, Packet, ReadAt, Window, WriteAt};
+use mfio::{
+    block_on, BlockCommands, ErrorKind, FromDevice, IoBackend, Packet, ReadAt, Window, WriteAt,
+    Zeroes,
+};
 use mfio_pci::PciDevice;
 use mfio_virtio::model::{ModelOptions, VirtioBlkModel};
 use mfio_virtio::spec::{blk, feature, status};
@@ -293,6 +296,21 @@ fn zero_copy_and_bounces(ring: RingLayout) {
 }
 
 #[test]
+fn block_commands_conform_with_and_without_the_features() {
+    for ring in LAYOUTS {
+        for refuse in [0, feature::BLK_DISCARD | feature::BLK_WRITE_ZEROES | feature::BLK_FLUSH] {
+            let opts = Options { refuse_features: refuse, ..Default::default() };
+            let (_m, dev) = up(ModelOptions::default(), on(ring, opts));
+            let q = dev.queue(0).unwrap();
+            let caps = q.capabilities();
+            assert_eq!(caps.discard, refuse == 0, "{caps:?}");
+            assert!(!caps.fua, "virtio-blk has no FUA");
+            mfio_conformance::check_commands(&q, 4 << 20).unwrap();
+        }
+    }
+}
+
+#[test]
 fn flush_get_id_discard_write_zeroes() {
     for ring in LAYOUTS {
         other_requests(ring);
@@ -307,7 +325,7 @@ fn other_requests(ring: RingLayout) {
     assert_eq!(&id[..10], b"mfio-model");
     let data = pattern(12 << 20, 1);
     q.write_all_blocking(0, &data).unwrap();
-    q.write_zeroes_blocking(4096, 8192, true).unwrap();
+    q.write_zeroes_blocking(4096, 8192, Zeroes::MayUnmap).unwrap();
     let (before, _) = m.requests();
     // 10 MiB at 4 MiB per request: three requests, one result.
     q.discard_blocking(1 << 20, 10 << 20).unwrap();
@@ -324,7 +342,7 @@ fn other_requests(ring: RingLayout) {
     assert_eq!(q.discard_blocking(1, 512).unwrap_err().kind(), ErrorKind::Misaligned);
     assert_eq!(q.discard_blocking(cap, 512).unwrap_err().kind(), ErrorKind::OutOfRange);
     assert_eq!(
-        q.write_zeroes_blocking(u64::MAX - 511, 512, false).unwrap_err().kind(),
+        q.write_zeroes_blocking(u64::MAX - 511, 512, Zeroes::Allocate).unwrap_err().kind(),
         ErrorKind::OutOfRange
     );
     q.discard_blocking(0, 0).unwrap();
@@ -338,7 +356,10 @@ fn other_requests(ring: RingLayout) {
     let (_, dev) = up(ModelOptions::default(), on(ring, opts));
     let q = dev.queue(0).unwrap();
     assert_eq!(q.discard_blocking(0, 512).unwrap_err().kind(), ErrorKind::Unsupported);
-    assert_eq!(q.write_zeroes_blocking(0, 512, false).unwrap_err().kind(), ErrorKind::Unsupported);
+    assert_eq!(
+        q.write_zeroes_blocking(0, 512, Zeroes::Allocate).unwrap_err().kind(),
+        ErrorKind::Unsupported
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 use crate::backend::{Activity, BlockDevice, IoBackend, PacketIo};
 use crate::block::clip;
+use crate::commands::{check_range, BlockCommands, Capabilities, Zeroes};
 use crate::error::{Error, ErrorKind, Origin};
 use crate::perms::{FromDevice, ToDevice};
 use crate::PacketView;
@@ -27,6 +28,31 @@ const MAX_PIECE: usize = 1 << 30;
 enum Request {
     Read(u64, PacketView<FromDevice>),
     Write(u64, PacketView<ToDevice>),
+    /// `fdatasync`: the view is the command's empty one.
+    Sync(PacketView<ToDevice>),
+    /// `fallocate(mode, pos, len)`: zeroing or hole punching.
+    Fallocate {
+        pos: u64,
+        len: u64,
+        mode: i32,
+        view: PacketView<ToDevice>,
+    },
+}
+
+/// A hole punched in the file (or a block device's range zeroed, unmapping allowed).
+const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+/// Zeroes that stay allocated.
+const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// A failed flush or fallocate: a file system without the operation says so as
+/// [`ErrorKind::Unsupported`], as a device lacking it would.
+fn command_error(errno: i32) -> Error {
+    match errno {
+        libc::EOPNOTSUPP | libc::ENOSYS => {
+            Error::new(ErrorKind::Unsupported, Origin::File).with_errno(errno)
+        }
+        _ => Error::os(Origin::File, errno),
+    }
 }
 
 /// How to open a [`FileBackend`].
@@ -66,6 +92,7 @@ pub struct FileBackend {
     file: File,
     capacity: u64,
     block_size: u32,
+    writable: bool,
     ring: Option<RefCell<Ring>>,
     queue: RefCell<VecDeque<Request>>,
 }
@@ -102,6 +129,7 @@ impl FileBackend {
             file,
             capacity,
             block_size: opts.block_size.max(1),
+            writable: opts.writable,
             ring,
             queue: RefCell::new(VecDeque::with_capacity(depth as usize)),
         })
@@ -160,7 +188,42 @@ impl FileBackend {
                 }
                 finish_short(view, done, Error::os(Origin::File, libc::EIO));
             }
+            Request::Sync(view) => match self.file.sync_data() {
+                Ok(()) => view.ok(),
+                Err(e) => view.fail(command_error(e.raw_os_error().unwrap_or(libc::EIO))),
+            },
+            Request::Fallocate { pos, len, mode, view } => {
+                // SAFETY: a plain system call on a descriptor we own; no memory is passed.
+                let r =
+                    unsafe { libc::fallocate(self.file.as_raw_fd(), mode, pos as i64, len as i64) };
+                match r {
+                    0 => view.ok(),
+                    _ => view.fail(command_error(
+                        io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO),
+                    )),
+                }
+            }
         }
+    }
+
+    /// Queues a command's request (its range checked), or completes it at once when there is
+    /// nothing to do or the range is bad.
+    fn command<'a>(
+        &'a self,
+        range: Option<(u64, u64)>,
+        make: impl FnOnce(PacketView<ToDevice>) -> Request + 'a,
+    ) -> impl core::future::Future<Output = Result<(), Error>> + 'a {
+        let checked = match range {
+            // As a write to a read-only descriptor fails.
+            Some(_) if !self.writable => Err(Error::os(Origin::File, libc::EBADF)),
+            Some((pos, len)) => check_range(pos, len, self.capacity, self.block_size, Origin::File),
+            None => Ok(true),
+        };
+        crate::io::command(self, move |dev: &Self, view| match checked {
+            Ok(true) => dev.queue.borrow_mut().push_back(make(view)),
+            Ok(false) => view.ok(),
+            Err(e) => view.fail(e),
+        })
     }
 
     /// Moves queued requests into the SQ ring (as many as there are free slots).
@@ -177,6 +240,12 @@ impl FileBackend {
                 }
                 Request::Write(pos, v) => {
                     opcode::Write::new(fd, v.as_ptr(), v.len() as u32).offset(*pos).build()
+                }
+                Request::Sync(_) => {
+                    opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build()
+                }
+                Request::Fallocate { pos, len, mode, .. } => {
+                    opcode::Fallocate::new(fd, *len).offset(*pos).mode(*mode).build()
                 }
             };
             // SAFETY: the SQE points into the view's memory, which stays valid until the view
@@ -213,6 +282,10 @@ impl FileBackend {
                             requeue.push(Request::Write(pos + off, rest));
                         }
                     }
+                    Request::Sync(view) | Request::Fallocate { view, .. } => match res {
+                        0.. => view.ok(),
+                        _ => view.fail(command_error(-res)),
+                    },
                 }
             }
         }
@@ -299,6 +372,52 @@ impl PacketIo<ToDevice, u64> for FileBackend {
             pos += len;
             next = rest.and_then(|r| self.admit(pos, r));
         }
+    }
+}
+
+impl BlockCommands for FileBackend {
+    fn capabilities(&self) -> Capabilities {
+        // The page cache is the volatile cache; fallocate does zeroing and hole punching on
+        // the file systems and block devices that have it (the others answer Unsupported).
+        Capabilities {
+            volatile_cache: true,
+            fua: false,
+            discard: true,
+            discard_zeroes: true,
+            write_zeroes: true,
+            zeroes_unmap: true,
+            read_only: !self.writable,
+        }
+    }
+
+    fn flush(&self) -> impl core::future::Future<Output = Result<(), Error>> + '_ {
+        self.command(None, Request::Sync)
+    }
+
+    fn discard(
+        &self,
+        pos: u64,
+        len: u64,
+    ) -> impl core::future::Future<Output = Result<(), Error>> + '_ {
+        self.command(Some((pos, len)), move |view| Request::Fallocate {
+            pos,
+            len,
+            mode: PUNCH,
+            view,
+        })
+    }
+
+    fn write_zeroes(
+        &self,
+        pos: u64,
+        len: u64,
+        zeroes: Zeroes,
+    ) -> impl core::future::Future<Output = Result<(), Error>> + '_ {
+        let mode = match zeroes {
+            Zeroes::Allocate => ZERO_RANGE,
+            Zeroes::MayUnmap => PUNCH,
+        };
+        self.command(Some((pos, len)), move |view| Request::Fallocate { pos, len, mode, view })
     }
 }
 

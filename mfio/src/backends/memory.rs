@@ -6,7 +6,8 @@
 
 use crate::backend::{Activity, BlockDevice, IoBackend, PacketIo};
 use crate::block::clip;
-use crate::error::Origin;
+use crate::commands::{check_range, BlockCommands, Capabilities, Zeroes};
+use crate::error::{Error, Origin};
 use crate::perms::{FromDevice, ToDevice};
 use crate::PacketView;
 use alloc::collections::VecDeque;
@@ -18,6 +19,10 @@ use core::task::Context;
 enum Request {
     Read(u64, PacketView<FromDevice>),
     Write(u64, PacketView<ToDevice>),
+    /// Zeroes a range (write zeroes and discard alike); the view is the command's empty one.
+    Zero(u64, u64, PacketView<ToDevice>),
+    /// Nothing to make durable: completes in order with the batch.
+    Flush(PacketView<ToDevice>),
 }
 
 /// Counters of a [`MemoryBackend`].
@@ -89,6 +94,12 @@ impl MemoryBackend {
                     view.ok();
                 }
             }
+            Request::Zero(pos, len, view) => {
+                data[pos as usize..(pos + len) as usize].fill(0);
+                self.count_segment();
+                view.ok();
+            }
+            Request::Flush(view) => view.ok(),
         }
     }
 
@@ -117,6 +128,57 @@ impl PacketIo<FromDevice, u64> for MemoryBackend {
 impl PacketIo<ToDevice, u64> for MemoryBackend {
     fn send_io(&self, pos: u64, view: PacketView<ToDevice>) {
         self.queue.borrow_mut().push_back(Request::Write(pos, view));
+    }
+}
+
+impl MemoryBackend {
+    /// Queues a zeroing of a checked range (or completes an empty one at once).
+    fn zero(
+        &self,
+        pos: u64,
+        len: u64,
+    ) -> impl core::future::Future<Output = Result<(), Error>> + '_ {
+        let checked = check_range(pos, len, self.capacity(), self.block_size, Origin::Memory);
+        crate::io::command(self, move |dev: &Self, view| match checked {
+            Ok(true) => dev.queue.borrow_mut().push_back(Request::Zero(pos, len, view)),
+            Ok(false) => view.ok(),
+            Err(e) => view.fail(e),
+        })
+    }
+}
+
+impl BlockCommands for MemoryBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            discard: true,
+            discard_zeroes: true,
+            write_zeroes: true,
+            zeroes_unmap: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn flush(&self) -> impl core::future::Future<Output = Result<(), Error>> + '_ {
+        crate::io::command(self, |dev: &Self, view| {
+            dev.queue.borrow_mut().push_back(Request::Flush(view))
+        })
+    }
+
+    fn discard(
+        &self,
+        pos: u64,
+        len: u64,
+    ) -> impl core::future::Future<Output = Result<(), Error>> + '_ {
+        self.zero(pos, len)
+    }
+
+    fn write_zeroes(
+        &self,
+        pos: u64,
+        len: u64,
+        _zeroes: Zeroes,
+    ) -> impl core::future::Future<Output = Result<(), Error>> + '_ {
+        self.zero(pos, len)
     }
 }
 

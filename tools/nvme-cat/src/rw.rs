@@ -3,7 +3,7 @@
 use crate::target::{is_virtio, open_file, open_nvme, open_virtio, parse, parse_size, Spec};
 use crate::{with_ctrl, with_virtio};
 use clap::Args;
-use mfio::{block_on, BlockDevice, IoBufMut, ReadAt, Window, WriteAt};
+use mfio::{block_on, BlockCommands, BlockDevice, IoBufMut, ReadAt, Window, WriteAt};
 use mfio_dma::DmaBuffer;
 use mfio_nvme::ControllerOptions;
 use mfio_pci::PciDevice;

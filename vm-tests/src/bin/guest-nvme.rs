@@ -9,7 +9,7 @@
 //! step prints a line; any failure exits 1.
 #![forbid(unsafe_code)]
 
-use mfio::{block_on, BlockDevice, ReadAt, Window, WriteAt};
+use mfio::{block_on, BlockCommands, BlockDevice, ReadAt, Window, WriteAt, Zeroes};
 use mfio_conformance::{run_all, Config, Rng};
 use mfio_nvme::{CompletionMode, Controller, ControllerOptions, DataPointer, QueueStats};
 use mfio_pci::{PciAddress, VfioPci};
@@ -114,12 +114,16 @@ fn conformance<D: mfio_pci::PciDevice>(ctrl: &Arc<Controller<D>>, nsid: u32) -> 
 }
 
 fn extra_commands<D: mfio_pci::PciDevice>(q: &mfio_nvme::IoQueue<D>) -> R<()> {
+    let caps = q.capabilities();
+    mfio_conformance::check_commands(q, 1 << 20)
+        .map_err(|e| format!("commands ({caps:?}): {e}"))?;
+    println!("block commands: ok ({caps:?})");
     let bs = q.block_size() as usize;
     let pos = 64 * bs as u64;
     let data = Rng::new(7).bytes(8 * bs);
     q.write_all_blocking(pos, &data).map_err(|e| format!("write: {e}"))?;
     q.flush_blocking().map_err(|e| format!("flush: {e}"))?;
-    q.write_zeroes_blocking(pos + bs as u64, 2 * bs as u64)
+    q.write_zeroes_blocking(pos + bs as u64, 2 * bs as u64, Zeroes::Allocate)
         .map_err(|e| format!("write zeroes: {e}"))?;
     let mut back = vec![0xffu8; 8 * bs];
     q.read_all_blocking(pos, &mut back).map_err(|e| format!("read: {e}"))?;
@@ -127,10 +131,11 @@ fn extra_commands<D: mfio_pci::PciDevice>(q: &mfio_nvme::IoQueue<D>) -> R<()> {
     ensure!(back[bs..3 * bs].iter().all(|&b| b == 0), "write zeroes left data");
     ensure!(back[3 * bs..] == data[3 * bs..], "write zeroes touched blocks after its range");
     println!("flush, write zeroes: ok");
-    q.deallocate_blocking(pos, 8 * bs as u64).map_err(|e| format!("deallocate: {e}"))?;
+    q.discard_blocking(pos, 8 * bs as u64).map_err(|e| format!("deallocate: {e}"))?;
     println!("deallocate: ok");
-    let e =
-        q.write_zeroes_blocking(q.capacity(), bs as u64).expect_err("write zeroes past the end");
+    let e = q
+        .write_zeroes_blocking(q.capacity(), bs as u64, Zeroes::Allocate)
+        .expect_err("write zeroes past the end");
     ensure!(e.kind() == mfio::ErrorKind::OutOfRange, "write zeroes past the end: {e}");
     Ok(())
 }

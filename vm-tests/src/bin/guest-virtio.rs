@@ -13,7 +13,7 @@
 //! for packed must be refused. Every step prints a line; any failure exits 1.
 #![forbid(unsafe_code)]
 
-use mfio::{block_on, BlockDevice, ReadAt, Window, WriteAt};
+use mfio::{block_on, BlockCommands, BlockDevice, ReadAt, Window, WriteAt, Zeroes};
 use mfio_conformance::{run_all, Config, Rng};
 use mfio_pci::{CompletionMode, IommuMode, PciDevice, VfioPci};
 use mfio_virtio::spec::feature;
@@ -185,12 +185,16 @@ fn completion_modes<D: PciDevice>(dev: &VirtioBlk<D>, label: &str) -> R<()> {
 }
 
 fn extra_requests<D: PciDevice>(q: &BlkQueue<D>) -> R<()> {
+    let caps = q.capabilities();
+    mfio_conformance::check_commands(q, 1 << 20)
+        .map_err(|e| format!("commands ({caps:?}): {e}"))?;
+    println!("block commands: ok ({caps:?})");
     let bs = q.block_size() as usize;
     let pos = 64 * bs as u64;
     let data = Rng::new(7).bytes(8 * bs);
     q.write_all_blocking(pos, &data).map_err(|e| format!("write: {e}"))?;
     q.flush_blocking().map_err(|e| format!("flush: {e}"))?;
-    match q.write_zeroes_blocking(pos + bs as u64, 2 * bs as u64, false) {
+    match q.write_zeroes_blocking(pos + bs as u64, 2 * bs as u64, Zeroes::Allocate) {
         Ok(()) => {
             let mut back = vec![0xffu8; 8 * bs];
             q.read_all_blocking(pos, &mut back).map_err(|e| format!("read: {e}"))?;

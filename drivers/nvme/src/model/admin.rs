@@ -119,11 +119,12 @@ impl State {
                     nsfeat: 0,
                     nlbaf: 0,
                     flbas: 0,
+                    // As QEMU's: deallocated blocks read as zeroes; Write Zeroes may deallocate.
+                    dlfeat: IdentifyNamespace::DLFEAT_READS_ZEROES
+                        | IdentifyNamespace::DLFEAT_WRITE_ZEROES_DEAC,
                     lbaf: vec![LbaFormat { ms: 0, lbads: ns.lbads(), rp: 0 }],
                 }
                 .write_to(&mut data);
-                // DLFEAT: deallocated blocks read as zeroes.
-                data[33] = 1;
             }
             cns::CONTROLLER => {
                 self.identify_controller().write_to(&mut data);

@@ -71,6 +71,10 @@ impl State {
             return Err(status(generic::LBA_OUT_OF_RANGE));
         }
         let read = cmd.opcode == io::READ;
+        if !read && cmd.cdw12 & Command::FUA != 0 {
+            // Durable either way: the model has no volatile cache (yet); counted for tests.
+            self.counters.fua_writes += 1;
+        }
         // Within PRP1's page (the common case) the one segment stays on the stack.
         let one;
         let mut list = None;
@@ -118,6 +122,10 @@ impl State {
         }
         if let Some(bad) = self.media_error_in(cmd.nsid, slba, nlb) {
             return Err(self.media_failure(sqid, cmd, media::WRITE_FAULT, bad));
+        }
+        if cmd.cdw12 & Command::DEAC != 0 {
+            // Allowed (DLFEAT bit 3 is set); the blocks read back as zeroes either way.
+            self.counters.deac_zeroes += 1;
         }
         // No data transfer, so MDTS does not apply (WZSL is not reported).
         if !self.cfg.null_io {

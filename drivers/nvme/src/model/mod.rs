@@ -103,6 +103,10 @@ pub struct ModelStats {
     pub shadow_heads: u64,
     /// DMA accesses outside the mapped ranges.
     pub dma_faults: u64,
+    /// Writes with Force Unit Access (CDW12 bit 30).
+    pub fua_writes: u64,
+    /// Write Zeroes commands that allowed deallocation (DEAC).
+    pub deac_zeroes: u64,
 }
 
 impl NvmeModel {
@@ -273,6 +277,8 @@ impl NvmeModel {
             ignored_doorbells: c.ignored_doorbells,
             shadow_heads: c.shadow_heads,
             dma_faults: c.dma_faults,
+            fua_writes: c.fua_writes,
+            deac_zeroes: c.deac_zeroes,
         }
     }
 

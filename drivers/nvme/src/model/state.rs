@@ -68,6 +68,8 @@ pub(crate) struct Counters {
     pub cq_full_holds: u64,
     pub ignored_doorbells: u64,
     pub shadow_heads: u64,
+    pub fua_writes: u64,
+    pub deac_zeroes: u64,
     pub dma_faults: u64,
 }
 

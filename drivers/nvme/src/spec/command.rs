@@ -44,6 +44,11 @@ impl Command {
     /// PSDT value selecting SGLs for the data pointer (with a metadata pointer, not SGL).
     pub const PSDT_SGL: u8 = 1 << 6;
 
+    /// CDW12 of a Write: Force Unit Access (complete only once the data is durable).
+    pub const FUA: u32 = 1 << 30;
+    /// CDW12 of a Write Zeroes: the controller may deallocate the blocks (DEAC).
+    pub const DEAC: u32 = 1 << 25;
+
     /// A command with `opcode` for namespace `nsid`; everything else zero.
     pub fn new(opcode: u8, nsid: u32) -> Self {
         Self { opcode, nsid, ..Self::default() }

@@ -139,8 +139,18 @@ pub struct IdentifyNamespace {
     pub nlbaf: u8,
     /// Formatted LBA size: the index of the format in use (bits 0-3).
     pub flbas: u8,
+    /// Deallocate logical block features: bits 0-2 = 1 when deallocated blocks read as
+    /// zeroes; bit 3 when Write Zeroes may deallocate (its DEAC bit).
+    pub dlfeat: u8,
     /// The LBA formats.
     pub lbaf: Vec<LbaFormat>,
+}
+
+impl IdentifyNamespace {
+    /// DLFEAT: deallocated blocks read as zeroes.
+    pub const DLFEAT_READS_ZEROES: u8 = 1;
+    /// DLFEAT: Write Zeroes may deallocate (DEAC).
+    pub const DLFEAT_WRITE_ZEROES_DEAC: u8 = 1 << 3;
 }
 
 impl IdentifyNamespace {
@@ -165,6 +175,7 @@ impl IdentifyNamespace {
             nsfeat: b[24],
             nlbaf,
             flbas: b[26],
+            dlfeat: b[33],
             lbaf,
         }
     }
@@ -177,6 +188,7 @@ impl IdentifyNamespace {
         b[24] = self.nsfeat;
         b[25] = self.nlbaf;
         b[26] = self.flbas;
+        b[33] = self.dlfeat;
         for (i, f) in self.lbaf.iter().enumerate().take(64) {
             let o = 128 + 4 * i;
             b[o..o + 2].copy_from_slice(&f.ms.to_le_bytes());
