@@ -11,7 +11,7 @@
 use crate::backend::{BlockDevice, IoBackend, PacketIo};
 use crate::buf::IoBuf;
 use crate::error::{Error, ErrorKind, Origin, PartialError};
-use crate::io::{All, Io, WriteAt};
+use crate::io::{All, Io};
 use crate::perms::ToDevice;
 use core::future::Future;
 
@@ -145,6 +145,7 @@ pub async fn zero_fill<D: BlockCommands>(
     len: u64,
     chunk: usize,
 ) -> Result<(), Error> {
+    use crate::io::WriteAt;
     let bs = dev.block_size().max(1) as usize;
     if !check_range(pos, len, dev.capacity(), dev.block_size(), Origin::Framework)? {
         return Ok(());
