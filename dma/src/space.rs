@@ -247,6 +247,12 @@ impl std::fmt::Debug for DmaBuffer {
     }
 }
 
+impl AsMut<[u8]> for DmaBuffer {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
 impl DmaBuffer {
     /// Length in bytes (rounded up to the page size used).
     pub fn len(&self) -> usize {
@@ -276,6 +282,20 @@ impl DmaBuffer {
     /// Safe (atomic) access to the memory.
     pub fn mem(&self) -> DmaSlice<'_> {
         self.region.mem()
+    }
+
+    /// The bytes, for a caller that holds the buffer: to read a socket straight into it, or
+    /// send what a device read into it, without a copy through [`mem`](Self::mem).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the region is `len` initialized (zero-filled at mapping), writable bytes that
+        // live as long as `self`. `&mut self` makes this the only way to them for the borrow:
+        // no `DmaSlice` of this buffer can exist (each borrows `self`), and no packet holds
+        // it (a packet owns its buffer by value, so a buffer the caller can borrow mutably is
+        // lent to no device). A device reaches the buffer only through commands naming it,
+        // and a driver completes (gives back) a buffer only once its device can no longer
+        // reach it: the invariant every packet relies on (a reset frees nothing the
+        // controller might still write; the models refuse DMA once bus mastering is off).
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len()) }
     }
 
     /// IOVA of the first byte.

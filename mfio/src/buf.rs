@@ -164,6 +164,13 @@ impl<B: IoBuf> Window<B> {
     }
 }
 
+impl<B: IoBuf + AsMut<[u8]>> Window<B> {
+    /// The window's bytes (the buffer is the caller's: no packet holds it).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf.as_mut()[self.start..self.start + self.len]
+    }
+}
+
 // SAFETY: a sub-range of `B`'s range, which `B`'s own contract keeps valid and stable; `new`
 // checked that it lies inside.
 unsafe impl<B: IoBuf> IoBuf for Window<B> {

@@ -95,6 +95,9 @@ pub struct FileBackend {
     writable: bool,
     ring: Option<RefCell<Ring>>,
     queue: RefCell<VecDeque<Request>>,
+    /// The waker of a poll that answered `Idle` or `Armed`, woken when work is next queued
+    /// (the driver of a runtime sleeps until then, or until the ring's descriptor is readable).
+    parked: core::cell::Cell<Option<std::task::Waker>>,
 }
 
 impl FileBackend {
@@ -132,12 +135,21 @@ impl FileBackend {
             writable: opts.writable,
             ring,
             queue: RefCell::new(VecDeque::with_capacity(depth as usize)),
+            parked: core::cell::Cell::new(None),
         })
     }
 
     /// Whether requests go through io_uring (`false`: `pread`/`pwrite`).
     pub fn uses_io_uring(&self) -> bool {
         self.ring.is_some()
+    }
+
+    /// Queues a request and wakes a driver that is asleep on this backend.
+    fn push(&self, request: Request) {
+        self.queue.borrow_mut().push_back(request);
+        if let Some(w) = self.parked.take() {
+            w.wake();
+        }
     }
 
     /// Range checks, and splits a piece too large for one SQE off the front.
@@ -220,7 +232,7 @@ impl FileBackend {
             None => Ok(true),
         };
         crate::io::command(self, move |dev: &Self, view| match checked {
-            Ok(true) => dev.queue.borrow_mut().push_back(make(view)),
+            Ok(true) => dev.push(make(view)),
             Ok(false) => view.ok(),
             Err(e) => view.fail(e),
         })
@@ -260,7 +272,9 @@ impl FileBackend {
         }
     }
 
-    fn reap(&self, ring: &mut Ring) {
+    /// Completes what the kernel has finished; returns how many.
+    fn reap(&self, ring: &mut Ring) -> usize {
+        let mut reaped = 0;
         let mut requeue = Vec::new();
         {
             let Ring { ring: uring, slots, free } = ring;
@@ -270,6 +284,7 @@ impl FileBackend {
                     continue;
                 };
                 free.push(slot as u32);
+                reaped += 1;
                 let res = cqe.result();
                 match request {
                     Request::Read(pos, v) => {
@@ -293,6 +308,7 @@ impl FileBackend {
         for r in requeue.into_iter().rev() {
             queue.push_front(r);
         }
+        reaped
     }
 }
 
@@ -355,7 +371,7 @@ impl PacketIo<FromDevice, u64> for FileBackend {
         let mut next = self.admit(pos, view);
         while let Some((piece, rest)) = next {
             let len = piece.len() as u64;
-            self.queue.borrow_mut().push_back(Request::Read(pos, piece));
+            self.push(Request::Read(pos, piece));
             pos += len;
             next = rest.and_then(|r| self.admit(pos, r));
         }
@@ -368,7 +384,7 @@ impl PacketIo<ToDevice, u64> for FileBackend {
         let mut next = self.admit(pos, view);
         while let Some((piece, rest)) = next {
             let len = piece.len() as u64;
-            self.queue.borrow_mut().push_back(Request::Write(pos, piece));
+            self.push(Request::Write(pos, piece));
             pos += len;
             next = rest.and_then(|r| self.admit(pos, r));
         }
@@ -422,7 +438,7 @@ impl BlockCommands for FileBackend {
 }
 
 impl IoBackend for FileBackend {
-    fn poll_backend(&self, _cx: &mut Context<'_>) -> Activity {
+    fn poll_backend(&self, cx: &mut Context<'_>) -> Activity {
         let Some(ring) = &self.ring else {
             loop {
                 let Some(request) = self.queue.borrow_mut().pop_front() else {
@@ -433,16 +449,22 @@ impl IoBackend for FileBackend {
             return Activity::Idle;
         };
         let mut ring = ring.borrow_mut();
-        self.reap(&mut ring);
+        let mut reaped = self.reap(&mut ring);
         self.fill_ring(&mut ring);
         if !ring.ring.submission().is_empty() {
             // One system call for the whole batch: the io_uring "doorbell". A transient
             // failure (EAGAIN, EBUSY, EINTR) leaves the SQEs queued; the next poll retries.
             let _ = ring.ring.submit();
         }
-        self.reap(&mut ring);
-        if ring.in_flight() > 0 || !self.queue.borrow().is_empty() {
-            Activity::Busy
+        reaped += self.reap(&mut ring);
+        if !self.queue.borrow().is_empty() || reaped > 0 {
+            return Activity::Busy;
+        }
+        // Nothing queued, nothing finished: the ring's descriptor turns readable when the
+        // kernel posts a completion (it was just found empty), and a send wakes the waker.
+        self.parked.set(Some(cx.waker().clone()));
+        if ring.in_flight() > 0 {
+            Activity::Armed
         } else {
             Activity::Idle
         }

@@ -93,7 +93,7 @@ pub struct BenchArgs {
     output: Format,
 }
 
-fn parse_completion(s: &str) -> Result<CompletionMode, String> {
+pub(crate) fn parse_completion(s: &str) -> Result<CompletionMode, String> {
     s.parse()
 }
 

@@ -11,6 +11,7 @@ mod list;
 mod logs;
 mod output;
 mod rw;
+mod serve;
 mod target;
 mod tokio_load;
 
@@ -100,6 +101,9 @@ enum Cmd {
     Write(rw::WriteArgs),
     /// Measure IOPS, bandwidth and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Serve DEVICE over NBD to real clients (nbd-client, qemu-img, nbdinfo), on TCP and Unix
+    /// sockets.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         Cmd::Read(a) => rw::read(&a),
         Cmd::Write(a) => rw::write(&a),
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::Serve(a) => serve::run(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
