@@ -1,6 +1,7 @@
 #!/bin/bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
-#   formatting, clippy, the no_std build of the framework, every crate's tests, the soundness
+#   formatting, clippy, the no_std build of the framework, every crate's tests (the NBD server's
+#   against nbdinfo, nbdsh and qemu-img), the soundness
 #   tests (the framework's, dma's, both drivers', and the interrupt and runtime tests) under
 #   valgrind, the benchmarks' quick run, and the guest tests (scripts/vm-tests.sh: QEMU's NVMe
 #   and virtio-blk through VFIO, IOMMU and no-IOMMU).
@@ -24,6 +25,11 @@ done
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v jq >/dev/null || missing+=(jq)
+# The NBD server's tests run real clients: libnbd's nbdinfo and nbdsh (Debian's python3 with
+# its libnbd module), and qemu-img.
+command -v nbdinfo >/dev/null || missing+=(libnbd-bin)
+/usr/bin/python3 -c 'import nbd' 2>/dev/null || missing+=(python3-libnbd)
+command -v qemu-img >/dev/null || missing+=(qemu-utils)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

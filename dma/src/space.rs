@@ -428,6 +428,24 @@ mod tests {
     }
 
     #[test]
+    fn a_held_buffer_is_plain_bytes_the_device_sees() {
+        let m = Arc::new(CheckingMapper::new());
+        let space = DmaSpace::new(m.clone());
+        let mut b = space.alloc_with(2 * PAGE_SIZE, PagePolicy::SmallOnly).unwrap();
+        let s = b.as_mut_slice();
+        assert_eq!(s.len(), 2 * PAGE_SIZE);
+        assert!(s.iter().all(|&x| x == 0), "zero-filled");
+        s[PAGE_SIZE - 2..PAGE_SIZE + 2].copy_from_slice(b"span");
+        // What the CPU wrote is what the device reads, and the other way round.
+        let mut got = [0u8; 4];
+        m.read(Iova(b.iova().0 + PAGE_SIZE as u64 - 2), &mut got).unwrap();
+        assert_eq!(&got, b"span");
+        m.write(b.iova(), b"dev!").unwrap();
+        assert_eq!(&b.as_mut_slice()[..4], b"dev!");
+        assert_eq!(b.mem().read_u8(1), b'e');
+    }
+
+    #[test]
     fn registered_memory_translates_and_unregisters() {
         let m = Arc::new(CheckingMapper::new());
         let space = DmaSpace::new(m.clone());

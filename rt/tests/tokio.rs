@@ -124,3 +124,41 @@ fn a_lost_interrupt_does_not_hang_a_tokio_driver() {
     });
     assert!(q.stats().wakeup.fell_back, "{:?}", q.stats());
 }
+
+#[test]
+fn a_file_backend_sleeps_on_its_io_uring_and_wakes_when_work_is_sent() {
+    use mfio::backends::{FileBackend, FileOptions};
+    let p = std::env::temp_dir().join(format!("mfio-rt-file-{}", std::process::id()));
+    std::fs::write(&p, vec![5u8; 1 << 20]).unwrap();
+    let f = FileBackend::open_with(&p, &FileOptions::default()).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    assert!(f.uses_io_uring(), "this test needs io_uring");
+    let f = Rc::new(f);
+    let rt = runtime();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        tokio::task::spawn_local(mfio_rt::tokio::drive(f.clone()));
+        let cpu0 = mfio_conformance::cpu::thread_ticks();
+        // Idle: the driver is parked until a send wakes it (it used to be woken by nothing,
+        // and a read sent then waited for ever).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle = mfio_conformance::cpu::thread_ticks() - cpu0;
+        assert!(idle <= mfio_conformance::cpu::bound(3), "{idle} ticks of CPU while idle");
+        let read = tokio::time::timeout(Duration::from_secs(5), f.read_at(4096, vec![0u8; 4096]));
+        let (r, buf) = read.await.expect("a read on a parked file backend completed");
+        assert_eq!(r, Ok(4096));
+        assert!(buf.iter().all(|&b| b == 5));
+        // Many tasks at once, each answered.
+        let tasks: Vec<_> = (0..16u64)
+            .map(|i| {
+                let f = f.clone();
+                tokio::task::spawn_local(async move {
+                    f.write_all(i * 4096, vec![i as u8; 4096]).await.0
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(()));
+        }
+    });
+}
