@@ -67,6 +67,10 @@ check /usr/include/stdio.h libc6-dev
 check timeout coreutils
 check flock util-linux
 check jq jq # scripts/vm-tests.sh reads `cargo metadata`
+# guest-nbd runs the host's nbd-client, mkfs.ext4 and blkdiscard in the guest (chroot /host).
+check nbd-client nbd-client
+check mkfs.ext4 e2fsprogs
+check blkdiscard util-linux
 # Installing Debian's qemu-system-x86 replaces a newer qemu-utils on some images: put qemu-img
 # back (the benchmarks use `qemu-img bench` on nvme://).
 check qemu-img qemu-utils

@@ -21,6 +21,7 @@ done
 # virtio_pci + 9p: the host shares. qemu_fw_cfg: the command to run comes through fw_cfg.
 WANT="nvme virtio_blk virtio_pci vfio_pci vfio_iommu_type1 9pnet_virtio 9p qemu_fw_cfg"
 WANT="$WANT crc64_rocksoft_generic crct10dif_pclmul" # nvme's t10-pi wants a crc64 implementation
+WANT="$WANT nbd ext4 crc32c_generic" # guest-nbd: the kernel's NBD client, and ext4 (which wants crc32c)
 for m in $WANT; do modprobe -d "$KROOT" -S "$KV" --show-depends "$m"; done |
   awk '$1=="insmod"{print $2}' | awk '!s[$0]++' | while read -r ko; do
   rel=${ko#"$KROOT/lib/modules/$KV/"}
