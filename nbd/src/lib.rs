@@ -35,9 +35,11 @@ pub mod handshake;
 mod pool;
 pub mod proto;
 pub mod server;
+mod spin;
 mod transmission;
 
 pub use export::{Device, ExportInfo, MAX_PAYLOAD};
 pub use pool::CHUNK;
 pub use server::{Config, Listener, ServeError, Server, Stats};
+pub use spin::MAX_WINDOW as MAX_SPIN_WINDOW;
 pub use transmission::{Ended, MAX_IN_FLIGHT};

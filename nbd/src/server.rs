@@ -9,6 +9,7 @@
 use crate::export::{Device, ExportInfo, MAX_PAYLOAD};
 use crate::handshake::{self, HandshakeError};
 use crate::pool::{Pool, CHUNK};
+use crate::spin::{Spin, Spinner};
 use crate::transmission::{self, Ended, Worker};
 use mfio::{BlockCommands, BlockDevice};
 use std::rc::Rc;
@@ -34,6 +35,12 @@ pub struct Config {
     pub buffer_bytes: usize,
     /// A client that has not finished its handshake by then is disconnected.
     pub handshake_timeout: Duration,
+    /// Adaptive polling of the sockets: after a request or a reply, a worker polls its
+    /// sockets instead of sleeping for this long, or four times the recent gap between
+    /// requests when that is longer, up to 1 ms ([`MAX_SPIN_WINDOW`](crate::MAX_SPIN_WINDOW)).
+    /// `None`: sleep at once (the least CPU; each request then wakes the thread). An idle
+    /// server sleeps either way.
+    pub spin: Option<Duration>,
 }
 
 impl Default for Config {
@@ -45,6 +52,7 @@ impl Default for Config {
             workers: 1,
             buffer_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(30),
+            spin: Some(mfio_pci::DEFAULT_SPIN),
         }
     }
 }
@@ -302,8 +310,12 @@ fn worker<D: Device>(
     let dev = device.clone();
     let pool = Pool::new(buffers, move || dev.buffer(CHUNK));
     let local = tokio::task::LocalSet::new();
+    let spin = cfg.spin.map(Spin::new);
     local.block_on(&rt, async move {
         tokio::task::spawn_local(mfio_rt::tokio::drive(queue.clone()));
+        if let Some(s) = &spin {
+            tokio::task::spawn_local(Spinner(s.clone()));
+        }
         let mut shared: Option<Rc<Worker<D>>> = None;
         while let Some((conn, info)) = conns.recv().await {
             let w = shared
@@ -313,6 +325,7 @@ fn worker<D: Device>(
                         pool: pool.clone(),
                         info,
                         stats: stats.clone(),
+                        spin: spin.clone(),
                     })
                 })
                 .clone();

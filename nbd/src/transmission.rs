@@ -20,6 +20,7 @@ use crate::handshake::Session;
 use crate::pool::{Pool, Taken, CHUNK};
 use crate::proto::{self, cmd, cmd_flag, errno, reply, Request, REQUEST_LEN};
 use crate::server::Stats;
+use crate::spin::Spin;
 use mfio::{BlockCommands, IoBuf, ReadAt, Window, WriteAt, Zeroes};
 use std::io::IoSlice;
 use std::rc::Rc;
@@ -37,6 +38,8 @@ pub(crate) struct Worker<D: Device> {
     pub pool: Rc<Pool<D::Buf>>,
     pub info: Arc<ExportInfo>,
     pub stats: Arc<Stats>,
+    /// Adaptive polling of the sockets (see `crate::spin`), told of every request and reply.
+    pub spin: Option<Rc<Spin>>,
 }
 
 /// Why a connection ended.
@@ -112,7 +115,7 @@ where
     W: AsyncWrite + Unpin + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::task::spawn_local(writer(wr, rx, session.structured));
+    let writer = tokio::task::spawn_local(writer(wr, rx, session.structured, w.spin.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut scratch = Vec::new();
     let ended = loop {
@@ -126,6 +129,9 @@ where
         let Some(req) = Request::parse(&hdr) else {
             break Ended::Violation("a request without the request magic".into());
         };
+        if let Some(s) = &w.spin {
+            s.activity();
+        }
         w.stats.requests.fetch_add(1, Relaxed);
         if req.kind == cmd::DISC {
             break Ended::Disconnect;
@@ -422,6 +428,7 @@ async fn writer<W: AsyncWrite + Unpin, B: IoBuf + AsMut<[u8]>>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Reply<B>>,
     structured: bool,
+    spin: Option<Rc<Spin>>,
 ) {
     let mut batch = Vec::new();
     let mut broken = false;
@@ -435,6 +442,9 @@ async fn writer<W: AsyncWrite + Unpin, B: IoBuf + AsMut<[u8]>>(
         }
         if !broken && write_batch(&mut wr, &mut batch, structured).await.is_err() {
             broken = true;
+        }
+        if let Some(s) = &spin {
+            s.activity(); // the client's next request is likely on its way
         }
         for r in batch.drain(..) {
             r.recycle();

@@ -425,3 +425,35 @@ fn a_disconnect_answers_everything_in_flight_first() {
         assert!(f.model.read_blocks(1, i * 16, 16).iter().all(|&b| b == i as u8 + 1), "write {i}");
     }
 }
+
+/// CPU time of the whole process (every thread: the server's workers and acceptor too).
+fn process_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+    let tv =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+#[test]
+fn a_server_whose_clients_are_quiet_sleeps() {
+    let f = fixture();
+    let mut clients: Vec<Raw> = (0..3).map(|_| Raw::connect(&f)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.go("disk", i % 2 == 0);
+        c.request(cmd::FLUSH, 0, 1, 0, 0);
+        assert_eq!(c.simple(), (0, 1));
+    }
+    // Connected, nothing sent: the workers' adaptive windows close within a millisecond and
+    // every thread sleeps (in epoll, and on the queues' interrupts).
+    std::thread::sleep(Duration::from_millis(50));
+    let (cpu0, t0) = (process_cpu(), std::time::Instant::now());
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu, wall) = (process_cpu() - cpu0, t0.elapsed());
+    assert!(cpu < Duration::from_millis(50), "{cpu:?} of CPU in {wall:?} with quiet clients");
+    // And they still answer.
+    for c in &mut clients {
+        c.request(cmd::FLUSH, 0, 2, 0, 0);
+        assert_eq!(c.simple(), (0, 2));
+    }
+}

@@ -37,7 +37,9 @@ pub struct ServeArgs {
     #[arg(short = 'n', long, default_value_t = 1)]
     nsid: u32,
     /// How NVMe and virtio-blk queues wait for completions (adaptive lets an idle server
-    /// sleep; a file's io_uring is always slept on).
+    /// sleep; a file's io_uring is always slept on). It sets the sockets' polling too:
+    /// adaptive[:us] polls them that long after each request and reply (longer while requests
+    /// keep coming, up to 1 ms), interrupt sleeps at once.
     #[arg(long, default_value = "adaptive", value_parser = crate::bench::parse_completion)]
     completion: CompletionMode,
     /// Block size clients must align to, for a file.
@@ -77,6 +79,11 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
         description: a.description.clone(),
         read_only: a.read_only,
         workers: a.workers,
+        spin: match a.completion {
+            CompletionMode::Adaptive { spin } => Some(spin),
+            CompletionMode::Interrupt => None,
+            CompletionMode::Poll => Some(mfio_nbd::MAX_SPIN_WINDOW),
+        },
         ..Config::default()
     };
     let started = match parse(&a.device)? {

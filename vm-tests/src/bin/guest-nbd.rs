@@ -78,7 +78,9 @@ fn file_system<D: Device>(name: &str, dev: D) -> R<()> {
     let result = exercise(name, trim);
     if result.is_err() {
         // What the kernel said (a failed mount says it only there).
-        let _ = Command::new("sh").args(["-c", "dmesg | tail -15; grep ext4 /proc/filesystems"]).status();
+        let _ = Command::new("sh")
+            .args(["-c", "dmesg | tail -15; grep ext4 /proc/filesystems"])
+            .status();
     }
     // Disconnect whatever happened, so the next device can use /dev/nbd0.
     let _ = Command::new("umount").arg(MNT).output();
