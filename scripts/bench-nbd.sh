@@ -18,6 +18,7 @@
 #                    as the others use on a file; none for a block device, as ours bypasses it)
 #   --first-round N  number this invocation's rounds from N (to add rounds to an --out DIR)
 #   --no-fill        do not write the image before the rounds
+#   --tcp            TCP on loopback (127.0.0.1, a free port) instead of a Unix socket
 #   --report         no runs: print the table of what --out DIR holds
 #   --out DIR        raw fio JSON and the table (default /tmp/mfio-bench-nbd.DATE)
 # Needs fio (with its nbd engine), qemu-utils, nbdkit; a release nvme-cat (built if missing).
@@ -25,7 +26,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 QDS=1,32 ROUNDS=3 TIME=3 SIZE=1G IMAGE="" SERVERS=mfio,qemu-nbd,nbdkit MFIO_DEVICE=""
-QCACHE=writeback FIRST=1 FILL=1 REPORT=0
+QCACHE=writeback FIRST=1 FILL=1 REPORT=0 TCP=0
 OUT=/tmp/mfio-bench-nbd.$(date +%Y%m%d-%H%M%S)
 die() { echo "bench-nbd: ERROR: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -41,6 +42,7 @@ while [ $# -gt 0 ]; do
     --first-round) FIRST=$2; shift ;;
     --no-fill) FILL=0 ;;
     --report) REPORT=1 ;;
+    --tcp) TCP=1 ;;
     --out) OUT=$2; shift ;;
     -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
@@ -92,7 +94,18 @@ stop() {
 }
 trap stop EXIT
 
-start() { # start SERVER: serve IMAGE on SOCK, wait until it answers
+PORT=$((20000 + RANDOM % 20000))
+URI="nbd+unix:///?socket=$SOCK"
+[ "$TCP" = 1 ] && URI="nbd://127.0.0.1:$PORT/"
+# Where each server listens: --unix/-k/-U PATH, or --listen/-b -p/-i -p on loopback.
+listen_mfio() { if [ "$TCP" = 1 ]; then echo "--listen 127.0.0.1:$PORT"; else echo "--unix $SOCK"; fi; }
+listen_qemu() { if [ "$TCP" = 1 ]; then echo "-b 127.0.0.1 -p $PORT"; else echo "-k $SOCK"; fi; }
+listen_nbdkit() { if [ "$TCP" = 1 ]; then echo "-i 127.0.0.1 -p $PORT"; else echo "-U $SOCK"; fi; }
+ready() { # the server answers (a socket file, or the port accepts)
+  if [ "$TCP" = 1 ]; then (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; else [ -S "$SOCK" ]; fi
+}
+
+start() { # start SERVER: serve IMAGE on SOCK or PORT, wait until it answers
   rm -f "$SOCK"
   case "$1" in
     mfio | mfio-poll | mfio-interrupt)
@@ -100,23 +113,23 @@ start() { # start SERVER: serve IMAGE on SOCK, wait until it answers
       local dev="file:$IMAGE" mode=adaptive
       [ -n "$MFIO_DEVICE" ] && dev=$MFIO_DEVICE
       [ "$1" != mfio ] && mode=${1#mfio-}
-      "$NVME_CAT" serve "$dev" --unix "$SOCK" --workers 1 --completion "$mode" >"$OUT/$1.log" 2>&1 &
+      "$NVME_CAT" serve "$dev" $(listen_mfio) --workers 1 --completion "$mode" >"$OUT/$1.log" 2>&1 &
       PID=$! ;;
     qemu-nbd)
       command -v qemu-nbd >/dev/null || die "qemu-nbd is needed (qemu-utils)"
-      qemu-nbd -f raw -k "$SOCK" -t -e 64 --cache="$QCACHE" --aio=io_uring "$IMAGE" \
+      qemu-nbd -f raw $(listen_qemu) -t -e 64 --cache="$QCACHE" --aio=io_uring "$IMAGE" \
         >"$OUT/qemu-nbd.log" 2>&1 & PID=$! ;;
     nbdkit)
       command -v nbdkit >/dev/null || die "nbdkit is needed"
-      nbdkit -f -U "$SOCK" file "$IMAGE" >"$OUT/nbdkit.log" 2>&1 & PID=$! ;;
+      nbdkit -f $(listen_nbdkit) file "$IMAGE" >"$OUT/nbdkit.log" 2>&1 & PID=$! ;;
     *) die "unknown server $1" ;;
   esac
-  for _ in $(seq 100); do [ -S "$SOCK" ] && return 0; sleep 0.05; done
+  for _ in $(seq 100); do ready && return 0; sleep 0.05; done
   die "$1 did not start (see $OUT/$1.log)"
 }
 
 run() { # run SERVER RW QD ROUND: one fio run, its JSON kept
-  fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$SOCK" --rw="$2" --bs=4k \
+  fio --name=b --ioengine=nbd --uri="$URI" --rw="$2" --bs=4k \
     --iodepth="$3" --time_based --runtime="$TIME" --ramp_time=0.5 --size=256M \
     --randrepeat=0 --output-format=json --output="$OUT/$1-$2-qd$3-r$4.json" >"$OUT/fio.err" 2>&1 ||
     die "fio against $1 failed: $(cat "$OUT/fio.err")"
@@ -125,7 +138,7 @@ run() { # run SERVER RW QD ROUND: one fio run, its JSON kept
 # Fill what the reads will touch (reads of a hole are cheaper on some servers).
 if [ "$FILL" = 1 ]; then
   start "${SV[0]}"
-  fio --name=fill --ioengine=nbd --uri="nbd+unix:///?socket=$SOCK" --rw=write --bs=1M --size=256M \
+  fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --size=256M \
     --output-format=terse >/dev/null || die "filling the image failed"
   stop
 fi

@@ -40,6 +40,11 @@ impl<B> Pool<B> {
         })
     }
 
+    /// The most buffers there can be.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Waits until `n` buffers (at most [`limit`](Self::limit)) are free, and takes them.
     pub async fn take(self: &Rc<Self>, n: usize) -> Result<Taken<B>, String> {
         let n = n.clamp(1, self.limit);

@@ -22,12 +22,14 @@ use crate::proto::{self, cmd, cmd_flag, errno, reply, Request, REQUEST_LEN};
 use crate::server::Stats;
 use crate::spin::Spin;
 use mfio::{BlockCommands, IoBuf, ReadAt, Window, WriteAt, Zeroes};
+use std::cell::{Cell, RefCell};
 use std::io::IoSlice;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Requests of one connection in flight at once; the reader waits beyond it.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -107,6 +109,21 @@ enum Op {
     Zeroes,
 }
 
+/// A reply, with what it holds of its connection's limits (its in-flight slot, and for a read
+/// its share of the buffer pool): both are given back only once the writer has sent it, so a
+/// client that stops reading its replies stops being served, instead of queueing without end.
+struct Out<B: IoBuf> {
+    reply: Reply<B>,
+    _slot: OwnedSemaphorePermit,
+    _quota: Option<OwnedSemaphorePermit>,
+}
+
+type Replies<B> = mpsc::UnboundedSender<Out<B>>;
+
+/// How long a client may take to send the rest of a write's payload, or to take in a batch of
+/// replies, before it is disconnected (its buffers then go back to the others).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves requests until the connection ends; replies to everything in flight first.
 pub(crate) async fn serve<D, R, W>(w: Rc<Worker<D>>, mut rd: R, wr: W, session: Session) -> Ended
 where
@@ -117,14 +134,22 @@ where
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::task::spawn_local(writer(wr, rx, session.structured, w.spin.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // This connection's share of the worker's buffers: a quarter of them, so a client that
+    // stops reading its replies (they hold their buffers until sent) or its own writes' pieces
+    // cannot take what the others need; the stall timeout gives them back.
+    let share = (w.pool.limit() / 4).max(1);
+    let quota = Arc::new(Semaphore::new(share));
     let mut scratch = Vec::new();
     let ended = loop {
+        if tx.is_closed() {
+            break Ended::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no replies for too long",
+            ));
+        }
         let mut hdr = [0u8; REQUEST_LEN];
         if let Err(e) = rd.read_exact(&mut hdr).await {
-            break match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => Ended::Closed,
-                _ => Ended::Io(e),
-            };
+            break ended_by(e);
         }
         let Some(req) = Request::parse(&hdr) else {
             break Ended::Violation("a request without the request magic".into());
@@ -136,6 +161,11 @@ where
         if req.kind == cmd::DISC {
             break Ended::Disconnect;
         }
+        // Every request takes a slot, even one answered at once: the slot comes back when
+        // its reply has been written.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            break Ended::Violation("in-flight limit closed".into());
+        };
         let op = match check(&w.info, &session, &req) {
             Ok(op) => op,
             Err(error) => {
@@ -145,46 +175,34 @@ where
                         break Ended::Violation(format!("a write of {} bytes", req.length));
                     }
                     if let Err(e) = skip(&mut rd, req.length, &mut scratch).await {
-                        break Ended::Io(e);
+                        break ended_by(e);
                     }
                 }
-                w.stats.error_replies.fetch_add(1, Relaxed);
-                let _ = tx.send(Reply::failed(&req, error));
+                send(&w.stats, &tx, Reply::failed(&req, error), slot, None);
                 continue;
             }
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break Ended::Violation("in-flight limit closed".into());
-        };
-        let (tx, w2) = (tx.clone(), w.clone());
         match op {
             Op::Write => {
-                let (taken, pieces) = match receive(&w, &mut rd, &req).await {
-                    Ok(Some(p)) => p,
-                    Ok(None) => {
-                        let _ = tx.send(Reply::Status { cookie: req.cookie, error: errno::ENOMEM });
-                        continue;
-                    }
-                    Err(e) => break Ended::Io(e),
-                };
-                tokio::task::spawn_local(async move {
-                    let r = write(&w2, &req, taken, pieces).await;
-                    send(&w2, &tx, r);
-                    drop(permit);
-                });
+                if let Err(e) = stream_write(&w, &mut rd, req, slot, &tx, &quota).await {
+                    break e;
+                }
             }
             Op::Read => {
+                let (tx, w2, quota) = (tx.clone(), w.clone(), quota.clone());
                 tokio::task::spawn_local(async move {
+                    // At most the whole share: a read larger than it still runs, alone.
+                    let n = pieces_of(req.length).min(share) as u32;
+                    let Ok(share) = quota.acquire_many_owned(n).await else { return };
                     let r = read(&w2, &req).await;
-                    send(&w2, &tx, r);
-                    drop(permit);
+                    send(&w2.stats, &tx, r, slot, Some(share));
                 });
             }
             Op::Flush | Op::Trim | Op::Zeroes => {
+                let (tx, w2) = (tx.clone(), w.clone());
                 tokio::task::spawn_local(async move {
                     let r = command(&w2, &req, op).await;
-                    send(&w2, &tx, r);
-                    drop(permit);
+                    send(&w2.stats, &tx, r, slot, None);
                 });
             }
         }
@@ -195,14 +213,122 @@ where
     ended
 }
 
-fn send<B: IoBuf>(w: &Worker<impl Device>, tx: &mpsc::UnboundedSender<Reply<B>>, r: Reply<B>) {
-    let failed = match &r {
+fn ended_by(e: std::io::Error) -> Ended {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Ended::Closed,
+        _ => Ended::Io(e),
+    }
+}
+
+fn send<B: IoBuf>(
+    stats: &Stats,
+    tx: &Replies<B>,
+    reply: Reply<B>,
+    slot: OwnedSemaphorePermit,
+    quota: Option<OwnedSemaphorePermit>,
+) {
+    let failed = match &reply {
         Reply::Status { error, .. } | Reply::Read { error, .. } => *error != 0,
     };
     if failed {
-        w.stats.error_replies.fetch_add(1, Relaxed);
+        stats.error_replies.fetch_add(1, Relaxed);
     }
-    let _ = tx.send(r); // the writer is gone only with the connection
+    // The writer is gone only with the connection (or a client that took no replies).
+    let _ = tx.send(Out { reply, _slot: slot, _quota: quota });
+}
+
+/// A write streamed to the device: each 128 KiB piece is written as soon as it has been read
+/// from the socket, in a buffer of its own (so a client that stalls mid-payload holds one
+/// buffer, not the whole request's); the reply goes out once every piece is done.
+async fn stream_write<D: Device, R: AsyncRead + Unpin>(
+    w: &Rc<Worker<D>>,
+    rd: &mut R,
+    req: Request,
+    slot: OwnedSemaphorePermit,
+    tx: &Replies<D::Buf>,
+    quota: &Arc<Semaphore>,
+) -> Result<(), Ended> {
+    if req.length == 0 {
+        send(&w.stats, tx, Reply::Status { cookie: req.cookie, error: 0 }, slot, None);
+        return Ok(());
+    }
+    let n = pieces_of(req.length);
+    let agg = Rc::new(WriteDone {
+        left: Cell::new(n),
+        error: Cell::new(0),
+        reply: RefCell::new(Some((tx.clone(), slot))),
+        cookie: req.cookie,
+        stats: w.stats.clone(),
+    });
+    let fua = req.flags & cmd_flag::FUA != 0;
+    for i in 0..n {
+        let at = i * CHUNK;
+        let len = (req.length as usize - at).min(CHUNK);
+        let (share, taken) = match quota.clone().acquire_owned().await {
+            Ok(share) => (share, w.pool.take(1).await),
+            Err(_) => return Err(Ended::Violation("the buffer quota closed".into())),
+        };
+        let buf = taken.map(|mut t| {
+            let b = t.take_all().pop();
+            (t, b.and_then(|b| Window::new(b, 0, len)))
+        });
+        let (taken, mut win) = match buf {
+            Ok((t, Some(win))) => (t, win),
+            _ => {
+                // No buffer (out of DMA memory): the rest of the payload is skipped.
+                agg.finish(n - i, errno::ENOMEM);
+                let rest = req.length - at as u32;
+                return skip(rd, rest, &mut Vec::new()).await.map_err(ended_by);
+            }
+        };
+        match tokio::time::timeout(STALL_TIMEOUT, rd.read_exact(win.as_mut_slice())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                agg.finish(n - i, errno::EIO);
+                return Err(ended_by(e));
+            }
+            Err(_) => {
+                agg.finish(n - i, errno::EIO);
+                return Err(Ended::Violation("a write payload stalled".into()));
+            }
+        }
+        let (w2, agg2) = (w.clone(), agg.clone());
+        tokio::task::spawn_local(async move {
+            let (q, pos) = (&*w2.queue, req.offset + at as u64);
+            let (r, win) =
+                if fua { q.write_all_fua(pos, win).await } else { q.write_all(pos, win).await };
+            let mut taken = taken;
+            taken.put(win.into_inner());
+            drop((taken, share)); // the buffer is free for the next piece
+            agg2.finish(1, r.err().map_or(0, |e| proto::errno_of(&e.error, true)));
+        });
+    }
+    Ok(())
+}
+
+/// The pieces of one write still in flight, and its reply once they are done.
+struct WriteDone<B: IoBuf> {
+    left: Cell<usize>,
+    error: Cell<u32>,
+    reply: RefCell<Option<(Replies<B>, OwnedSemaphorePermit)>>,
+    cookie: u64,
+    stats: Arc<Stats>,
+}
+
+impl<B: IoBuf> WriteDone<B> {
+    /// `n` pieces are done (or will never be sent), the first error kept.
+    fn finish(&self, n: usize, error: u32) {
+        if self.error.get() == 0 {
+            self.error.set(error);
+        }
+        self.left.set(self.left.get().saturating_sub(n));
+        if self.left.get() == 0 {
+            if let Some((tx, slot)) = self.reply.borrow_mut().take() {
+                let reply = Reply::Status { cookie: self.cookie, error: self.error.get() };
+                send(&self.stats, &tx, reply, slot, None);
+            }
+        }
+    }
 }
 
 /// The protocol's checks, before anything reaches the device: `Err(errno)` to answer at once.
@@ -281,24 +407,6 @@ async fn windows<D: Device>(
     Some((taken, pieces))
 }
 
-/// Reads a write's payload from the socket into payload buffers.
-#[allow(clippy::type_complexity)]
-async fn receive<D: Device, R: AsyncRead + Unpin>(
-    w: &Worker<D>,
-    rd: &mut R,
-    req: &Request,
-) -> std::io::Result<Option<(Taken<D::Buf>, Vec<Window<D::Buf>>)>> {
-    let Some((taken, mut pieces)) = windows(w, req.length).await else {
-        let mut scratch = Vec::new();
-        skip(rd, req.length, &mut scratch).await?;
-        return Ok(None);
-    };
-    for p in &mut pieces {
-        rd.read_exact(p.as_mut_slice()).await?;
-    }
-    Ok(Some((taken, pieces)))
-}
-
 async fn read<D: Device>(w: &Worker<D>, req: &Request) -> Reply<D::Buf> {
     let cookie = req.cookie;
     if req.length == 0 {
@@ -308,9 +416,15 @@ async fn read<D: Device>(w: &Worker<D>, req: &Request) -> Reply<D::Buf> {
         return Reply::failed(req, errno::ENOMEM);
     };
     let q = &*w.queue;
-    let ios =
-        pieces.into_iter().enumerate().map(|(i, p)| q.read_all(req.offset + (i * CHUNK) as u64, p));
-    let done = join_all(ios).await;
+    let mut pieces = pieces;
+    let done = if pieces.len() == 1 {
+        // The common case (up to 128 KiB): no futures to box and join.
+        let p = pieces.pop().expect("one piece");
+        vec![q.read_all(req.offset, p).await]
+    } else {
+        let at = |i: usize| req.offset + (i * CHUNK) as u64;
+        join_all(pieces.into_iter().enumerate().map(|(i, p)| q.read_all(at(i), p))).await
+    };
     let (mut good, mut error, mut failed) = (0u64, 0u32, false);
     let mut pieces = Vec::with_capacity(done.len());
     for (r, p) in done {
@@ -327,33 +441,6 @@ async fn read<D: Device>(w: &Worker<D>, req: &Request) -> Reply<D::Buf> {
         pieces.push(p);
     }
     Reply::Read { cookie, offset: req.offset, pieces, good, error, bufs: Some(taken) }
-}
-
-async fn write<D: Device>(
-    w: &Worker<D>,
-    req: &Request,
-    mut taken: Taken<D::Buf>,
-    pieces: Vec<Window<D::Buf>>,
-) -> Reply<D::Buf> {
-    let q = &*w.queue;
-    let fua = req.flags & cmd_flag::FUA != 0;
-    let ios = pieces.into_iter().enumerate().map(|(i, p)| async move {
-        let pos = req.offset + (i * CHUNK) as u64;
-        if fua {
-            q.write_all_fua(pos, p).await
-        } else {
-            q.write_all(pos, p).await
-        }
-    });
-    let mut error = 0;
-    for (r, p) in join_all(ios).await {
-        if let (Err(e), 0) = (r, error) {
-            error = proto::errno_of(&e.error, true);
-        }
-        taken.put(p.into_inner());
-    }
-    // `taken` goes back to the pool here: every piece is done with its buffer.
-    Reply::Status { cookie: req.cookie, error }
 }
 
 async fn command<D: Device>(w: &Worker<D>, req: &Request, op: Op) -> Reply<D::Buf> {
@@ -426,7 +513,7 @@ async fn join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<
 /// only drains (so request tasks never wait on a dead client, and buffers go back).
 async fn writer<W: AsyncWrite + Unpin, B: IoBuf + AsMut<[u8]>>(
     mut wr: W,
-    mut rx: mpsc::UnboundedReceiver<Reply<B>>,
+    mut rx: mpsc::UnboundedReceiver<Out<B>>,
     structured: bool,
     spin: Option<Rc<Spin>>,
 ) {
@@ -440,14 +527,21 @@ async fn writer<W: AsyncWrite + Unpin, B: IoBuf + AsMut<[u8]>>(
                 Err(_) => break,
             }
         }
-        if !broken && write_batch(&mut wr, &mut batch, structured).await.is_err() {
-            broken = true;
+        if !broken {
+            let wrote =
+                tokio::time::timeout(STALL_TIMEOUT, write_batch(&mut wr, &mut batch, structured));
+            if !matches!(wrote.await, Ok(Ok(()))) {
+                // A dead or stalled client: no more replies, and the reader stops at its next
+                // request (what is queued is still drained, so buffers and slots come back).
+                broken = true;
+                rx.close();
+            }
         }
         if let Some(s) = &spin {
             s.activity(); // the client's next request is likely on its way
         }
-        for r in batch.drain(..) {
-            r.recycle();
+        for out in batch.drain(..) {
+            out.reply.recycle(); // buffers to the pool, then the slot and quota (dropped)
         }
     }
     if !broken {
@@ -459,13 +553,13 @@ async fn writer<W: AsyncWrite + Unpin, B: IoBuf + AsMut<[u8]>>(
 /// The wire form of a batch of replies: headers in one buffer, payloads in place.
 async fn write_batch<W: AsyncWrite + Unpin, B: IoBuf + AsMut<[u8]>>(
     wr: &mut W,
-    batch: &mut [Reply<B>],
+    batch: &mut [Out<B>],
     structured: bool,
 ) -> std::io::Result<()> {
     // First the header bytes (so the slices below can borrow them), as (start, end) spans.
     let mut heads = Vec::with_capacity(batch.len() * 48);
     let mut spans = Vec::with_capacity(batch.len() * 2);
-    for r in batch.iter() {
+    for r in batch.iter().map(|o| &o.reply) {
         let a = heads.len();
         match r {
             Reply::Status { cookie, error } => {
@@ -512,7 +606,7 @@ async fn write_batch<W: AsyncWrite + Unpin, B: IoBuf + AsMut<[u8]>>(
         spans.push((a, b, heads.len()));
     }
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 4);
-    for (r, &(a, b, c)) in batch.iter_mut().zip(&spans) {
+    for (r, &(a, b, c)) in batch.iter_mut().map(|o| &mut o.reply).zip(&spans) {
         slices.push(IoSlice::new(&heads[a..b]));
         if let Reply::Read { pieces, good, error, .. } = r {
             // Data: all of it on success; the good prefix of a failed structured read; none

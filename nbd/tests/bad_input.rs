@@ -457,3 +457,30 @@ fn a_server_whose_clients_are_quiet_sleeps() {
         assert_eq!(c.simple(), (0, 2));
     }
 }
+
+#[test]
+fn clients_that_stall_mid_write_or_never_read_their_replies_do_not_starve_the_others() {
+    let f = fixture();
+    // Four clients (two per worker) each start a 32 MiB write and stop sending: each holds
+    // one buffer (its pieces go to the device as they arrive), not the 256 it would need.
+    let mut stalled: Vec<Raw> = (0..4).map(|_| Raw::connect(&f)).collect();
+    for c in &mut stalled {
+        c.go("disk", false);
+        c.request(cmd::WRITE, 0, 1, 0, 32 << 20);
+        c.send(&vec![0x11u8; 200 << 10]);
+    }
+    // Four more send 300 reads of 128 KiB and never read a reply: each holds at most its
+    // quarter of its worker's buffers, and at most MAX_IN_FLIGHT replies.
+    let mut deaf: Vec<Raw> = (0..4).map(|_| Raw::connect(&f)).collect();
+    for c in &mut deaf {
+        c.go("disk", true);
+        for i in 0..300u64 {
+            c.request(cmd::READ, 0, i, (i % 64) * (128 << 10), 128 << 10);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Everyone else is served, on both workers, at once.
+    still_serves(&f);
+    still_serves(&f);
+    drop((stalled, deaf));
+}

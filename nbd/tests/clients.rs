@@ -166,7 +166,7 @@ fn nbdsh_commands_on_the_nvme_model() {
     let (model, ctrl) = nvme_model(512, 64 << 20);
     let r = serve(devices::Nvme::new(ctrl, 1, CompletionMode::ADAPTIVE), config("nvme"));
     let out =
-        nbdsh(&r.unix_uri("nvme"), "commands.py", &expect(512, 64 << 20, true, true, Some(true)));
+        nbdsh(&r.unix_uri("nvme"), "commands.py", &expect(512, 64 << 20, true, false, Some(true)));
     assert!(out.contains("nbdsh: ok"), "{out}");
     // FUA reached the controller as the FUA bit, and zeroing without NO_HOLE as DEAC.
     let st = model.stats();
@@ -178,8 +178,11 @@ fn nbdsh_commands_on_the_nvme_model() {
 fn nbdsh_commands_on_a_4k_nvme_namespace_over_tcp() {
     let (_model, ctrl) = nvme_model(4096, 64 << 20);
     let r = serve(devices::Nvme::new(ctrl, 1, CompletionMode::Interrupt), config("nvme4k"));
-    let out =
-        nbdsh(&r.tcp_uri("nvme4k"), "commands.py", &expect(4096, 64 << 20, true, true, Some(true)));
+    let out = nbdsh(
+        &r.tcp_uri("nvme4k"),
+        "commands.py",
+        &expect(4096, 64 << 20, true, false, Some(true)),
+    );
     assert!(out.contains("nbdsh: ok"), "{out}");
 }
 

@@ -127,12 +127,21 @@ fn a_lost_interrupt_does_not_hang_a_tokio_driver() {
 
 #[test]
 fn a_file_backend_sleeps_on_its_io_uring_and_wakes_when_work_is_sent() {
+    file_backend_sleeps(true);
+}
+
+#[test]
+fn a_file_backend_without_io_uring_sleeps_too() {
+    file_backend_sleeps(false);
+}
+
+fn file_backend_sleeps(io_uring: bool) {
     use mfio::backends::{FileBackend, FileOptions};
-    let p = std::env::temp_dir().join(format!("mfio-rt-file-{}", std::process::id()));
+    let p = std::env::temp_dir().join(format!("mfio-rt-file-{}-{io_uring}", std::process::id()));
     std::fs::write(&p, vec![5u8; 1 << 20]).unwrap();
-    let f = FileBackend::open_with(&p, &FileOptions::default()).unwrap();
+    let f = FileBackend::open_with(&p, &FileOptions { io_uring, ..Default::default() }).unwrap();
     std::fs::remove_file(&p).unwrap();
-    assert!(f.uses_io_uring(), "this test needs io_uring");
+    assert_eq!(f.uses_io_uring(), io_uring, "this test needs io_uring");
     let f = Rc::new(f);
     let rt = runtime();
     let local = tokio::task::LocalSet::new();

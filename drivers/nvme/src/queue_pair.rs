@@ -792,8 +792,8 @@ impl<D: PciDevice> PacketIo<ToDevice, u64> for IoQueue<D> {
 
 impl<D: PciDevice> BlockCommands for IoQueue<D> {
     /// From Identify: VWC (a volatile write cache), ONCS (Dataset Management, Write Zeroes)
-    /// and the namespace's DLFEAT (deallocated blocks read as zeroes; Write Zeroes may
-    /// deallocate). FUA is part of every NVMe write.
+    /// and the namespace's DLFEAT (Write Zeroes may deallocate). FUA is part of every NVMe
+    /// write.
     fn capabilities(&self) -> Capabilities {
         let id = self.ctrl.identify();
         let dlfeat = self.ns.identify.dlfeat;
@@ -801,7 +801,10 @@ impl<D: PciDevice> BlockCommands for IoQueue<D> {
             volatile_cache: id.vwc & 1 != 0,
             fua: true,
             discard: id.oncs & IdentifyController::ONCS_DSM != 0,
-            discard_zeroes: dlfeat & 7 == IdentifyNamespace::DLFEAT_READS_ZEROES,
+            // Deallocate is advisory: DLFEAT says what a deallocated block reads, not that
+            // Dataset Management deallocated it (QEMU's ignores it on an image opened without
+            // discard=unmap, and still reports DLFEAT 1).
+            discard_zeroes: false,
             write_zeroes: id.oncs & IdentifyController::ONCS_WRITE_ZEROES != 0,
             zeroes_unmap: dlfeat & IdentifyNamespace::DLFEAT_WRITE_ZEROES_DEAC != 0,
             read_only: false,

@@ -195,7 +195,10 @@ fn block_commands_conform_with_native_fua_and_deac() {
         };
         let (model, _ctrl, q) = setup(cfg, ControllerOptions::default());
         let caps = q.capabilities();
-        assert!(caps.fua && caps.volatile_cache && caps.discard && caps.discard_zeroes, "{caps:?}");
+        assert!(
+            caps.fua && caps.volatile_cache && caps.discard && !caps.discard_zeroes,
+            "{caps:?}"
+        );
         assert!(caps.write_zeroes && caps.zeroes_unmap, "{caps:?}");
         mfio_conformance::check_commands(&q, 4 << 20).unwrap();
         let st = model.stats();

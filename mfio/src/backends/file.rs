@@ -44,6 +44,18 @@ const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 /// Zeroes that stay allocated.
 const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
 
+/// An eventfd nothing ever signals (a sync backend's polling handle).
+fn idle_eventfd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd takes no pointers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// A failed flush or fallocate: a file system without the operation says so as
 /// [`ErrorKind::Unsupported`], as a device lacking it would.
 fn command_error(errno: i32) -> Error {
@@ -79,6 +91,9 @@ struct Ring {
     /// In-flight requests by slot index (the SQE's user data).
     slots: Vec<Option<Request>>,
     free: Vec<u32>,
+    /// The kernel's io_uring has `IORING_OP_FALLOCATE` (Linux 5.6): otherwise zeroing and
+    /// discards are system calls of their own, not an error the caller would see.
+    fallocate: bool,
 }
 
 impl Ring {
@@ -94,6 +109,8 @@ pub struct FileBackend {
     block_size: u32,
     writable: bool,
     ring: Option<RefCell<Ring>>,
+    /// The polling handle without a ring (see `from_file`).
+    idle_fd: Option<std::os::fd::OwnedFd>,
     queue: RefCell<VecDeque<Request>>,
     /// The waker of a poll that answered `Idle` or `Armed`, woken when work is next queued
     /// (the driver of a runtime sleeps until then, or until the ring's descriptor is readable).
@@ -119,14 +136,25 @@ impl FileBackend {
         let ring = if opts.io_uring {
             // io_uring may be disabled (seccomp, sysctl): fall back to pread/pwrite then.
             IoUring::new(depth).ok().map(|ring| {
+                let mut probe = io_uring::Probe::new();
+                let fallocate = ring.submitter().register_probe(&mut probe).is_ok()
+                    && probe.is_supported(opcode::Fallocate::CODE);
                 RefCell::new(Ring {
                     ring,
                     slots: (0..depth).map(|_| None).collect(),
                     free: (0..depth).rev().collect(),
+                    fallocate,
                 })
             })
         } else {
             None
+        };
+        // Without a ring everything runs inside a poll, so an idle backend has nothing to be
+        // woken by but a send, which wakes the parked waker: a descriptor that never turns
+        // readable lets a runtime's driver sleep on it meanwhile instead of spinning.
+        let idle_fd = match ring {
+            Some(_) => None,
+            None => Some(idle_eventfd()?),
         };
         Ok(Self {
             file,
@@ -134,6 +162,7 @@ impl FileBackend {
             block_size: opts.block_size.max(1),
             writable: opts.writable,
             ring,
+            idle_fd,
             queue: RefCell::new(VecDeque::with_capacity(depth as usize)),
             parked: core::cell::Cell::new(None),
         })
@@ -238,14 +267,20 @@ impl FileBackend {
         })
     }
 
-    /// Moves queued requests into the SQ ring (as many as there are free slots).
-    fn fill_ring(&self, ring: &mut Ring) {
+    /// Moves queued requests into the SQ ring (as many as there are free slots); returns how
+    /// many it carried out itself instead (fallocate on a kernel whose io_uring lacks it).
+    fn fill_ring(&self, ring: &mut Ring) -> usize {
         let fd = types::Fd(self.file.as_raw_fd());
         let mut queue = self.queue.borrow_mut();
+        let mut inline = Vec::new();
         while let Some(&slot) = ring.free.last() {
             let Some(request) = queue.pop_front() else {
                 break;
             };
+            if matches!(request, Request::Fallocate { .. }) && !ring.fallocate {
+                inline.push(request);
+                continue;
+            }
             let entry = match &request {
                 Request::Read(pos, v) => {
                     opcode::Read::new(fd, v.as_mut_ptr(), v.len() as u32).offset(*pos).build()
@@ -270,6 +305,13 @@ impl FileBackend {
             ring.free.pop();
             ring.slots[slot as usize] = Some(request);
         }
+        // Outside the queue's borrow: a completion may queue more.
+        drop(queue);
+        let n = inline.len();
+        for request in inline {
+            self.run_sync(request);
+        }
+        n
     }
 
     /// Completes what the kernel has finished; returns how many.
@@ -277,7 +319,7 @@ impl FileBackend {
         let mut reaped = 0;
         let mut requeue = Vec::new();
         {
-            let Ring { ring: uring, slots, free } = ring;
+            let Ring { ring: uring, slots, free, .. } = ring;
             for cqe in uring.completion() {
                 let slot = cqe.user_data() as usize;
                 let Some(request) = slots.get_mut(slot).and_then(Option::take) else {
@@ -446,22 +488,28 @@ impl IoBackend for FileBackend {
                 };
                 self.run_sync(request);
             }
+            // All done: asleep until a send wakes the waker (see `idle_fd`).
+            self.parked.set(Some(cx.waker().clone()));
             return Activity::Idle;
         };
         let mut ring = ring.borrow_mut();
         let mut reaped = self.reap(&mut ring);
-        self.fill_ring(&mut ring);
+        reaped += self.fill_ring(&mut ring);
         if !ring.ring.submission().is_empty() {
             // One system call for the whole batch: the io_uring "doorbell". A transient
             // failure (EAGAIN, EBUSY, EINTR) leaves the SQEs queued; the next poll retries.
             let _ = ring.ring.submit();
         }
         reaped += self.reap(&mut ring);
-        if !self.queue.borrow().is_empty() || reaped > 0 {
+        // Progress, SQEs the kernel has not taken (no completion would announce them), or
+        // requests waiting with slots free: poll again.
+        let waiting = !self.queue.borrow().is_empty();
+        if reaped > 0 || !ring.ring.submission().is_empty() || (waiting && !ring.free.is_empty()) {
             return Activity::Busy;
         }
-        // Nothing queued, nothing finished: the ring's descriptor turns readable when the
-        // kernel posts a completion (it was just found empty), and a send wakes the waker.
+        // Nothing finished and nothing more to hand over until a completion frees a slot: the
+        // ring's descriptor turns readable when the kernel posts one (it was just found empty),
+        // and a send wakes the waker.
         self.parked.set(Some(cx.waker().clone()));
         if ring.in_flight() > 0 {
             Activity::Armed
@@ -471,9 +519,12 @@ impl IoBackend for FileBackend {
     }
 
     fn polling_handle(&self) -> Option<crate::backend::PollingHandle> {
-        self.ring
-            .as_ref()
-            .map(|r| crate::backend::PollingHandle { fd: r.borrow().ring.as_raw_fd() })
+        let fd = match (&self.ring, &self.idle_fd) {
+            (Some(r), _) => r.borrow().ring.as_raw_fd(),
+            (None, Some(fd)) => fd.as_raw_fd(),
+            (None, None) => return None,
+        };
+        Some(crate::backend::PollingHandle { fd })
     }
 }
 
