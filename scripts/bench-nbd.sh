@@ -11,7 +11,8 @@
 #   --size SIZE      image size (default 1G); --image PATH: serve this file or block device
 #                    (its contents are overwritten by the write runs)
 #   --servers LIST   of mfio, qemu-nbd, nbdkit (default all three); mfio-poll, mfio-interrupt:
-#                    ours with that completion mode (mfio: adaptive, the default)
+#                    ours with that completion mode (mfio: adaptive, the default);
+#                    mfio-interrupt+spin: interrupts, the sockets polled 50 us after a reply
 #   --mfio-device D  what `nvme-cat serve` exports instead of the image (a PCI address, to
 #                    compare with qemu-nbd serving the kernel's device in a guest)
 #   --qemu-nbd-cache writeback|none   qemu-nbd's --cache (default writeback: the page cache,
@@ -108,12 +109,15 @@ ready() { # the server answers (a socket file, or the port accepts)
 start() { # start SERVER: serve IMAGE on SOCK or PORT, wait until it answers
   rm -f "$SOCK"
   case "$1" in
-    mfio | mfio-poll | mfio-interrupt)
-      # mfio: the default (adaptive) completion; the others name theirs.
-      local dev="file:$IMAGE" mode=adaptive
+    mfio | mfio-poll | mfio-interrupt | mfio-interrupt+spin)
+      # mfio: the default (adaptive) completion; the others name theirs; +spin: the sockets
+      # polled for 50 us after each reply all the same.
+      local dev="file:$IMAGE" mode=adaptive name=${1%+spin} spin=auto
       [ -n "$MFIO_DEVICE" ] && dev=$MFIO_DEVICE
-      [ "$1" != mfio ] && mode=${1#mfio-}
-      "$NVME_CAT" serve "$dev" $(listen_mfio) --workers 1 --completion "$mode" >"$OUT/$1.log" 2>&1 &
+      [ "$name" != mfio ] && mode=${name#mfio-}
+      [ "$name" != "$1" ] && spin=50
+      "$NVME_CAT" serve "$dev" $(listen_mfio) --workers 1 --completion "$mode" --socket-spin "$spin" \
+        >"$OUT/$1.log" 2>&1 &
       PID=$! ;;
     qemu-nbd)
       command -v qemu-nbd >/dev/null || die "qemu-nbd is needed (qemu-utils)"

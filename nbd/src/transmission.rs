@@ -20,7 +20,7 @@ use crate::handshake::Session;
 use crate::pool::{Pool, Taken, CHUNK};
 use crate::proto::{self, cmd, cmd_flag, errno, reply, Request, REQUEST_LEN};
 use crate::server::Stats;
-use crate::spin::Spin;
+use crate::spin::{Busy, Spin};
 use mfio::{BlockCommands, IoBuf, ReadAt, Window, WriteAt, Zeroes};
 use std::cell::{Cell, RefCell};
 use std::io::IoSlice;
@@ -182,9 +182,11 @@ where
                 continue;
             }
         };
+        // The spinner rests while this request is at the device.
+        let busy = w.spin.as_ref().map(Busy::new);
         match op {
             Op::Write => {
-                if let Err(e) = stream_write(&w, &mut rd, req, slot, &tx, &quota).await {
+                if let Err(e) = stream_write(&w, &mut rd, req, (slot, busy), &tx, &quota).await {
                     break e;
                 }
             }
@@ -195,6 +197,7 @@ where
                     let n = pieces_of(req.length).min(share) as u32;
                     let Ok(share) = quota.acquire_many_owned(n).await else { return };
                     let r = read(&w2, &req).await;
+                    drop(busy);
                     send(&w2.stats, &tx, r, slot, Some(share));
                 });
             }
@@ -202,6 +205,7 @@ where
                 let (tx, w2) = (tx.clone(), w.clone());
                 tokio::task::spawn_local(async move {
                     let r = command(&w2, &req, op).await;
+                    drop(busy);
                     send(&w2.stats, &tx, r, slot, None);
                 });
             }
@@ -244,11 +248,12 @@ async fn stream_write<D: Device, R: AsyncRead + Unpin>(
     w: &Rc<Worker<D>>,
     rd: &mut R,
     req: Request,
-    slot: OwnedSemaphorePermit,
+    (slot, busy): (OwnedSemaphorePermit, Option<Busy>),
     tx: &Replies<D::Buf>,
     quota: &Arc<Semaphore>,
 ) -> Result<(), Ended> {
     if req.length == 0 {
+        drop(busy);
         send(&w.stats, tx, Reply::Status { cookie: req.cookie, error: 0 }, slot, None);
         return Ok(());
     }
@@ -256,7 +261,7 @@ async fn stream_write<D: Device, R: AsyncRead + Unpin>(
     let agg = Rc::new(WriteDone {
         left: Cell::new(n),
         error: Cell::new(0),
-        reply: RefCell::new(Some((tx.clone(), slot))),
+        reply: RefCell::new(Some((tx.clone(), slot, busy))),
         cookie: req.cookie,
         stats: w.stats.clone(),
     });
@@ -310,7 +315,7 @@ async fn stream_write<D: Device, R: AsyncRead + Unpin>(
 struct WriteDone<B: IoBuf> {
     left: Cell<usize>,
     error: Cell<u32>,
-    reply: RefCell<Option<(Replies<B>, OwnedSemaphorePermit)>>,
+    reply: RefCell<Option<(Replies<B>, OwnedSemaphorePermit, Option<Busy>)>>,
     cookie: u64,
     stats: Arc<Stats>,
 }
@@ -323,7 +328,8 @@ impl<B: IoBuf> WriteDone<B> {
         }
         self.left.set(self.left.get().saturating_sub(n));
         if self.left.get() == 0 {
-            if let Some((tx, slot)) = self.reply.borrow_mut().take() {
+            if let Some((tx, slot, busy)) = self.reply.borrow_mut().take() {
+                drop(busy);
                 let reply = Reply::Status { cookie: self.cookie, error: self.error.get() };
                 send(&self.stats, &tx, reply, slot, None);
             }

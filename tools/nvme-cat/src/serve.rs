@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// keep coming, up to 1 ms), interrupt sleeps at once.
     #[arg(long, default_value = "adaptive", value_parser = crate::bench::parse_completion)]
     completion: CompletionMode,
+    /// Polling of the sockets between requests: `auto` (from --completion: adaptive polls them
+    /// for its spin, interrupt not at all), `off`, or microseconds (the window's floor; it
+    /// grows with the gap between requests, up to 1 ms, and only while no request is at the
+    /// device).
+    #[arg(long, default_value = "auto")]
+    socket_spin: String,
     /// Block size clients must align to, for a file.
     #[arg(long, default_value_t = 512)]
     block_size: u32,
@@ -79,11 +85,7 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
         description: a.description.clone(),
         read_only: a.read_only,
         workers: a.workers,
-        spin: match a.completion {
-            CompletionMode::Adaptive { spin } => Some(spin),
-            CompletionMode::Interrupt => None,
-            CompletionMode::Poll => Some(mfio_nbd::MAX_SPIN_WINDOW),
-        },
+        spin: socket_spin(&a.socket_spin, a.completion)?,
         ..Config::default()
     };
     let started = match parse(&a.device)? {
@@ -126,6 +128,24 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     server.wait();
     Ok(())
+}
+
+/// `--socket-spin`.
+fn socket_spin(s: &str, mode: CompletionMode) -> Result<Option<std::time::Duration>, String> {
+    Ok(match s {
+        "auto" => match mode {
+            CompletionMode::Adaptive { spin } => Some(spin),
+            CompletionMode::Interrupt => None,
+            CompletionMode::Poll => Some(mfio_nbd::MAX_SPIN_WINDOW),
+        },
+        "off" => None,
+        us => {
+            let n: u64 = us
+                .parse()
+                .map_err(|_| format!("--socket-spin {us}: auto, off, or microseconds"))?;
+            Some(std::time::Duration::from_micros(n))
+        }
+    })
 }
 
 fn start<D: Device>(d: D, cfg: Config, l: Vec<Listener>) -> Result<Server, mfio_nbd::ServeError> {
