@@ -311,11 +311,14 @@ async fn stream_write<D: Device, R: AsyncRead + Unpin>(
     Ok(())
 }
 
+/// Where a write's reply goes, its in-flight slot, and its mark on the spinner.
+type PendingReply<B> = (Replies<B>, OwnedSemaphorePermit, Option<Busy>);
+
 /// The pieces of one write still in flight, and its reply once they are done.
 struct WriteDone<B: IoBuf> {
     left: Cell<usize>,
     error: Cell<u32>,
-    reply: RefCell<Option<(Replies<B>, OwnedSemaphorePermit, Option<Busy>)>>,
+    reply: RefCell<Option<PendingReply<B>>>,
     cookie: u64,
     stats: Arc<Stats>,
 }
