@@ -219,8 +219,11 @@ fn completion_modes<D: mfio_pci::PciDevice>(ctrl: &Arc<Controller<D>>) -> R<()> 
         let w = q.stats().wakeup;
         println!("{mode:?} (queue {}): conformance ok, {w:?}", q.qid());
         ensure!(!w.fell_back, "{mode:?}: the queue's interrupts did not come: {w:?}");
-        ensure!(w.armed > 0 && w.interrupts > 0, "{mode:?}: never slept on its vector: {w:?}");
+        // Adaptive sleeps only when a request outlasts its window, which depends on how fast
+        // this guest runs (the models show it does, with a latency they control: the drivers'
+        // interrupts tests), so here it is reported; interrupt mode must sleep on every read.
         if mode == CompletionMode::Interrupt {
+            ensure!(w.armed > 0 && w.interrupts > 0, "{mode:?}: never slept on its vector: {w:?}");
             ensure!(w.interrupts >= 200, "{mode:?}: QD1 reads not woken by interrupts: {w:?}");
         }
     }
