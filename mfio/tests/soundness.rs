@@ -364,3 +364,39 @@ fn sink_panics_whose_payloads_panic_on_drop_neither_hang_nor_unwind_into_the_bac
         assert!(pkt.is_idle());
     });
 }
+
+/// A file backend parks the waker of an idle poll and wakes it when work is next queued: a
+/// waker that panics there unwinds out of the send, after the request was queued. The
+/// request's packet (on the stack of a blocking read) is dropped by the unwind, which waits for
+/// its segment; the backend goes on serving. Both with io_uring and without.
+#[test]
+fn a_panicking_parked_waker_of_a_file_backend_loses_nothing() {
+    use mfio::backends::{FileBackend, FileOptions};
+    use mfio::{IoBackend, ReadAt};
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+    struct Bomb;
+    impl Wake for Bomb {
+        fn wake(self: Arc<Self>) {
+            panic!("waker bomb");
+        }
+    }
+    for io_uring in [true, false] {
+        let p = std::env::temp_dir().join(format!("mfio-bomb-{}-{io_uring}", std::process::id()));
+        std::fs::write(&p, vec![9u8; 1 << 16]).unwrap();
+        let dev =
+            FileBackend::open_with(&p, &FileOptions { io_uring, ..Default::default() }).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        let bomb = Waker::from(Arc::new(Bomb));
+        let _ = dev.poll_backend(&mut Context::from_waker(&bomb)); // idle: parks the bomb
+        let mut buf = vec![0u8; 4096];
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dev.read_at_blocking(0, &mut buf)
+        }));
+        assert!(r.is_err(), "the parked waker's panic reached the sender");
+        // The backend still works, and the panicking waker was used once only.
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(dev.read_at_blocking(4096, &mut buf), Ok(4096));
+        assert!(buf.iter().all(|&b| b == 9));
+    }
+}
