@@ -1,35 +1,8 @@
-//! What the server exports: a [`Device`] (queues and payload buffers), and the facts about it
-//! every client is told ([`ExportInfo`]).
+//! The facts about an export every client is told ([`ExportInfo`]); the device itself is an
+//! [`mfio_devices::Device`].
 
 use crate::proto::flag;
-use mfio::{BlockCommands, Capabilities, IoBufMut, ReadAt};
-
-/// A block device the server can export: it opens one queue per worker thread (queues belong
-/// to one thread: see mfio-rt's threading model) and makes the buffers payloads land in.
-pub trait Device: Send + Sync + 'static {
-    /// A worker thread's queue: reads, writes and the block commands.
-    type Queue: BlockCommands + ReadAt + 'static;
-    /// A payload buffer: the socket is read into it, and the device reads or writes it without
-    /// a copy (DMA memory for a VFIO device).
-    type Buf: IoBufMut + AsMut<[u8]> + 'static;
-
-    /// Opens queue `index` (one per worker, `0..max_queues()`), on the worker's own thread.
-    fn open_queue(&self, index: usize) -> Result<Self::Queue, String>;
-
-    /// How many queues [`open_queue`](Self::open_queue) can give (the server runs at most
-    /// this many workers).
-    fn max_queues(&self) -> usize;
-
-    /// A payload buffer of at least `len` bytes.
-    fn buffer(&self, len: usize) -> Result<Self::Buf, String>;
-
-    /// Flush and FUA on one queue cover writes completed on every queue (one cache per
-    /// device: NVMe, virtio-blk and files all work this way), so clients may spread their
-    /// I/O over several connections (`NBD_FLAG_CAN_MULTI_CONN`).
-    fn flush_covers_all_queues(&self) -> bool {
-        true
-    }
-}
+use mfio::Capabilities;
 
 /// The largest payload a client may send or ask for in one request (the protocol's own
 /// "never a denial of service" size, 32 MiB).

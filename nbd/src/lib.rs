@@ -12,8 +12,8 @@
 //!
 //! - [`proto`]: the wire format; [`handshake`]: fixed newstyle negotiation (`GO`, `INFO`,
 //!   `EXPORT_NAME`, `LIST`, `ABORT`, `STRUCTURED_REPLY`); `transmission`: the request loop
-//!   of one connection; [`server`]: listeners and workers; [`devices`]: NVMe, virtio-blk and
-//!   file exports.
+//!   of one connection; [`server`]: listeners and workers; [`devices`] (mfio-devices): NVMe,
+//!   virtio-blk and file exports.
 //! - Commands: READ, WRITE (with FUA), FLUSH, TRIM, WRITE_ZEROES (`NO_HOLE`, `FAST_ZERO`),
 //!   DISC, on the framework's [`mfio::BlockCommands`], so every backend behaves the same.
 //! - A client that breaks the protocol is disconnected; the others go on. A write is
@@ -29,7 +29,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod devices;
 pub mod export;
 pub mod handshake;
 mod pool;
@@ -38,7 +37,10 @@ pub mod server;
 mod spin;
 mod transmission;
 
-pub use export::{Device, ExportInfo, MAX_PAYLOAD};
+pub use export::{ExportInfo, MAX_PAYLOAD};
+/// The devices a server exports (re-exported: [`mfio_devices`]).
+pub use mfio_devices as devices;
+pub use mfio_devices::Device;
 pub use pool::CHUNK;
 pub use server::{Config, Listener, ServeError, Server, Stats};
 pub use spin::MAX_WINDOW as MAX_SPIN_WINDOW;

@@ -6,12 +6,13 @@
 //! thread takes connections on every listener (TCP, Unix) and hands them to the workers in
 //! turn, so several connections spread over the device's queues.
 
-use crate::export::{Device, ExportInfo, MAX_PAYLOAD};
+use crate::export::{ExportInfo, MAX_PAYLOAD};
 use crate::handshake::{self, HandshakeError};
 use crate::pool::{Pool, CHUNK};
 use crate::spin::{Spin, Spinner};
 use crate::transmission::{self, Ended, Worker};
 use mfio::{BlockCommands, BlockDevice};
+use mfio_devices::Device;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;

@@ -15,13 +15,14 @@
 //! first), end of stream, or a protocol violation (a bad magic, a write payload too large to
 //! skip). The other connections are not affected.
 
-use crate::export::{Device, ExportInfo, MAX_PAYLOAD};
+use crate::export::{ExportInfo, MAX_PAYLOAD};
 use crate::handshake::Session;
 use crate::pool::{Pool, Taken, CHUNK};
 use crate::proto::{self, cmd, cmd_flag, errno, reply, Request, REQUEST_LEN};
 use crate::server::Stats;
 use crate::spin::{Busy, Spin};
 use mfio::{BlockCommands, IoBuf, ReadAt, Window, WriteAt, Zeroes};
+use mfio_devices::Device;
 use std::cell::{Cell, RefCell};
 use std::io::IoSlice;
 use std::rc::Rc;

@@ -468,3 +468,34 @@ fn errors_name_the_problem() {
     let e = mfio_nvme::NvmeError::NotContiguous(16384);
     assert!(e.to_string().contains("huge pages"));
 }
+
+#[test]
+fn the_volatile_cache_loses_unflushed_writes_in_a_power_cut_and_keeps_flushed_and_fua_ones() {
+    let cfg = ModelConfig { namespaces: vec![NamespaceConfig::new(4096, 512)], ..basic() };
+    let (model, ctrl, q) = setup(cfg.clone(), ControllerOptions::default());
+    assert!(q.capabilities().volatile_cache && q.capabilities().fua);
+    q.write_all_blocking(0, &[1; 1024]).unwrap();
+    q.flush_blocking().unwrap();
+    q.write_all_blocking(0, &[2; 512]).unwrap(); // over a flushed block, not flushed itself
+    q.write_all_blocking(4096, &[3; 2048]).unwrap();
+    block_on(&q, q.write_all_fua(8192, vec![4u8; 512])).0.unwrap();
+    q.write_zeroes_blocking(512, 512, Zeroes::Allocate).unwrap();
+    let mut now = [0u8; 1024];
+    q.read_all_blocking(0, &mut now).unwrap();
+    assert_eq!((now[0], now[600]), (2, 0), "reads see the cache");
+    assert_eq!(model.cached_blocks(), 1 + 4 + 1, "FUA skipped the cache");
+    // The cut keeps one of the four blocks at 4096: the write tears.
+    let media = model.power_cut(|nsid, lba| nsid == 1 && lba == 9);
+    assert!(q.read_all_blocking(0, &mut now).is_err(), "the old controller is gone");
+    drop((q, ctrl));
+    let model = NvmeModel::with_media(cfg, media);
+    let ctrl = Controller::new(model.clone(), ControllerOptions::default()).unwrap();
+    let q = ctrl.io_queue(1).unwrap();
+    let mut back = vec![0u8; 8704];
+    q.read_all_blocking(0, &mut back).unwrap();
+    assert!(back[..1024].iter().all(|&b| b == 1), "flushed data survives, later writes do not");
+    let torn: Vec<u8> = (8..12).map(|b| back[b * 512]).collect();
+    assert_eq!(torn, [0, 3, 0, 0], "only the kept block of the torn write");
+    assert!(back[8192..].iter().all(|&b| b == 4), "the FUA write is durable");
+    assert!(model.violations().is_empty(), "{:?}", model.violations());
+}

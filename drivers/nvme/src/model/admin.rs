@@ -171,6 +171,10 @@ impl State {
                     return Err(status(generic::INVALID_FIELD));
                 }
                 self.features.volatile_write_cache = v & 1 != 0;
+                if !self.features.volatile_write_cache {
+                    // Turned off, the cache is written back: later writes go to the media.
+                    self.namespaces.iter_mut().for_each(|ns| ns.flush());
+                }
                 Ok(Outcome::ok(0))
             }
             feature::ARBITRATION => {

@@ -1,5 +1,6 @@
 //! NVM command set I/O commands: Read, Write, Flush, Write Zeroes, Dataset Management.
 
+use super::namespace::Dest;
 use super::prp::Seg;
 use super::queues::Outcome;
 use super::state::State;
@@ -23,7 +24,11 @@ impl State {
         let r = match cmd.opcode {
             io::READ | io::WRITE => self.read_write(sqid, cmd),
             io::FLUSH => {
-                if cmd.nsid == NSID_ALL || self.ns_index(cmd.nsid).is_some() {
+                if cmd.nsid == NSID_ALL {
+                    self.namespaces.iter_mut().for_each(|ns| ns.flush());
+                    Ok(Outcome::ok(0))
+                } else if let Some(i) = self.ns_index(cmd.nsid) {
+                    self.namespaces[i].flush();
                     Ok(Outcome::ok(0))
                 } else {
                     Err(status(generic::INVALID_NAMESPACE))
@@ -51,6 +56,16 @@ impl State {
         self.media_errors.range((nsid, slba)..(nsid, end)).next().map(|&(_, lba)| lba)
     }
 
+    /// Where a write goes: the volatile cache while it is on, unless the command has Force
+    /// Unit Access (CDW12 bit 30).
+    fn dest(&self, cmd: &Command) -> Dest {
+        if self.features.volatile_write_cache && cmd.cdw12 & Command::FUA == 0 {
+            Dest::Cache
+        } else {
+            Dest::Media
+        }
+    }
+
     fn media_failure(&mut self, sqid: u16, cmd: &Command, sc: u8, lba: u64) -> Status {
         // More: the Error Information log says which LBA failed.
         let st = Status(Status::new(sct::MEDIA, sc).with_dnr().0 | 1 << 13);
@@ -72,7 +87,6 @@ impl State {
         }
         let read = cmd.opcode == io::READ;
         if !read && cmd.cdw12 & Command::FUA != 0 {
-            // Durable either way: the model has no volatile cache (yet); counted for tests.
             self.counters.fua_writes += 1;
         }
         // Within PRP1's page (the common case) the one segment stays on the stack.
@@ -98,7 +112,8 @@ impl State {
             self.scatter(segs, &data, "writing read data to the host")?;
         } else {
             let data = self.gather(segs, len, "reading write data from the host")?;
-            self.namespaces[ns].write(off, &data);
+            let dest = self.dest(cmd);
+            self.namespaces[ns].write(off, &data, dest);
         }
         if let Some(v) = list {
             self.recycle(v);
@@ -130,7 +145,8 @@ impl State {
         // No data transfer, so MDTS does not apply (WZSL is not reported).
         if !self.cfg.null_io {
             let lba_size = u64::from(self.namespaces[ns].lba_size);
-            self.namespaces[ns].zero(slba * lba_size, nlb * lba_size);
+            let dest = self.dest(cmd);
+            self.namespaces[ns].zero(slba * lba_size, nlb * lba_size, dest);
         }
         self.smart.host_writes += 1;
         Ok(Outcome::ok(0))
@@ -156,9 +172,10 @@ impl State {
         }
         let deallocate = cmd.cdw11 & (1 << 2) != 0;
         if deallocate && !self.cfg.null_io {
+            let dest = if self.features.volatile_write_cache { Dest::Cache } else { Dest::Media };
             let lba_size = u64::from(self.namespaces[ns].lba_size);
             for (s, n) in ranges {
-                self.namespaces[ns].zero(s * lba_size, n * lba_size);
+                self.namespaces[ns].zero(s * lba_size, n * lba_size, dest);
             }
         }
         Ok(Outcome::ok(0))

@@ -50,6 +50,13 @@ pub use inject::{Injection, QueueSel, Target, Violation, ViolationKind};
 pub use pci::{BAR0_SIZE, CLASS_CODE, DEVICE_ID, VENDOR_ID};
 
 use inject::ViolationKind as Kind;
+
+/// What a powered-off controller's namespaces hold: the media a power cut left
+/// ([`NvmeModel::power_cut`]), to bring up a new controller on ([`NvmeModel::with_media`]).
+#[derive(Clone, Debug)]
+pub struct Media {
+    namespaces: Vec<namespace::Namespace>,
+}
 use state::State;
 
 struct Inner {
@@ -328,7 +335,49 @@ impl NvmeModel {
         let size = u64::from(ns.lba_size);
         assert!(data.len() as u64 % size == 0, "write_blocks: not whole blocks");
         assert!(ns.in_range(lba, data.len() as u64 / size), "write_blocks: range past the end");
-        ns.write(lba * size, data);
+        ns.write(lba * size, data, namespace::Dest::Media);
+    }
+
+    /// Blocks written (acknowledged) but still only in the volatile write cache, over every
+    /// namespace: what a power cut now could lose.
+    pub fn cached_blocks(&self) -> usize {
+        self.lock().namespaces.iter().map(|ns| ns.cached_blocks()).sum()
+    }
+
+    /// Cuts the power: of the blocks in the volatile write cache (written and acknowledged,
+    /// not yet flushed or written with FUA), those `keep(nsid, lba)` picks reach the media,
+    /// the rest are lost, as after a real power cut the device may have written back any
+    /// subset, in any order (a block is atomic; a multi-block write may tear). The controller
+    /// then fails (CSTS.CFS), so the driver still holding it gets errors, not a device that
+    /// goes on as if nothing happened. Returns the media, to power on again with
+    /// [`NvmeModel::with_media`].
+    pub fn power_cut(&self, mut keep: impl FnMut(u32, u64) -> bool) -> Media {
+        self.with(|st| {
+            for (i, ns) in st.namespaces.iter_mut().enumerate() {
+                let nsid = i as u32 + 1;
+                ns.power_cut(&mut |lba| keep(nsid, lba));
+            }
+            st.set_fatal();
+            Media { namespaces: st.namespaces.clone() }
+        })
+    }
+
+    /// A controller as `config` describes it, over `media` from a [`power_cut`](Self::power_cut)
+    /// (the same namespaces, as a disk moved to a new machine keeps its data).
+    ///
+    /// # Panics
+    /// If `config`'s namespaces differ from the media's in number, size or block size.
+    pub fn with_media(config: ModelConfig, media: Media) -> NvmeModel {
+        let same = config.namespaces.len() == media.namespaces.len()
+            && config
+                .namespaces
+                .iter()
+                .zip(&media.namespaces)
+                .all(|(c, m)| c.blocks == m.blocks && c.lba_size == m.lba_size);
+        assert!(same, "NVMe model: the media's namespaces differ from the configuration's");
+        let model = NvmeModel::new(config);
+        model.lock().namespaces = media.namespaces;
+        model
     }
 
     /// Checks a BAR access: BAR0, naturally aligned, inside the BAR (a driver bug otherwise,

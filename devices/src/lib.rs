@@ -1,13 +1,43 @@
-//! [`Device`]s for the backends this project has: an NVMe namespace and a virtio-blk device
-//! (through VFIO, or their models), and an image file or block device.
+//! mfio-devices: block devices as a server or an engine opens them. A [`Device`] gives a queue
+//! per thread (queues belong to one thread: see mfio-rt's threading model) and the buffers
+//! payloads land in; [`Nvme`], [`Virtio`] and [`File`] are the backends this project has (an
+//! NVMe namespace and a virtio-blk device, through VFIO or their models; an image file or a
+//! block device). The NBD server, the write-ahead log and the redb backend all take one.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-use crate::export::Device;
 use mfio::backends::{FileBackend, FileOptions};
+use mfio::{BlockCommands, IoBufMut, ReadAt};
 use mfio_dma::{DmaBuffer, PagePolicy};
 use mfio_nvme::{Controller, IoQueue};
 use mfio_pci::{CompletionMode, PciDevice};
 use mfio_virtio::{BlkQueue, VirtioBlk};
 use std::sync::Arc;
+
+/// A block device that opens one queue per thread and makes the buffers payloads land in.
+pub trait Device: Send + Sync + 'static {
+    /// A worker thread's queue: reads, writes and the block commands.
+    type Queue: BlockCommands + ReadAt + 'static;
+    /// A payload buffer: the caller fills it (from a socket, a log record) or reads it, and the
+    /// device reads or writes it without a copy (DMA memory for a VFIO device).
+    type Buf: IoBufMut + AsMut<[u8]> + 'static;
+
+    /// Opens queue `index` (one per thread, `0..max_queues()`), on the thread that will use it.
+    fn open_queue(&self, index: usize) -> Result<Self::Queue, String>;
+
+    /// How many queues [`open_queue`](Self::open_queue) can give.
+    fn max_queues(&self) -> usize;
+
+    /// A payload buffer of at least `len` bytes.
+    fn buffer(&self, len: usize) -> Result<Self::Buf, String>;
+
+    /// Flush and FUA on one queue cover writes completed on every queue (one cache per
+    /// device: NVMe, virtio-blk and files all work this way), so a flush on one thread's queue
+    /// makes every thread's completed writes durable (NBD's `CAN_MULTI_CONN`).
+    fn flush_covers_all_queues(&self) -> bool {
+        true
+    }
+}
 
 /// An NVMe namespace: a queue pair per worker, payloads in the controller's DMA memory.
 pub struct Nvme<D: PciDevice> {
