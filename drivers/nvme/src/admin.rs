@@ -78,14 +78,16 @@ impl AdminQueue {
             }
             spins += 1;
             if spins % 256 == 0 {
+                // A failed or removed controller completes nothing: say so now, not after the
+                // timeout (a queue dropped on a dead controller would wait it out).
+                let csts = spec::Csts(dev.read32(0, spec::regs::CSTS));
+                if csts.is_gone() {
+                    return Err(NvmeError::Gone);
+                }
+                if csts.cfs() {
+                    return Err(NvmeError::Fatal);
+                }
                 if t0.elapsed() > timeout {
-                    let csts = spec::Csts(dev.read32(0, spec::regs::CSTS));
-                    if csts.is_gone() {
-                        return Err(NvmeError::Gone);
-                    }
-                    if csts.cfs() {
-                        return Err(NvmeError::Fatal);
-                    }
                     return Err(NvmeError::Timeout {
                         opcode: cmd.opcode,
                         ms: timeout.as_millis() as u64,

@@ -992,10 +992,22 @@ impl<D: PciDevice> IoQueue<D> {
         }
     }
 
-    /// Aborts commands past their deadline; disables the controller when one neither completes
-    /// nor aborts within a second deadline, or when the controller reports a fatal status.
+    /// Every 100 ms with commands in flight: recovers at once from a fatal or removed
+    /// controller (nothing it holds will complete), aborts commands past their deadline, and
+    /// disables the controller when one neither completes nor aborts within a second deadline.
     fn check_deadlines(&self) {
         let timeout_ms = self.ctrl.options().io_timeout.as_millis() as u64;
+        let in_flight = {
+            let inner = self.inner.borrow();
+            inner.free.len() < inner.slots.len()
+        };
+        if in_flight {
+            let csts = self.ctrl.status();
+            if csts.cfs() || csts.is_gone() {
+                self.ctrl.recover();
+                return;
+            }
+        }
         let (now, overdue): (u64, Vec<(u16, bool)>) = {
             let inner = self.inner.borrow();
             let bits = inner.slot_bits;
@@ -1011,14 +1023,6 @@ impl<D: PciDevice> IoQueue<D> {
                     .collect(),
             )
         };
-        if overdue.is_empty() {
-            return;
-        }
-        let csts = self.ctrl.status();
-        if csts.cfs() || csts.is_gone() {
-            self.ctrl.recover();
-            return;
-        }
         for (cid, already_aborted) in overdue {
             if already_aborted {
                 // Aborted a full deadline ago and still not completed: the only safe way to get

@@ -229,7 +229,7 @@ impl<D: Device> Wal<D> {
             let span = (batch.first, Lsn(batch.first.0 + batch.count));
             let (start, first) = (batch.start, batch.first);
             let mut guard = InFlight { wal: self, span: Some(span) };
-            let (r, buf) = write_batch(&*self.queue, &self.layout, batch).await;
+            let (r, buf) = write_batch(&*self.queue, &self.layout, self.fua, batch).await;
             guard.span = None;
             let failed = {
                 let mut st = self.state.borrow_mut();
@@ -355,6 +355,7 @@ pub(crate) async fn write_super<D: Device>(
 async fn write_batch<Q: BlockCommands + WriteAt, B: IoBuf>(
     queue: &Q,
     layout: &Layout,
+    fua: bool,
     batch: Batch<B>,
 ) -> (Result<(), mfio::Error>, B) {
     let Batch { buf, start, len, gap, .. } = batch;
@@ -368,19 +369,21 @@ async fn write_batch<Q: BlockCommands + WriteAt, B: IoBuf>(
     let window = |buf: B, (at, n): (u64, u64)| {
         Window::new(buf, at as usize, n as usize).expect("a batch lies inside its buffer")
     };
-    let Some(second) = second else {
+    if fua && second.is_none() {
         let (r, w) = queue.write_all_fua(layout.physical(start), window(buf, first)).await;
         return (r.map_err(|e| e.error), w.into_inner());
-    };
+    }
     let (r, w) = queue.write_all(layout.physical(start), window(buf, first)).await;
-    let buf = w.into_inner();
+    let mut buf = w.into_inner();
     if let Err(e) = r {
         return (Err(e.error), buf);
     }
-    let (r, w) = queue.write_all(layout.area_start, window(buf, second)).await;
-    let buf = w.into_inner();
-    if let Err(e) = r {
-        return (Err(e.error), buf);
+    if let Some(second) = second {
+        let (r, w) = queue.write_all(layout.area_start, window(buf, second)).await;
+        buf = w.into_inner();
+        if let Err(e) = r {
+            return (Err(e.error), buf);
+        }
     }
     (queue.flush().await, buf)
 }

@@ -54,7 +54,7 @@ impl<D: Device> Wal<D> {
         let sb = Superblock { seq: 1, ..sb };
         crate::commit::write_super(&*dev, &queue, &layout, &sb).await?;
         let recovery = Recovery { first: Lsn(1), next: Lsn(1), ..Recovery::default() };
-        Self::assemble(dev, queue, layout, sb, recovery, 0, VecDeque::new())
+        Self::assemble(dev, queue, config, layout, sb, recovery, 0, VecDeque::new())
     }
 
     /// Opens the log in `config.region` of `queue` (its `max_batch` is the log's own, from
@@ -114,7 +114,7 @@ impl<D: Device> Wal<D> {
         }
         queue.flush().await.map_err(WalError::Io)?;
         drop(scan);
-        let mut wal = Self::assemble(dev, queue, layout, sb, recovery, off, marks)?;
+        let mut wal = Self::assemble(dev, queue, config, layout, sb, recovery, off, marks)?;
         if sb.void_from.0 != 0 {
             wal.write_superblock(|sb| sb.void_from = Lsn(0)).await?;
             wal.recovery.voided = true;
@@ -143,9 +143,11 @@ impl<D: Device> Wal<D> {
         mfio::block_on(&*q, Self::open(dev, queue, config, replay))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         dev: Arc<D>,
         queue: Rc<D::Queue>,
+        config: &Config,
         layout: Layout,
         sb: Superblock,
         recovery: Recovery,
@@ -160,6 +162,7 @@ impl<D: Device> Wal<D> {
             dev,
             queue,
             layout,
+            fua: config.fua,
             log_id: sb.log_id,
             recovery,
             state: RefCell::new(state),

@@ -92,15 +92,15 @@ fn bad_configurations_and_devices_without_a_log_are_typed_errors() {
         Config { max_batch: 1000, ..Config::default() },
         Config { max_batch: 0, ..Config::default() },
         Config { max_batch: 64 << 10, ..Config::default() },
-        Config { region: Some(0..1000), max_batch: 512 },
-        Config { region: Some(512..512), max_batch: 512 },
-        Config { region: Some(0..(1 << 30)), max_batch: 512 },
+        Config { region: Some(0..1000), max_batch: 512, fua: true },
+        Config { region: Some(512..512), max_batch: 512, fua: true },
+        Config { region: Some(0..(1 << 30)), max_batch: 512, fua: true },
     ];
     for cfg in bad {
         let r = mfio_wal::Wal::format_blocking(dev.clone(), q(), &cfg);
         assert!(matches!(r, Err(WalError::Config(_))), "{cfg:?}: {:?}", r.err());
     }
-    let cfg = Config { region: Some(4096..65536), max_batch: 4096 };
+    let cfg = Config { region: Some(4096..65536), max_batch: 4096, fua: true };
     let wal = format(&dev, &cfg);
     wal.append_blocking(b"x").unwrap();
     drop(wal);
