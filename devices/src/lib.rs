@@ -7,7 +7,7 @@
 #![warn(missing_docs)]
 
 use mfio::backends::{FileBackend, FileOptions};
-use mfio::{BlockCommands, IoBufMut, ReadAt};
+use mfio::{BlockCommands, IoBufMut, ReadAt, Window};
 use mfio_dma::{DmaBuffer, PagePolicy};
 use mfio_nvme::{Controller, IoQueue};
 use mfio_pci::{CompletionMode, PciDevice};
@@ -111,30 +111,53 @@ impl<D: PciDevice + Send + Sync + 'static> Device for Virtio<D> {
 pub struct File {
     path: std::path::PathBuf,
     opts: FileOptions,
+    direct: bool,
 }
 
 impl File {
     /// `path`, opened by each worker with `opts` (`block_size` is what clients must align
     /// to: 512 for an image that stands in for a disk).
     pub fn new(path: impl Into<std::path::PathBuf>, opts: FileOptions) -> Self {
-        Self { path: path.into(), opts }
+        Self { path: path.into(), opts, direct: false }
+    }
+
+    /// Opens with `O_DIRECT`: I/O bypasses the page cache (the kernel's block path, as a
+    /// database on a raw device uses it), so offsets, lengths and buffers must be aligned to
+    /// the device's logical block size (`opts.block_size`; buffers are page-aligned).
+    pub fn direct(mut self) -> Self {
+        self.direct = true;
+        self
     }
 }
 
+/// Buffers start on a page boundary, as `O_DIRECT` needs: a window into a vector a page
+/// longer (its heap memory does not move with it).
+const PAGE: usize = 4096;
+
 impl Device for File {
     type Queue = FileBackend;
-    type Buf = Vec<u8>;
+    type Buf = Window<Vec<u8>>;
 
     fn open_queue(&self, _index: usize) -> Result<FileBackend, String> {
-        FileBackend::open_with(&self.path, &self.opts)
-            .map_err(|e| format!("{}: {e}", self.path.display()))
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true).write(self.opts.writable);
+        if self.direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        let named = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        let file = o.open(&self.path).map_err(named)?;
+        FileBackend::from_file(file, &self.opts).map_err(named)
     }
 
     fn max_queues(&self) -> usize {
         64
     }
 
-    fn buffer(&self, len: usize) -> Result<Vec<u8>, String> {
-        Ok(vec![0u8; len])
+    fn buffer(&self, len: usize) -> Result<Window<Vec<u8>>, String> {
+        let v = vec![0u8; len + PAGE];
+        let skew = v.as_ptr() as usize % PAGE;
+        let start = if skew == 0 { 0 } else { PAGE - skew };
+        Window::new(v, start, len).ok_or_else(|| "buffer".to_string())
     }
 }

@@ -164,6 +164,12 @@ impl<B: IoBuf> Window<B> {
     }
 }
 
+impl<B: IoBuf + AsMut<[u8]>> AsMut<[u8]> for Window<B> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
 impl<B: IoBuf + AsMut<[u8]>> Window<B> {
     /// The window's bytes (the buffer is the caller's: no packet holds it).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
