@@ -86,6 +86,8 @@ stage valgrind valgrind_soundness
 stage bench-smoke cargo bench -p mfio --bench roundtrip -- --quick
 if [ "$VM" = 1 ]; then
   stage vm-tests scripts/vm-tests.sh
+  # The engines across boots: QEMU killed mid-run, recovery on the same images (about 35 s).
+  stage vm-crash scripts/vm-crash.sh --no-build
 fi
 
 echo
