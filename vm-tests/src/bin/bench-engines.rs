@@ -1,7 +1,7 @@
 //! bench-engines: the write-ahead log and redb on a device, as a guest benchmark
 //! (scripts/bench-engines-vm.sh runs it on QEMU's NVMe through VFIO and through the kernel).
 //!
-//!   bench-engines wal  TARGET --appenders N [--time S] [--record BYTES]
+//!   bench-engines wal  TARGET --appenders N [--time S] [--record BYTES] [--fua 0|1]
 //!   bench-engines redb TARGET --keys-per-txn K [--time S]
 //!
 //! TARGET is `vfio:PCI-ADDRESS` (this project's NVMe driver, polled queues), `kernel:PATH`
@@ -31,6 +31,8 @@ struct Args {
     keys_per_txn: u64,
     time: Duration,
     record: usize,
+    /// Batches by FUA write (else write and flush).
+    fua: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -44,6 +46,7 @@ fn parse() -> Result<Args, String> {
         keys_per_txn: 1,
         time: Duration::from_secs(3),
         record: 4096,
+        fua: true,
     };
     while let Some(flag) = it.next() {
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -53,6 +56,7 @@ fn parse() -> Result<Args, String> {
             "--keys-per-txn" if n > 0 => a.keys_per_txn = n,
             "--time" if n > 0 => a.time = Duration::from_secs(n),
             "--record" if n >= 64 => a.record = n as usize,
+            "--fua" if n <= 1 => a.fua = n == 1,
             _ => return Err(format!("{flag} {v}: unknown option or out of range")),
         }
     }
@@ -177,7 +181,14 @@ fn wal<D: Device>(dev: Arc<D>, a: &Args) -> Result<String, String> {
     let (wall, used) = (t0.elapsed(), cpu() - c0);
     results.into_iter().collect::<Result<Vec<()>, String>>()?;
     let lat = lat.into_inner();
-    Ok(report(a, lat.len() as u64, wall, used, lat, &format!(",\"record\":{}", a.record)))
+    Ok(report(
+        a,
+        lat.len() as u64,
+        wall,
+        used,
+        lat,
+        &format!(",\"record\":{},\"fua\":{}", a.record, a.fua),
+    ))
 }
 
 /// Transactions of `keys_per_txn` 100-byte values for `time`; ops are keys.
