@@ -5,48 +5,25 @@
 
 use mfio::backends::MemoryBackend;
 use mfio::{block_on, FromDevice, IoBackend, Packet, ReadAt, ToDevice};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Waker};
 use std::time::Instant;
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: mfio::alloc_count::CountingAlloc = mfio::alloc_count::CountingAlloc;
 
 fn measure(name: &str, ops_per_iter: u64, iters: u64, mut f: impl FnMut()) {
     for _ in 0..iters / 10 {
         f(); // warm up: queues reach their steady-state capacity
     }
-    let a0 = ALLOCS.load(Ordering::Relaxed);
+    let a0 = mfio::alloc_count::allocations();
     let t0 = Instant::now();
     for _ in 0..iters {
         f();
     }
     let dt = t0.elapsed();
-    let allocs = ALLOCS.load(Ordering::Relaxed) - a0;
+    let allocs = mfio::alloc_count::allocations() - a0;
     let ops = iters * ops_per_iter;
     println!(
         "| {name:<48} | {:>8.1} | {:>11.3} |",

@@ -35,6 +35,8 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+#[cfg(feature = "std")]
+pub mod alloc_count;
 mod backend;
 pub mod backends;
 mod block;

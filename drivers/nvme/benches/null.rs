@@ -11,32 +11,9 @@ use mfio_conformance::load::{self, LoadSpec, Pattern};
 use mfio_nvme::model::{ModelConfig, NamespaceConfig, NvmeModel};
 use mfio_nvme::{Controller, ControllerOptions};
 use mfio_pci::PciDevice;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: mfio::alloc_count::CountingAlloc = mfio::alloc_count::CountingAlloc;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -75,13 +52,13 @@ fn main() {
         load::run::<_, FromDevice, _>(&q, &spec, bufs);
         // Allocations per I/O: the difference between a run of N/2 and a run of N I/Os, so the
         // runs' own setup (packets, DMA buffers) cancels out.
-        let a0 = ALLOCS.load(Ordering::Relaxed);
+        let a0 = mfio::alloc_count::allocations();
         load::run::<_, FromDevice, _>(&q, &LoadSpec { ios: Some(ios / 2), ..spec.clone() }, bufs);
-        let a1 = ALLOCS.load(Ordering::Relaxed);
+        let a1 = mfio::alloc_count::allocations();
         let spec = LoadSpec { ios: Some(ios), ..spec };
         let before = q.stats();
         let r = load::run::<_, FromDevice, _>(&q, &spec, bufs);
-        let a2 = ALLOCS.load(Ordering::Relaxed);
+        let a2 = mfio::alloc_count::allocations();
         let after = q.stats();
         assert_eq!((r.ios, r.errors), (ios, 0), "every I/O completes");
         let per_io_allocs = ((a2 - a1) as f64 - (a1 - a0) as f64) / (ios - ios / 2) as f64;

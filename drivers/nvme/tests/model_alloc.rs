@@ -2,35 +2,13 @@
 //! that counts allocations per I/O counts only the driver's. (Its own test binary: the
 //! counting allocator is global.)
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
 use mfio_dma::PagePolicy;
 use mfio_nvme::model::{ModelConfig, NvmeModel};
 use mfio_nvme::spec::{self, regs, Cc, Command, Completion};
 use mfio_pci::PciDevice;
 
-struct Counting;
-static COUNT: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNT.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: mfio::alloc_count::CountingAlloc = mfio::alloc_count::CountingAlloc;
 
 #[test]
 fn null_io_path_does_not_allocate() {
@@ -94,9 +72,9 @@ fn null_io_path_does_not_allocate() {
         }
     };
     run(16); // warm up: scratch vectors reach their size
-    COUNT.store(true, Ordering::SeqCst);
+    let before = mfio::alloc_count::allocations();
     run(100);
-    COUNT.store(false, Ordering::SeqCst);
-    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations in 800 null-mode I/Os");
+    let allocs = mfio::alloc_count::allocations() - before;
+    assert_eq!(allocs, 0, "allocations in 800 null-mode I/Os");
     assert_eq!(m.io_commands(spec::io::READ), 116 * 8);
 }

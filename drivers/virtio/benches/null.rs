@@ -12,35 +12,12 @@ use mfio::{BufFor, FromDevice, IoBackend, Packet};
 use mfio_pci::PciDevice;
 use mfio_virtio::model::{ModelOptions, VirtioBlkModel};
 use mfio_virtio::{BlkQueue, Options, RingLayout, VirtioBlk};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Waker};
 use std::time::Instant;
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: mfio::alloc_count::CountingAlloc = mfio::alloc_count::CountingAlloc;
 
 const BLOCK: usize = 4096;
 /// Offsets cycle over this many blocks.
@@ -103,11 +80,11 @@ fn closed_loop<'q, B: BufFor<FromDevice>>(
     };
     run(ios / 4, &mut packets);
     let stats0 = q.stats();
-    let a0 = ALLOCS.load(Ordering::Relaxed);
+    let a0 = mfio::alloc_count::allocations();
     let t0 = Instant::now();
     run(ios, &mut packets);
     let elapsed = t0.elapsed();
-    let allocs = ALLOCS.load(Ordering::Relaxed) - a0;
+    let allocs = mfio::alloc_count::allocations() - a0;
     let stats = q.stats();
     let completed = stats.completions - stats0.completions;
     Row {
