@@ -1,5 +1,7 @@
 //! Packets and views: splitting, completion, partial success, sinks, and soundness of drop.
 
+// Tests of mfio's unsafe contracts (buffers that implement mfio's unsafe buffer traits): unsafe by design.
+#![allow(unsafe_code)]
 mod common;
 
 use common::{pattern, Held, Slow};

@@ -6,6 +6,8 @@
 //! Scenarios that must abort or hang run in a child process (this test binary again, with
 //! `MFIO_CHILD` naming the scenario), and the parent checks how it ended.
 
+// Tests of mfio's unsafe contracts (raw wakers that misbehave): unsafe by design.
+#![allow(unsafe_code)]
 mod common;
 
 use common::Held;

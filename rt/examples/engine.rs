@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// A read of one 4 KiB block, answered with its bytes (or the error's text).
 pub struct Request {
+    /// Which 4 KiB block.
     pub block: u64,
+    /// Where the answer goes.
     pub reply: oneshot::Sender<Result<Vec<u8>, String>>,
 }
 
