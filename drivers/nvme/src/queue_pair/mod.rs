@@ -1,0 +1,565 @@
+//! An I/O queue pair bound to a namespace: the hot path.
+//!
+//! `send_io` checks the range, splits at the transfer limit, finds the memory's IOVAs (zero
+//! copy) or takes a bounce buffer, builds the PRPs, takes a command slot and writes the SQE:
+//! no doorbell, no lock, no system call, no allocation. `poll_backend` rings the SQ doorbell
+//! once for the batch, drains the CQ by phase tag, completes each command's segment, and rings
+//! the CQ head doorbell once. A command slot owns its segment (and so its memory) until the
+//! controller completes it: the device never writes memory given back to the caller.
+
+use crate::controller::Controller;
+use crate::controller::DataPointer;
+use crate::error::NvmeError;
+use crate::namespace::Namespace;
+use crate::prp::{self, PrpError, PrpList};
+use crate::queues::{CompletionQueue, ShadowDoorbells, SubmissionQueue};
+use crate::sgl::{self, SglAlignment};
+use crate::spec::{self, Command, Completion, IdentifyController, IdentifyNamespace, PAGE_SIZE};
+use mfio::{
+    Activity, BlockCommands, BlockDevice, Capabilities, Error, ErrorKind, FromDevice, Fua,
+    IoBackend, Origin, PacketIo, PacketView, ToDevice, Zeroes,
+};
+use mfio_dma::clock::CycleClock;
+use mfio_dma::{DmaPool, PoolSlot, Translator};
+use mfio_pci::{CompletionMode, EventFd, PciDevice, Verdict, Wakeup, WakeupStats};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+mod data_pointer;
+mod recovery;
+mod slots;
+
+use data_pointer::*;
+use slots::*;
+
+/// Commands other than Read and Write, carried by an empty packet view.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Other {
+    Flush,
+    /// `deac`: the controller may deallocate the blocks.
+    WriteZeroes {
+        slba: u64,
+        blocks: u32,
+        deac: bool,
+    },
+    Deallocate {
+        slba: u64,
+        blocks: u32,
+    },
+}
+
+/// Counters of an I/O queue.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Commands submitted.
+    pub submitted: u64,
+    /// Commands completed.
+    pub completed: u64,
+    /// SQ tail doorbell writes (one per batch).
+    pub sq_doorbells: u64,
+    /// CQ head doorbell writes.
+    pub cq_doorbells: u64,
+    /// Commands whose data went through a bounce buffer.
+    pub bounced: u64,
+    /// Completions with an unknown or stale command ID (counted, never trusted).
+    pub stray_completions: u64,
+    /// Commands aborted after their deadline.
+    pub timeouts: u64,
+    /// Most requests waiting for a slot at once.
+    pub max_pending: u64,
+    /// Commands whose data was described by an SGL (the rest used PRPs).
+    pub sgl: u64,
+    /// How the queue waited (all zero for a polled queue).
+    pub wakeup: WakeupStats,
+}
+
+/// An I/O queue pair on one namespace: an mfio block device at byte offsets.
+///
+/// Owned by one thread (`Send`, not `Sync`). Reads and writes come from mfio's [`mfio::ReadAt`]
+/// and [`mfio::WriteAt`] (async and blocking); flush, write zeroes and deallocate are methods.
+pub struct IoQueue<D: PciDevice> {
+    ctrl: Arc<Controller<D>>,
+    ns: Namespace,
+    qid: u16,
+    max_transfer: usize,
+    bounce_size: usize,
+    /// The MSI-X vector its CQ raises (`Some(qid)` when interrupt-driven).
+    vector: Option<u16>,
+    /// The polling handle: the vector's eventfd.
+    handle: Option<i32>,
+    inner: RefCell<Inner>,
+}
+
+impl<D: PciDevice> IoQueue<D> {
+    pub(crate) fn new(
+        ctrl: Arc<Controller<D>>,
+        ns: Namespace,
+        qid: u16,
+        mode: CompletionMode,
+        irq: Option<EventFd>,
+    ) -> Result<Self, NvmeError> {
+        use std::os::fd::AsRawFd;
+        let vector = irq.as_ref().map(|_| qid);
+        let opts = ctrl.options().clone();
+        let dev = ctrl.device();
+        let space = dev.dma();
+        let entries = opts.queue_depth.clamp(2, ctrl.cap().max_queue_entries().min(4096) as u16);
+        let (sq, cq) = rings(space, qid, entries, ctrl.cap().dstrd(), ctrl.shadow_doorbells())?;
+        let entries = sq.entries();
+        let nslots = usize::from(entries - 1);
+        let max_transfer = ctrl.max_transfer() / ns.block_size as usize * ns.block_size as usize;
+        let bounce_size = (opts.bounce_size.max(PAGE_SIZE) / PAGE_SIZE * PAGE_SIZE)
+            .min(max_transfer.next_multiple_of(PAGE_SIZE));
+        // Enough list entries for the largest transfer starting at any offset in a page, as
+        // PRPs or as SGL descriptors for memory scattered page by page.
+        let pieces = max_transfer.div_ceil(PAGE_SIZE) + 1;
+        let prp_pages = prp::list_pages_for(pieces).max(sgl::pages_for(pieces));
+        let mut prp_pool = DmaPool::new(space, prp_pages * PAGE_SIZE, nslots, PAGE_SIZE)?;
+        let bounce_pool =
+            DmaPool::new(space, bounce_size, opts.bounce_buffers.clamp(1, nslots), PAGE_SIZE)?;
+        ctrl.admin().create_queue_pair(
+            dev,
+            qid,
+            entries,
+            sq.iova(),
+            cq.iova(),
+            vector,
+            opts.admin_timeout,
+        )?;
+        let mut translator = space.translator();
+        let mut slots = Vec::with_capacity(nslots);
+        for _ in 0..nslots {
+            let prp = prp_pool.alloc().expect("the pool has pages for every slot");
+            let base = prp_pool.ptr(&prp);
+            let prp_iovas = (0..prp_pages)
+                .map(|p| {
+                    match translator.segments(base.wrapping_add(p * PAGE_SIZE), PAGE_SIZE).next() {
+                        Some(Ok(seg)) if seg.len >= PAGE_SIZE => Ok(seg.iova.get()),
+                        _ => Err(NvmeError::Invalid("PRP list page is not mapped".into())),
+                    }
+                })
+                .collect::<Result<Box<[u64]>, _>>()?;
+            slots.push(Slot {
+                generation: 0,
+                io: SlotIo::Free,
+                prp,
+                prp_iovas,
+                bounce: None,
+                started_ms: 0,
+                aborted: false,
+            });
+        }
+        tracing::debug!(
+            qid,
+            nsid = ns.nsid,
+            entries,
+            max_transfer,
+            bounce_size,
+            "I/O queue created"
+        );
+        let sgl = SglAlignment::from_sgls(ctrl.identify().sgls);
+        let dptr = match opts.data_pointer {
+            DataPointer::Auto => DataPointers { prefer_sgl: false, sgl },
+            DataPointer::Prp => DataPointers { prefer_sgl: false, sgl: None },
+            DataPointer::Sgl => DataPointers { prefer_sgl: true, sgl },
+        };
+        let epoch = ctrl.epoch();
+        let handle = irq.as_ref().map(|fd| fd.as_raw_fd());
+        let wakeup = irq.map(|fd| Wakeup::new(mode, fd, format!("nvme I/O queue {qid}")));
+        Ok(Self {
+            qid,
+            max_transfer,
+            bounce_size,
+            vector,
+            handle,
+            inner: RefCell::new(Inner {
+                sq,
+                cq,
+                slots,
+                free: (0..nslots as u16).rev().collect(),
+                slot_bits: u16::BITS - (nslots as u16).leading_zeros(),
+                prp_pool,
+                bounce_pool,
+                translator,
+                dptr,
+                pending: VecDeque::with_capacity(4 * nslots),
+                stats: QueueStats::default(),
+                t0: CycleClock::get().now(),
+                clock: CycleClock::get(),
+                now_ms: 0,
+                polls: 0,
+                last_check_ms: 0,
+                epoch,
+                broken: false,
+                wakeup,
+                parked: None,
+            }),
+            ns,
+            ctrl,
+        })
+    }
+
+    /// The namespace this queue reads and writes.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// The queue ID on the controller.
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// The controller.
+    pub fn controller(&self) -> &Arc<Controller<D>> {
+        &self.ctrl
+    }
+
+    /// Largest transfer per command, in bytes.
+    pub fn max_transfer(&self) -> usize {
+        self.max_transfer
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> QueueStats {
+        let inner = self.inner.borrow();
+        QueueStats {
+            wakeup: inner.wakeup.as_ref().map(Wakeup::stats).unwrap_or_default(),
+            ..inner.stats
+        }
+    }
+
+    /// How the queue waits for completions now (`Poll` once an interrupt-driven queue has
+    /// fallen back to polling).
+    pub fn completion_mode(&self) -> CompletionMode {
+        self.inner.borrow().wakeup.as_ref().map_or(CompletionMode::Poll, Wakeup::mode)
+    }
+
+    /// Commands in flight.
+    pub fn in_flight(&self) -> usize {
+        let inner = self.inner.borrow();
+        inner.slots.len() - inner.free.len()
+    }
+
+    fn send_other(&self, op: Other, view: PacketView<ToDevice>) {
+        let mut inner = self.inner.borrow_mut();
+        inner.enqueue(Pending::Other(op, view), self);
+        unpark(inner);
+    }
+
+    /// Splits a block range into commands of at most 65536 blocks, one empty view each.
+    fn send_ranged(
+        &self,
+        pos: u64,
+        len: u64,
+        view: PacketView<ToDevice>,
+        make: impl Fn(u64, u32) -> Other,
+    ) {
+        let bs = u64::from(self.ns.block_size);
+        if let Err(e) = mfio::check_range(pos, len, self.capacity(), self.ns.block_size, ORIGIN) {
+            return view.fail(e);
+        }
+        let (mut slba, mut left) = (pos / bs, len / bs);
+        if left == 0 {
+            return view.ok();
+        }
+        let mut rest = Some(view);
+        while let Some(v) = rest.take() {
+            let n = left.min(65536);
+            left -= n;
+            let this = if left > 0 {
+                let (a, b) = v.split_at(0);
+                rest = Some(b);
+                a
+            } else {
+                v
+            };
+            self.send_other(make(slba, n as u32), this);
+            slba += n;
+        }
+    }
+}
+
+const ORIGIN: Origin = Origin::Nvme;
+
+/// Busy polls between clock reads (see `Inner::now_ms`).
+const CLOCK_POLLS: u32 = 1024;
+
+/// The queue's rings. Without huge pages in no-IOMMU mode, memory is contiguous to the device
+/// only within a 4 KiB page: then fall back to 64 entries, whose SQ fills exactly one page.
+fn rings(
+    space: &std::sync::Arc<mfio_dma::DmaSpace>,
+    qid: u16,
+    entries: u16,
+    dstrd: u8,
+    shadow: Option<&Arc<ShadowDoorbells>>,
+) -> Result<(SubmissionQueue, CompletionQueue), NvmeError> {
+    let make = |n| -> Result<_, NvmeError> {
+        Ok((
+            SubmissionQueue::new(space, qid, n, dstrd, shadow)?,
+            CompletionQueue::new(space, qid, n, dstrd, shadow)?,
+        ))
+    };
+    match make(entries) {
+        Err(NvmeError::NotContiguous(len)) if entries > 64 => {
+            tracing::warn!(qid, len, "queue memory not contiguous: using 64 entries");
+            make(64)
+        }
+        r => r,
+    }
+}
+
+impl<D: PciDevice> BlockDevice for IoQueue<D> {
+    fn block_size(&self) -> u32 {
+        self.ns.block_size
+    }
+    fn capacity(&self) -> u64 {
+        self.ns.capacity()
+    }
+}
+
+impl<D: PciDevice> IoQueue<D> {
+    /// A read or a write: range checks, then straight to a slot when nothing is waiting (the
+    /// common case), else behind what waits.
+    #[inline(always)]
+    fn send_rw<P: RwDir>(&self, pos: u64, view: PacketView<P>, cdw12: u32) {
+        let Some(view) = mfio::clip(pos, view, self.capacity(), self.ns.block_size, ORIGIN) else {
+            return;
+        };
+        let mut inner = self.inner.borrow_mut();
+        if inner.free.len() == inner.slots.len() {
+            // The first command after the queue was idle: the clock, refreshed only by busy
+            // polls, may be an idle stretch old, and the command's deadline would start then.
+            inner.tick();
+        }
+        if inner.broken || !inner.pending.is_empty() {
+            inner.enqueue(P::pending(pos, view, cdw12), self);
+        } else if let Err((pos, view)) = inner.submit_rw(self, pos, view, cdw12) {
+            inner.wait_first(P::pending(pos, view, cdw12));
+        }
+        if inner.parked.is_some() {
+            unpark(inner);
+        }
+    }
+}
+
+impl<D: PciDevice> PacketIo<FromDevice, u64> for IoQueue<D> {
+    #[inline]
+    fn send_io(&self, pos: u64, view: PacketView<FromDevice>) {
+        self.send_rw(pos, view, 0);
+    }
+}
+
+impl<D: PciDevice> PacketIo<ToDevice, u64> for IoQueue<D> {
+    #[inline]
+    fn send_io(&self, pos: u64, view: PacketView<ToDevice>) {
+        self.send_rw(pos, view, 0);
+    }
+}
+
+impl<D: PciDevice> BlockCommands for IoQueue<D> {
+    /// From Identify: VWC (a volatile write cache), ONCS (Dataset Management, Write Zeroes)
+    /// and the namespace's DLFEAT (Write Zeroes may deallocate). FUA is part of every NVMe
+    /// write.
+    fn capabilities(&self) -> Capabilities {
+        let id = self.ctrl.identify();
+        let dlfeat = self.ns.identify.dlfeat;
+        Capabilities {
+            volatile_cache: id.vwc & 1 != 0,
+            fua: true,
+            discard: id.oncs & IdentifyController::ONCS_DSM != 0,
+            // Deallocate is advisory: DLFEAT says what a deallocated block reads, not that
+            // Dataset Management deallocated it (QEMU's ignores it on an image opened without
+            // discard=unmap, and still reports DLFEAT 1).
+            discard_zeroes: false,
+            write_zeroes: id.oncs & IdentifyController::ONCS_WRITE_ZEROES != 0,
+            zeroes_unmap: dlfeat & IdentifyNamespace::DLFEAT_WRITE_ZEROES_DEAC != 0,
+            read_only: false,
+        }
+    }
+
+    /// Flush: the controller's volatile write cache reaches the media.
+    fn flush(&self) -> impl Future<Output = Result<(), Error>> + '_ {
+        mfio::command(self, |q: &Self, view| q.send_other(Other::Flush, view))
+    }
+
+    /// Deallocate (Dataset Management): one command per 65536 blocks.
+    fn discard(&self, pos: u64, len: u64) -> impl Future<Output = Result<(), Error>> + '_ {
+        let supported = self.capabilities().discard;
+        mfio::command(self, move |q: &Self, view| match supported {
+            true => {
+                q.send_ranged(pos, len, view, |slba, blocks| Other::Deallocate { slba, blocks })
+            }
+            false => view.fail(Error::new(ErrorKind::Unsupported, ORIGIN)),
+        })
+    }
+
+    /// Write Zeroes, with DEAC when the blocks may be unmapped and the namespace can.
+    fn write_zeroes(
+        &self,
+        pos: u64,
+        len: u64,
+        zeroes: Zeroes,
+    ) -> impl Future<Output = Result<(), Error>> + '_ {
+        let caps = self.capabilities();
+        let deac = zeroes == Zeroes::MayUnmap && caps.zeroes_unmap;
+        mfio::command(self, move |q: &Self, view| match caps.write_zeroes {
+            true => q.send_ranged(pos, len, view, |slba, blocks| Other::WriteZeroes {
+                slba,
+                blocks,
+                deac,
+            }),
+            false => view.fail(Error::new(ErrorKind::Unsupported, ORIGIN)),
+        })
+    }
+
+    /// One Write with FUA per piece (the data is durable when each completes).
+    fn write_all_fua<B: mfio::IoBuf>(
+        &self,
+        pos: u64,
+        buf: B,
+    ) -> impl Future<Output = (Result<(), mfio::PartialError>, B)> + '_ {
+        mfio::Io::<Self, ToDevice, B, mfio::All, Fua>::new(self, Fua(pos), buf)
+    }
+}
+
+impl<D: PciDevice> PacketIo<ToDevice, Fua> for IoQueue<D> {
+    fn send_io(&self, pos: Fua, view: PacketView<ToDevice>) {
+        self.send_rw(pos.0, view, Command::FUA);
+    }
+}
+
+impl<D: PciDevice> IoBackend for IoQueue<D> {
+    fn poll_backend(&self, cx: &mut Context<'_>) -> Activity {
+        let dev = self.ctrl.device();
+        {
+            let mut inner = self.inner.borrow_mut();
+            if inner.epoch != self.ctrl.epoch() {
+                drop(inner);
+                self.recover();
+                return Activity::Busy;
+            }
+            if inner.wakeup.as_mut().is_some_and(Wakeup::woke) {
+                inner.tick(); // after a sleep: polls did not count the time
+            }
+            inner.submit_pending(self);
+            if inner.sq.commit(dev) {
+                inner.stats.sq_doorbells += 1;
+            }
+        }
+        // Drain completions one at a time, completing each segment outside the borrow: a
+        // completion may run caller code (a sink) that queues more I/O here.
+        let mut reaped = 0u32;
+        loop {
+            let mut inner = self.inner.borrow_mut();
+            let Some(cqe) = inner.cq.pop() else { break };
+            reaped += 1;
+            let done = inner.finish(cqe);
+            drop(inner);
+            if let Some((io, result)) = done {
+                complete(io, result);
+            }
+        }
+        let mut inner = self.inner.borrow_mut();
+        if reaped > 0 {
+            if inner.cq.commit_lazy(dev) {
+                inner.stats.cq_doorbells += 1;
+            }
+            if !inner.pending.is_empty() {
+                inner.submit_pending(self);
+                if inner.sq.commit(dev) {
+                    inner.stats.sq_doorbells += 1;
+                }
+            }
+        }
+        let busy = inner.free.len() < inner.slots.len() || !inner.pending.is_empty();
+        if busy {
+            inner.polls = inner.polls.wrapping_add(1);
+            if inner.polls % CLOCK_POLLS == 0 {
+                inner.tick();
+            }
+            if inner.now_ms >= inner.last_check_ms + 100 {
+                inner.last_check_ms = inner.now_ms;
+                drop(inner);
+                self.check_deadlines();
+                return Activity::Busy;
+            }
+        }
+        if inner.wakeup.is_some() {
+            return self.settle(inner, cx, reaped, busy);
+        }
+        if busy {
+            Activity::Busy
+        } else {
+            Activity::Idle
+        }
+    }
+
+    fn polling_handle(&self) -> Option<mfio::PollingHandle> {
+        self.handle.map(|fd| mfio::PollingHandle { fd })
+    }
+}
+
+/// Wakes the waker a poll parked (the queue has work again), outside the borrow: a waker is
+/// caller code.
+fn unpark(mut inner: std::cell::RefMut<'_, Inner>) {
+    let parked = inner.parked.take();
+    drop(inner);
+    if let Some(w) = parked {
+        w.wake();
+    }
+}
+
+impl<D: PciDevice> IoQueue<D> {
+    /// The end of an interrupt-driven queue's poll (`reaped` completions, `busy` with work in
+    /// flight): spin on, or arm and answer `Armed` (see `mfio_pci::wakeup` for the order that
+    /// keeps a completion from being slept through).
+    #[inline(never)]
+    fn settle(
+        &self,
+        mut inner: std::cell::RefMut<'_, Inner>,
+        cx: &mut Context<'_>,
+        reaped: u32,
+        busy: bool,
+    ) -> Activity {
+        let Some(w) = inner.wakeup.as_mut() else { return Activity::Busy };
+        let verdict = w.after_poll(reaped, busy);
+        if verdict == Verdict::Spin && busy {
+            return Activity::Busy;
+        }
+        if verdict == Verdict::Arm {
+            // The eventfd was just cleared: look at the ring once more, so a completion whose
+            // interrupt that cleared is reaped, not slept through.
+            if inner.cq.peek() {
+                return Activity::Busy;
+            }
+            // Everything reaped is given back before the sleep: a controller signals entries
+            // past the head it was told.
+            if inner.cq.commit(self.ctrl.device()) {
+                inner.stats.cq_doorbells += 1;
+            }
+            if let Some(w) = inner.wakeup.as_mut() {
+                w.sleeping();
+            }
+        }
+        // A different waker replaces the parked one, which is woken (after the borrow) rather
+        // than dropped: its task may be waiting for exactly this queue's next send.
+        let replaced = match &inner.parked {
+            Some(p) if p.will_wake(cx.waker()) => None,
+            _ => inner.parked.replace(cx.waker().clone()),
+        };
+        drop(inner);
+        if let Some(old) = replaced {
+            old.wake();
+        }
+        if busy {
+            Activity::Armed
+        } else {
+            Activity::Idle
+        }
+    }
+}
