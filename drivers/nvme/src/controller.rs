@@ -1,84 +1,19 @@
-//! The controller: bring-up, identify, namespaces, I/O queue creation, shutdown.
+//! The controller: bring-up, identify, namespaces, queue IDs and vectors, shutdown (I/O
+//! queues are made in `queue_pair`, options live in `options`).
 
 use crate::admin::{AdminQueue, ErrorLogEntry, SmartLog, ADMIN_ENTRIES};
 use crate::error::NvmeError;
 use crate::namespace::Namespace;
-use crate::queue_pair::IoQueue;
+use crate::options::{ControllerOptions, DataPointer};
 use crate::queues::ShadowDoorbells;
 use crate::spec::{
     cns, log, regs, Cap, Cc, Csts, IdentifyController, IdentifyNamespace, PAGE_SIZE,
 };
-use mfio_pci::{CompletionMode, EventFd, PciDevice};
+use mfio_pci::{EventFd, PciDevice};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// How the driver sets up a controller.
-#[derive(Clone, Debug)]
-pub struct ControllerOptions {
-    /// I/O queue pairs to ask the controller for.
-    pub io_queues: u16,
-    /// Entries per I/O queue (clamped to CAP.MQES + 1).
-    pub queue_depth: u16,
-    /// Largest transfer per command in bytes (further limited by the controller's MDTS).
-    pub max_transfer: usize,
-    /// Bounce buffers per I/O queue, for memory the device cannot reach.
-    pub bounce_buffers: usize,
-    /// Size of each bounce buffer (a larger transfer through bounce buffers is split).
-    pub bounce_size: usize,
-    /// Bound on each admin command.
-    pub admin_timeout: Duration,
-    /// Bound on each I/O command before it is aborted.
-    pub io_timeout: Duration,
-    /// How I/O commands describe their data (PRPs, SGLs, or PRPs with SGLs as the fallback).
-    pub data_pointer: DataPointer,
-    /// Use shadow doorbells (Doorbell Buffer Config) when the controller offers them (OACS bit
-    /// 8; emulated controllers such as QEMU's): I/O queues then write doorbell registers only
-    /// when the controller's EventIdx asks for it.
-    ///
-    /// Default off, because what they save depends on the controller's EventIdx policy, and
-    /// QEMU 7.2's costs: it asks for the CQ head register after every batch it posts, where the
-    /// register-only driver writes it once per half ring, and it asks for the SQ tail register
-    /// whenever it has caught up, which at low depth is every batch anyway. In the TCG guest,
-    /// QD1 ran about 20 % slower with them (docs/benchmarks.md).
-    pub shadow_doorbells: bool,
-    /// How [`Controller::io_queue`]'s queues wait for completions (per queue:
-    /// [`Controller::io_queue_with`]). Interrupt-driven modes need MSI-X: vector `qid` for
-    /// queue `qid`, enabled the first time a queue asks.
-    pub completion: CompletionMode,
-}
-
-/// How I/O commands describe their data to the controller.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub enum DataPointer {
-    /// PRPs, the cheapest for the common case; SGLs, when the controller offers them, for
-    /// memory PRPs cannot describe (pieces that do not meet at page boundaries, odd offsets),
-    /// which would otherwise bounce.
-    #[default]
-    Auto,
-    /// PRPs only: memory they cannot describe bounces.
-    Prp,
-    /// SGLs for every read and write (bring-up fails if the controller does not offer them).
-    Sgl,
-}
-
-impl Default for ControllerOptions {
-    fn default() -> Self {
-        Self {
-            io_queues: 4,
-            queue_depth: 256,
-            max_transfer: 1 << 20,
-            bounce_buffers: 32,
-            bounce_size: 128 << 10,
-            admin_timeout: Duration::from_secs(10),
-            io_timeout: Duration::from_secs(30),
-            data_pointer: DataPointer::Auto,
-            shadow_doorbells: false,
-            completion: CompletionMode::Poll,
-        }
-    }
-}
 
 /// A bound-up NVMe controller. Share it (`Arc`) between the threads that own its I/O queues.
 pub struct Controller<D: PciDevice> {
@@ -89,10 +24,10 @@ pub struct Controller<D: PciDevice> {
     identify: IdentifyController,
     identify_raw: Vec<u8>,
     namespaces: Vec<Namespace>,
-    granted: u16,
+    pub(crate) granted: u16,
     /// Shadow doorbell pages, when the controller took them.
     shadow: Option<Arc<ShadowDoorbells>>,
-    qids: Mutex<Vec<bool>>,
+    pub(crate) qids: Mutex<Vec<bool>>,
     max_transfer: usize,
     opts: ControllerOptions,
     /// Bumped when the controller is disabled (fatal status, unrecoverable timeout): queues
@@ -240,39 +175,10 @@ impl<D: PciDevice> Controller<D> {
         Csts(self.dev.read32(0, regs::CSTS))
     }
 
-    /// Creates an I/O queue pair for namespace `nsid`, to be owned by one thread, waiting for
-    /// completions as [`ControllerOptions::completion`] says.
-    pub fn io_queue(self: &Arc<Self>, nsid: u32) -> Result<IoQueue<D>, NvmeError> {
-        self.io_queue_with(nsid, self.opts.completion)
-    }
-
-    /// Creates an I/O queue pair for namespace `nsid` that waits for completions in `mode`.
-    /// Interrupt-driven modes give the queue MSI-X vector `qid` (its polling handle): a
-    /// controller without MSI-X, or without that vector, is an error that says so.
-    pub fn io_queue_with(
-        self: &Arc<Self>,
-        nsid: u32,
-        mode: CompletionMode,
-    ) -> Result<IoQueue<D>, NvmeError> {
-        let ns = self.namespace(nsid).ok_or(NvmeError::NoNamespace(nsid))?.clone();
-        let qid = {
-            let mut qids = self.qids.lock().unwrap_or_else(|e| e.into_inner());
-            let q = (1..qids.len()).find(|&q| !qids[q]).ok_or(NvmeError::NoQueue(self.granted))?;
-            qids[q] = true;
-            q as u16
-        };
-        let made = match mode.uses_interrupts() {
-            true => self.vector(qid).map(Some),
-            false => Ok(None),
-        };
-        made.and_then(|irq| IoQueue::new(self.clone(), ns, qid, mode, irq))
-            .inspect_err(|_| self.release_qid(qid))
-    }
-
     /// Queue `qid`'s interrupt: a descriptor for MSI-X vector `qid`'s eventfd. The first call
     /// routes every vector a queue can use (one per granted queue, plus the admin queue's) to
     /// eventfds at once: VFIO on older kernels cannot add vectors to an enabled table.
-    fn vector(&self, qid: u16) -> Result<EventFd, NvmeError> {
+    pub(crate) fn vector(&self, qid: u16) -> Result<EventFd, NvmeError> {
         let count = self.dev.msix_count();
         if count == 0 {
             return Err(NvmeError::NoMsix);

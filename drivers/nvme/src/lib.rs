@@ -18,6 +18,7 @@ mod admin;
 mod controller;
 mod error;
 mod namespace;
+mod options;
 pub mod prp;
 mod queue_pair;
 mod queues;
@@ -25,8 +26,9 @@ mod ring;
 pub mod sgl;
 
 pub use admin::{ErrorLogEntry, SmartLog};
-pub use controller::{Controller, ControllerOptions, DataPointer};
+pub use controller::Controller;
 pub use error::NvmeError;
 pub use mfio_pci::{CompletionMode, WakeupStats};
 pub use namespace::Namespace;
+pub use options::{ControllerOptions, DataPointer};
 pub use queue_pair::{IoQueue, QueueStats};

@@ -5,19 +5,11 @@ use crate::error::VirtioError;
 use crate::queue::{BlkQueue, Limits, QueueParts};
 use crate::spec::{blk, feature, feature_names, status};
 use crate::transport::Transport;
+pub use crate::virtqueue::RingLayout;
 use mfio_pci::{CompletionMode, PciDevice, PciError, Wakeup};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// The virtqueue layout: split (virtio 1.0) or packed (VIRTIO_F_RING_PACKED, virtio 1.1+).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum RingLayout {
-    /// Descriptor table, available ring and used ring.
-    Split,
-    /// One descriptor ring both sides write, with wrap counters.
-    Packed,
-}
 
 /// How to bring a device up.
 #[derive(Clone, Debug)]

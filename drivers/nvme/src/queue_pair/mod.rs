@@ -8,9 +8,9 @@
 //! controller completes it: the device never writes memory given back to the caller.
 
 use crate::controller::Controller;
-use crate::controller::DataPointer;
 use crate::error::NvmeError;
 use crate::namespace::Namespace;
+use crate::options::DataPointer;
 use crate::prp::{self, PrpError, PrpList};
 use crate::queues::{CompletionQueue, ShadowDoorbells, SubmissionQueue};
 use crate::sgl::{self, SglAlignment};
@@ -561,5 +561,37 @@ impl<D: PciDevice> IoQueue<D> {
         } else {
             Activity::Idle
         }
+    }
+}
+
+/// I/O queue creation lives with the queue, so the controller does not depend on it.
+impl<D: PciDevice> Controller<D> {
+    /// Creates an I/O queue pair for namespace `nsid`, to be owned by one thread, waiting for
+    /// completions as [`ControllerOptions::completion`] says.
+    pub fn io_queue(self: &Arc<Self>, nsid: u32) -> Result<IoQueue<D>, NvmeError> {
+        self.io_queue_with(nsid, self.options().completion)
+    }
+
+    /// Creates an I/O queue pair for namespace `nsid` that waits for completions in `mode`.
+    /// Interrupt-driven modes give the queue MSI-X vector `qid` (its polling handle): a
+    /// controller without MSI-X, or without that vector, is an error that says so.
+    pub fn io_queue_with(
+        self: &Arc<Self>,
+        nsid: u32,
+        mode: CompletionMode,
+    ) -> Result<IoQueue<D>, NvmeError> {
+        let ns = self.namespace(nsid).ok_or(NvmeError::NoNamespace(nsid))?.clone();
+        let qid = {
+            let mut qids = self.qids.lock().unwrap_or_else(|e| e.into_inner());
+            let q = (1..qids.len()).find(|&q| !qids[q]).ok_or(NvmeError::NoQueue(self.granted))?;
+            qids[q] = true;
+            q as u16
+        };
+        let made = match mode.uses_interrupts() {
+            true => self.vector(qid).map(Some),
+            false => Ok(None),
+        };
+        made.and_then(|irq| IoQueue::new(self.clone(), ns, qid, mode, irq))
+            .inspect_err(|_| self.release_qid(qid))
     }
 }

@@ -11,8 +11,9 @@
 //! ring, publishes them (split: one available-index store) with at most one notify write, and
 //! reaps again. Nothing on that path locks, allocates or makes a system call.
 
-use crate::device::{RingLayout, Shared};
+use crate::device::Shared;
 use crate::spec::{blk, feature, ring, status};
+use crate::virtqueue::RingLayout;
 use crate::virtqueue::{Completion, Desc, Virtqueue};
 use mfio::{
     clip, Activity, BlockCommands, BlockDevice, Capabilities, Error, ErrorKind, FromDevice,

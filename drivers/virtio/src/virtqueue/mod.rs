@@ -10,9 +10,17 @@ mod split;
 pub(crate) use packed::PackedQueue;
 pub(crate) use split::SplitQueue;
 
-use crate::device::RingLayout;
 use mfio_dma::{DmaBuffer, DmaSlice, DmaSpace};
 use std::sync::Arc;
+
+/// The virtqueue layout: split (virtio 1.0) or packed (VIRTIO_F_RING_PACKED, virtio 1.1+).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RingLayout {
+    /// Descriptor table, available ring and used ring.
+    Split,
+    /// One descriptor ring both sides write, with wrap counters.
+    Packed,
+}
 
 /// One descriptor as the driver writes it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
