@@ -1,12 +1,15 @@
 //! A userspace NVMe driver over VFIO (and over the in-process controller model).
 //!
 //! Where things happen:
-//! - bring-up, identify and queue creation: `controller.rs` ([`Controller::new`]);
-//! - a command is built in `queue_pair.rs` (I/O, `submit_rw`) and `admin.rs` (admin), with its
-//!   data pointer from `prp.rs` (or `sgl.rs`);
+//! - bring-up and identify: `controller.rs` ([`Controller::new`]), with its `options.rs`;
+//!   an I/O queue is made in `queue_pair/mod.rs` ([`Controller::io_queue`]);
+//! - a command is built in `queue_pair/slots.rs` (I/O: `submit_rw`, then `start` takes its
+//!   slot) and `admin.rs` (admin), with its data pointer from `queue_pair/data_pointer.rs`
+//!   (`describe`: `prp.rs` or `sgl.rs`);
 //! - it is submitted in `queues.rs` (`SubmissionQueue::push`; the doorbell in `commit`, once per
-//!   batch, from [`IoQueue`]'s `poll_backend`);
-//! - it completes in `queue_pair.rs` (`poll_backend` drains the CQ by phase tag, `finish`).
+//!   batch, from [`IoQueue`]'s `poll_backend` in `queue_pair/mod.rs`);
+//! - it completes in `queue_pair/slots.rs` (`finish`, called as `poll_backend` drains the CQ
+//!   by phase tag); deadlines, aborts and resets are `queue_pair/recovery.rs`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
