@@ -33,8 +33,8 @@ pub struct ControllerOptions {
     /// whenever it has caught up, which at low depth is every batch anyway. In the TCG guest,
     /// QD1 ran about 20 % slower with them (docs/benchmarks.md).
     pub shadow_doorbells: bool,
-    /// How [`Controller::io_queue`]'s queues wait for completions (per queue:
-    /// [`Controller::io_queue_with`]). Interrupt-driven modes need MSI-X: vector `qid` for
+    /// How [`Controller::io_queue`](crate::Controller::io_queue)'s queues wait for completions (per queue:
+    /// [`Controller::io_queue_with`](crate::Controller::io_queue_with)). Interrupt-driven modes need MSI-X: vector `qid` for
     /// queue `qid`, enabled the first time a queue asks.
     pub completion: CompletionMode,
 }

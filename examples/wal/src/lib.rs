@@ -9,7 +9,7 @@
 //!
 //! # On the device
 //! Two superblock copies (written alternately, so a torn one leaves the other), then the
-//! record area, used as a ring of laps ([`layout`]). Each record is block-aligned: a 32-byte
+//! record area, used as a ring of laps (`layout.rs`). Each record is block-aligned: a 32-byte
 //! header (magic, CRC32C, log id, sequence number, length) and the payload, padded
 //! ([`format`]). Recovery ([`Wal::open`]) scans from the last checkpoint to the first record
 //! whose CRC, log id or sequence number fails, replays what it found and zeroes the rest of

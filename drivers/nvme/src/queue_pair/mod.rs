@@ -567,7 +567,7 @@ impl<D: PciDevice> IoQueue<D> {
 /// I/O queue creation lives with the queue, so the controller does not depend on it.
 impl<D: PciDevice> Controller<D> {
     /// Creates an I/O queue pair for namespace `nsid`, to be owned by one thread, waiting for
-    /// completions as [`ControllerOptions::completion`] says.
+    /// completions as [`ControllerOptions::completion`](crate::ControllerOptions::completion) says.
     pub fn io_queue(self: &Arc<Self>, nsid: u32) -> Result<IoQueue<D>, NvmeError> {
         self.io_queue_with(nsid, self.options().completion)
     }
