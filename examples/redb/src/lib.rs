@@ -129,8 +129,10 @@ impl<D: Device> Inner<D> {
         if region.end > queue.capacity() {
             return Err(invalid("the region runs past the end of the device"));
         }
-        if bs as usize > STAGING || bs < 64 {
-            return Err(invalid("the device's block size is not between 64 bytes and 1 MiB"));
+        if bs as usize > STAGING || bs < 64 || !bs.is_power_of_two() {
+            return Err(invalid(
+                "the device's block size is not a power of two between 64 bytes and 1 MiB",
+            ));
         }
         let staging = dev.buffer(STAGING).map_err(io::Error::other)?;
         Ok(Self {
@@ -206,8 +208,9 @@ impl<D: Device> Inner<D> {
             self.zero(self.len, len)?;
             self.queue.flush_blocking().map_err(io_error)?;
         }
-        self.len = len;
-        self.write_header()
+        let old = std::mem::replace(&mut self.len, len);
+        // The length is the header's: if it cannot be written, the old one stands.
+        self.write_header().inspect_err(|_| self.len = old)
     }
 
     /// Zeroes database bytes `[from, to)`: the block holding `from` in part, the rest whole

@@ -228,7 +228,7 @@ impl<D: Device> Wal<D> {
             };
             let span = (batch.first, Lsn(batch.first.0 + batch.count));
             let (start, first) = (batch.start, batch.first);
-            let mut guard = InFlight { wal: self, span: Some(span) };
+            let mut guard = InFlight { wal: self, span: Some(span), error: WalError::Stopped };
             let (r, buf) = write_batch(&*self.queue, &self.layout, self.fua, batch).await;
             guard.span = None;
             let failed = {
@@ -237,21 +237,24 @@ impl<D: Device> Wal<D> {
                 match r {
                     Ok(()) => {
                         st.durable = span.1;
-                        st.mark(first, start, self.layout.max_batch);
+                        st.mark(first, start, self.layout.mark_granule());
                         st.wake_all();
                         None
                     }
-                    Err(e) => {
-                        st.fail(span, WalError::Device(e));
-                        Some(e)
-                    }
+                    Err(e) => Some(e),
                 }
             };
             if let Some(e) = failed {
-                // Best effort: the batch may have reached the device; a superblock that voids
-                // it keeps it out of recovery (the device may be past writing).
+                // The batch may have reached the device: a superblock that voids it keeps it out
+                // of recovery (best effort: the device may be past writing). Its appenders learn
+                // of the failure only once that is done, so one that returns and drops the
+                // committer cannot cut the void short.
+                let error = WalError::Device(e);
+                let mut guard = InFlight { wal: self, span: Some(span), error };
                 let _ = self.write_superblock(|sb| sb.void_from = first).await;
-                return WalError::Device(e);
+                guard.span = None;
+                self.state.borrow_mut().fail(span, error);
+                return error;
             }
         }
     }
@@ -388,17 +391,19 @@ async fn write_batch<Q: BlockCommands + WriteAt, B: IoBuf>(
     (queue.flush().await, buf)
 }
 
-/// Fails the batch in flight if the committer is dropped (or unwinds) before it lands.
+/// Fails the batch in flight if the committer is dropped (or unwinds) before it lands (or
+/// before its failure is recorded).
 struct InFlight<'a, D: Device> {
     wal: &'a Wal<D>,
     span: Option<(Lsn, Lsn)>,
+    error: WalError,
 }
 
 impl<D: Device> Drop for InFlight<'_, D> {
     fn drop(&mut self) {
         if let Some(span) = self.span {
             if let Ok(mut st) = self.wal.state.try_borrow_mut() {
-                st.fail(span, WalError::Stopped);
+                st.fail(span, self.error);
             }
         }
     }

@@ -42,6 +42,24 @@ impl Layout {
         }
     }
 
+    /// How far apart checkpoint marks are at least: fine enough that a checkpoint frees all
+    /// but a sliver of the log, coarse enough that a log holds a few thousand marks.
+    pub fn mark_granule(&self) -> u64 {
+        (self.area_len / 4096).max(u64::from(self.block_size))
+    }
+
+    /// The logical end of what a batch starting after logical `off` can have covered: a batch
+    /// spans at most `max_batch`, from `off` or, when its first record did not fit before the
+    /// lap's end, from the next lap's start.
+    pub fn batch_reach(&self, off: u64) -> u64 {
+        let left = self.left_in_lap(off);
+        if left < self.max_batch && left < self.area_len {
+            off + left + self.max_batch
+        } else {
+            off + self.max_batch
+        }
+    }
+
     /// The device byte of superblock copy `seq % 2`.
     pub fn superblock(&self, seq: u64) -> u64 {
         self.region_start + (seq % 2) * u64::from(self.block_size)
@@ -85,5 +103,8 @@ mod tests {
         assert_eq!(r, [(1024 + 4608, 512), (1024, 512)]);
         let r: Vec<_> = l.ranges(5120, 6144).collect();
         assert_eq!(r, [(1024, 1024)]);
+        assert_eq!(l.batch_reach(0), 2048);
+        assert_eq!(l.batch_reach(4608), 5120 + 2048, "a batch may start at the next lap");
+        assert_eq!(l.batch_reach(5120), 5120 + 2048);
     }
 }

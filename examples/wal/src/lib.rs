@@ -14,7 +14,9 @@
 //! ([`format`]). Recovery ([`Wal::open`]) scans from the last checkpoint to the first record
 //! whose CRC, log id or sequence number fails, replays what it found and zeroes the rest of
 //! what the last batch could have covered, so a torn batch's surviving records can never
-//! reappear after later appends.
+//! reappear after later appends. (A record corrupted on the media in the middle of the log
+//! also ends it there, as in most logs: the CRC cannot tell a torn tail from a bad block; a
+//! read error, though, stops recovery with [`WalError::Recovery`] and changes nothing.)
 //!
 //! # Threads
 //! A `Wal` belongs to the thread that owns its queue (mfio-rt's thread-per-core model): its

@@ -98,7 +98,7 @@ impl<D: Device> Wal<D> {
                 replay(lsn, &scan.bytes(at, HEADER + len)[HEADER..]);
                 recovery.replayed += 1;
             }
-            if marks.back().is_none_or(|&(_, o): &(Lsn, u64)| at - o >= layout.max_batch) {
+            if marks.back().is_none_or(|&(_, o): &(Lsn, u64)| at - o >= layout.mark_granule()) {
                 marks.push_back((lsn, at));
             }
             (off, lsn) = (at + size, Lsn(lsn.0 + 1));
@@ -106,8 +106,9 @@ impl<D: Device> Wal<D> {
         recovery.next = lsn;
         // The last batch may have left records past the first bad one; were they kept, a
         // later batch ending where this one did would bring them back. Zero all it could
-        // have covered (never the live log: at most up to the checkpoint, a lap on).
-        let to = (off + layout.max_batch).min(scan.limit);
+        // have covered, the gap before a next lap included (never the live log: at most up
+        // to the checkpoint, a lap on).
+        let to = layout.batch_reach(off).min(scan.limit);
         for (pos, len) in layout.ranges(off, to) {
             zero(&*queue, pos, len).await?;
             recovery.zeroed += len;

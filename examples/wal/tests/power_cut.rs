@@ -208,3 +208,51 @@ fn a_record_cut_off_behind_a_torn_one_never_comes_back_behind_a_later_record() {
         assert_eq!(writers, [0, 2], "the cut-off record stays cut off");
     }
 }
+
+/// A torn batch whose first record skipped the gap at a lap's end: it reaches past the usual
+/// batch's worth after the log's end, and recovery must zero that far (found in review: the
+/// cut-off tail came back behind five later records ending where it began).
+#[test]
+fn a_torn_batch_that_started_the_next_lap_is_zeroed_to_its_end() {
+    use mfio_nvme::model::{Injection, Target};
+    let config = model_config(BLOCKS, 512);
+    let model = NvmeModel::new(config.clone());
+    // Two superblocks and an 8 KiB area of 16 blocks (device blocks 2..18), 4 KiB batches.
+    let cfg = Config { region: Some(0..9216), max_batch: 4096, fua: false };
+    let wal = format(&device(&model), &cfg);
+    for n in 0..15 {
+        wal.append_blocking(&payload(0, n, 300)).unwrap(); // lsn 1..=15, logical 0..7680
+    }
+    wal.checkpoint_blocking(Lsn(9)).unwrap(); // the live log starts at logical 4096
+                                              // One batch: lsn 16 (3 blocks) does not fit in the lap's last block and starts the next
+                                              // lap at 8192; lsn 17..=21 follow, the last at 11776 (device block 2 + 7 = 9).
+    model.inject(Injection::Hold(Target::io_opcode(FLUSH)));
+    let sizes = [1200, 300, 300, 300, 300, 300];
+    let payloads: Vec<_> =
+        sizes.iter().enumerate().map(|(i, &l)| payload(1, i as u32, l)).collect();
+    let queue = wal.queue().clone();
+    let media = {
+        let mut fut = pin!(wal.run_with(join_all(payloads.iter().map(|p| wal.append(p)))));
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..200 {
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+            queue.poll_backend(&mut cx);
+        }
+        assert_eq!(model.cached_blocks(), 8, "the batch is written, not flushed");
+        model.power_cut(|_, lba| lba == 9) // only lsn 21's block survives
+    };
+    drop(wal);
+    let model = NvmeModel::with_media(config.clone(), media);
+    let dev = device(&model);
+    let (wal, got) = reopen(&dev, &cfg);
+    assert_eq!(got.last().map(|r| r.0), Some(Lsn(15)));
+    // Five records ending at 11776: lsn 16 at 7680, 17 (4 blocks) at 8192, 18..=20 after.
+    for (n, len) in [300, 1800, 300, 300, 300].into_iter().enumerate() {
+        wal.append_blocking(&payload(2, n as u32, len)).unwrap();
+    }
+    drop(wal);
+    let (_, got) = reopen(&dev, &cfg);
+    let writers: Vec<_> = got.iter().map(|(_, p)| parse(p).unwrap().0).collect();
+    assert_eq!(writers.last(), Some(&2), "lsn 21 was cut off and must stay so: {writers:?}");
+    assert_eq!(got.last().map(|r| r.0), Some(Lsn(20)));
+}
