@@ -28,8 +28,9 @@ command -v jq >/dev/null || missing+=(jq)
 # The NBD server's tests run real clients: libnbd's nbdinfo and nbdsh (Debian's python3 with
 # its libnbd module), and qemu-img.
 command -v nbdinfo >/dev/null || missing+=(libnbd-bin)
-# nbdsh too: a python `nbd` module from elsewhere (pip) does not bring the tool.
-{ command -v nbdsh >/dev/null && /usr/bin/python3 -c 'import nbd' 2>/dev/null; } || missing+=(python3-libnbd)
+# nbdsh too, and the module checked from / (in the repository, its nbd/ directory imports as
+# a namespace package).
+{ command -v nbdsh >/dev/null && (cd / && /usr/bin/python3 -c 'import nbd') 2>/dev/null; } || missing+=(python3-libnbd)
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
