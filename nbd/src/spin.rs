@@ -74,7 +74,11 @@ impl Spin {
 
     /// A request arrived or a reply left: the window opens again (the spinner wakes).
     pub(crate) fn activity(&self) {
-        let now = self.clock.now();
+        self.activity_at(self.clock.now());
+    }
+
+    /// [`Spin::activity`] at a given time (the tests give exact gaps).
+    fn activity_at(&self, now: Ticks) {
         let gap = now.saturating_sub(self.last.get()).min(self.max);
         let avg = self.gap_avg.get();
         self.gap_avg.set(avg - avg / 8 + gap / 8);
@@ -118,17 +122,18 @@ mod tests {
         let s = Spin::new(Duration::from_micros(50));
         let us = |n: u64| s.clock.ticks_in(Duration::from_micros(n));
         assert_eq!(s.window(), us(50), "the floor before any gap is known");
-        // Events 200 us apart: the window grows towards four gaps (800 us).
+        // Events exactly 200 us apart: the window grows towards four gaps (800 us).
+        let mut t = us(1_000_000);
         for _ in 0..64 {
-            s.last.set(s.clock.now() - us(200));
-            s.activity();
+            t += us(200);
+            s.activity_at(t);
         }
         let w = s.window();
         assert!(w > us(700) && w <= us(800), "{} us", s.clock.to_ns(w) / 1000);
         // Long silences count as the maximum, and the window never passes it.
         for _ in 0..64 {
-            s.last.set(0);
-            s.activity();
+            t += us(1_000_000);
+            s.activity_at(t);
         }
         assert_eq!(s.window(), s.max);
     }
