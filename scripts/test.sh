@@ -64,13 +64,15 @@ valgrind_soundness() {
   # of a controller that will not stop). Any invalid access fails the stage.
   # Then the waits (eventfds, the kick waker across threads, parked wakers, the lost wake-up
   # window): both drivers' interrupt tests, the wakeup state machine, the tokio and smol
-  # drivers (their CPU bounds are checked natively only: MFIO_VALGRIND).
+  # drivers (their CPU bounds are checked natively only: MFIO_VALGRIND), and the WAL's
+  # panicking wakers.
   local bins
   bins="$(test_bins -p mfio) $(test_bins -p mfio-dma --lib) $(test_bins -p mfio-nvme --test soundness)"
   bins="$bins $(test_bins -p mfio-virtio --test soundness)"
   bins="$bins $(test_bins -p mfio-nvme --test interrupts) $(test_bins -p mfio-virtio --test interrupts)"
   bins="$bins $(test_bins -p mfio-pci --lib) $(test_bins -p mfio-rt --test tokio --test smol)"
-  [ "$(echo $bins | wc -w)" -ge 9 ] || { echo "test binaries not found: $bins"; return 1; }
+  bins="$bins $(test_bins -p mfio-wal --test wakers)"
+  [ "$(echo $bins | wc -w)" -ge 10 ] || { echo "test binaries not found: $bins"; return 1; }
   local b rc=0
   for b in $bins; do
     echo "valgrind: $(basename "$b")"

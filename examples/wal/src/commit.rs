@@ -78,10 +78,9 @@ impl<B> State<B> {
         }
     }
 
-    fn wake_all(&mut self) {
-        for w in self.waiters.drain(..) {
-            w.wake();
-        }
+    /// Takes every waiting appender, to be woken once the state is no longer borrowed.
+    fn waiting(&mut self) -> Wakers {
+        Wakers(std::mem::take(&mut self.waiters))
     }
 
     fn register(&mut self, waker: &Waker) {
@@ -97,10 +96,11 @@ impl<B> State<B> {
         }
     }
 
-    /// Fails every record from `batch.0` on.
-    fn fail(&mut self, batch: (Lsn, Lsn), error: WalError) {
+    /// Fails every record from `batch.0` on; returns the appenders to wake.
+    #[must_use]
+    fn fail(&mut self, batch: (Lsn, Lsn), error: WalError) -> Wakers {
         self.failed.get_or_insert(Failure { batch, error });
-        self.wake_all();
+        self.waiting()
     }
 
     /// The error for a record at `lsn` (or a new one, `None`) once the log has failed.
@@ -111,6 +111,40 @@ impl<B> State<B> {
             WalError::Device(e) if !in_batch => WalError::Poisoned(e),
             e => e,
         })
+    }
+}
+
+/// Wakers taken out of the state, woken after its borrow ends: a waker may run code that
+/// touches the log (an executor that polls inline), and one that panics must not leave the
+/// others asleep forever. Every waker is woken; the first panic is re-raised after.
+#[must_use]
+pub(crate) struct Wakers(Vec<Waker>);
+
+impl Wakers {
+    pub(crate) fn wake(self) {
+        let mut panic = None;
+        for w in self.0 {
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())) {
+                panic.get_or_insert(p);
+            }
+        }
+        if let Some(p) = panic {
+            std::panic::resume_unwind(p);
+        }
+    }
+
+    /// [`Wakers::wake`] from a destructor: a waker's panic is dropped (raising it there could
+    /// abort a thread that is already unwinding).
+    fn wake_in_drop(self) {
+        for w in self.0 {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
+        }
+    }
+}
+
+impl From<Option<Waker>> for Wakers {
+    fn from(w: Option<Waker>) -> Wakers {
+        Wakers(w.into_iter().collect())
     }
 }
 
@@ -133,7 +167,13 @@ impl<D: Device> Wal<D> {
         let lsn = poll_fn(|cx| {
             let mut st = self.state.borrow_mut();
             match self.stage(&mut st, payload, size) {
-                Ok(Stage::Staged(lsn)) => Poll::Ready(Ok(lsn)),
+                Ok(Stage::Staged(lsn)) => {
+                    // The committer has a batch to write.
+                    let committer = Wakers::from(st.committer.take());
+                    drop(st);
+                    committer.wake();
+                    Poll::Ready(Ok(lsn))
+                }
                 Ok(Stage::Wait) => {
                     st.register(cx.waker());
                     Poll::Pending
@@ -185,9 +225,6 @@ impl<D: Device> Wal<D> {
         batch.count += 1;
         st.next_lsn = Lsn(lsn.0 + 1);
         st.end = at + size;
-        if let Some(w) = st.committer.take() {
-            w.wake();
-        }
         Ok(Stage::Staged(lsn))
     }
 
@@ -217,18 +254,19 @@ impl<D: Device> Wal<D> {
                     count: 0,
                 };
                 let batch = std::mem::replace(&mut st.open, next);
-                // Appenders that waited for room may stage now.
-                st.wake_all();
-                Poll::Ready(Ok(batch))
+                Poll::Ready(Ok((batch, st.waiting())))
             })
             .await;
-            let batch = match batch {
+            let (batch, room) = match batch {
                 Ok(b) => b,
                 Err(e) => return e,
             };
             let span = (batch.first, Lsn(batch.first.0 + batch.count));
             let (start, first) = (batch.start, batch.first);
             let mut guard = InFlight { wal: self, span: Some(span), error: WalError::Stopped };
+            // Appenders that waited for room may stage now. Woken with the batch in the guard:
+            // should a waker panic, the batch's appenders learn it was not written.
+            room.wake();
             let (r, buf) = write_batch(&*self.queue, &self.layout, self.fua, batch).await;
             guard.span = None;
             let failed = {
@@ -238,7 +276,9 @@ impl<D: Device> Wal<D> {
                     Ok(()) => {
                         st.durable = span.1;
                         st.mark(first, start, self.layout.mark_granule());
-                        st.wake_all();
+                        let durable = st.waiting();
+                        drop(st);
+                        durable.wake();
                         None
                     }
                     Err(e) => Some(e),
@@ -253,7 +293,8 @@ impl<D: Device> Wal<D> {
                 let mut guard = InFlight { wal: self, span: Some(span), error };
                 let _ = self.write_superblock(|sb| sb.void_from = first).await;
                 guard.span = None;
-                self.state.borrow_mut().fail(span, error);
+                let failed = self.state.borrow_mut().fail(span, error);
+                failed.wake();
                 return error;
             }
         }
@@ -402,9 +443,11 @@ struct InFlight<'a, D: Device> {
 impl<D: Device> Drop for InFlight<'_, D> {
     fn drop(&mut self) {
         if let Some(span) = self.span {
-            if let Ok(mut st) = self.wal.state.try_borrow_mut() {
-                st.fail(span, self.error);
-            }
+            let failed = match self.wal.state.try_borrow_mut() {
+                Ok(mut st) => st.fail(span, self.error),
+                Err(_) => return,
+            };
+            failed.wake_in_drop();
         }
     }
 }
