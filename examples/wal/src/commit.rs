@@ -97,7 +97,6 @@ impl<B> State<B> {
     }
 
     /// Fails every record from `batch.0` on; returns the appenders to wake.
-    #[must_use]
     fn fail(&mut self, batch: (Lsn, Lsn), error: WalError) -> Wakers {
         self.failed.get_or_insert(Failure { batch, error });
         self.waiting()
@@ -117,7 +116,7 @@ impl<B> State<B> {
 /// Wakers taken out of the state, woken after its borrow ends: a waker may run code that
 /// touches the log (an executor that polls inline), and one that panics must not leave the
 /// others asleep forever. Every waker is woken; the first panic is re-raised after.
-#[must_use]
+#[must_use = "wake them once the state's borrow has ended"]
 pub(crate) struct Wakers(Vec<Waker>);
 
 impl Wakers {
