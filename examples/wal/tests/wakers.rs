@@ -38,25 +38,23 @@ fn flaky(panic_on: usize) -> (Arc<Flaky>, Waker) {
 
 type Outcome = Option<Result<Lsn, WalError>>;
 
+/// Both appends' results and how often the second was woken.
+type Results = (Result<Lsn, WalError>, Result<Lsn, WalError>, usize);
+
 /// Two appends, `a` with a waker that panics on its `panic_on`-th wake and `b` with one that
 /// never does, driven beside the committer until the panic comes out of the driving loop.
 /// Returns the appends' outcomes, polled again afterwards, and how often `b` was woken.
-fn two_appends_with_a_panicking_waker(
-    panic_on: usize,
-) -> (Result<Lsn, WalError>, Result<Lsn, WalError>, usize, Arc<Dev>, Config) {
+fn two_appends_with_a_panicking_waker(panic_on: usize) -> (Results, Arc<Dev>, Config) {
     let model = NvmeModel::new(model_config(1024, 512));
     let dev = device(&model);
     let cfg = Config { max_batch: 64 << 10, ..Config::default() };
     let wal = format(&dev, &cfg);
-    let (ra, rb, woken) = drive(&wal, panic_on);
+    let results = drive(&wal, panic_on);
     drop(wal);
-    (ra, rb, woken, dev, cfg)
+    (results, dev, cfg)
 }
 
-fn drive(
-    wal: &mfio_wal::Wal<Dev>,
-    panic_on: usize,
-) -> (Result<Lsn, WalError>, Result<Lsn, WalError>, usize) {
+fn drive(wal: &mfio_wal::Wal<Dev>, panic_on: usize) -> Results {
     let (_, wa) = flaky(panic_on);
     let (fb, wb) = flaky(0);
     let mut a = pin!(wal.append(b"first"));
@@ -100,7 +98,7 @@ fn drive(
 fn a_waker_that_panics_when_room_opens_fails_the_batch_it_held_up_and_wakes_the_rest() {
     // The first wake comes as the committer takes the batch (room for new appends): the batch
     // is not written, and both appends say so instead of waiting forever.
-    let (a, b, woken, dev, cfg) = two_appends_with_a_panicking_waker(1);
+    let ((a, b, woken), dev, cfg) = two_appends_with_a_panicking_waker(1);
     assert!(woken >= 1, "the other appender was never woken");
     assert_eq!(a, Err(WalError::Stopped));
     assert_eq!(b, Err(WalError::Stopped));
@@ -111,7 +109,7 @@ fn a_waker_that_panics_when_room_opens_fails_the_batch_it_held_up_and_wakes_the_
 
 #[test]
 fn a_waker_that_panics_when_its_batch_is_durable_leaves_both_appends_acknowledged() {
-    let (a, b, woken, dev, cfg) = two_appends_with_a_panicking_waker(2);
+    let ((a, b, woken), dev, cfg) = two_appends_with_a_panicking_waker(2);
     assert!(woken >= 2, "the other appender was not woken when its batch was durable");
     assert_eq!(a, Ok(Lsn(1)));
     assert_eq!(b, Ok(Lsn(2)));
