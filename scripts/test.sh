@@ -4,7 +4,8 @@
 #   against nbdinfo, nbdsh and qemu-img), the soundness
 #   tests (the framework's, dma's, both drivers', and the interrupt and runtime tests) under
 #   valgrind, the benchmarks' quick run, and the guest tests (scripts/vm-tests.sh: QEMU's NVMe
-#   and virtio-blk through VFIO, IOMMU and no-IOMMU).
+#   and virtio-blk through VFIO, IOMMU and no-IOMMU), the engines' crash test across boots
+#   (scripts/vm-crash.sh) and faults from QEMU's block layer (scripts/vm-faults.sh).
 # Installs what it needs (apt packages, the guest kernel) on a fresh Debian 12 machine.
 # Every stage runs even if an earlier one failed; the summary says which failed. Exit 1 if any.
 #
@@ -94,6 +95,9 @@ if [ "$VM" = 1 ]; then
   stage vm-tests scripts/vm-tests.sh
   # The engines across boots: QEMU killed mid-run, recovery on the same images (about 35 s).
   stage vm-crash scripts/vm-crash.sh --no-build
+  # Faults from QEMU's block layer (blkdebug EIO, a namespace slower than the I/O timeout),
+  # both drivers, both IOMMU modes (about 25 s).
+  stage vm-faults scripts/vm-faults.sh
 fi
 
 echo

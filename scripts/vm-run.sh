@@ -21,6 +21,10 @@
 #                         still force split rings itself, so both get tested on one device)
 #   --nvme-img PATH, --nvme2-img PATH, --vblk-img PATH
 #                         use this image (created with the size above if missing) and keep it
+#   --blkdebug CONF       put QEMU's blkdebug (error injection by the rules in CONF) under
+#                         NVMe namespace 1 and the virtio-blk device (scripts/vm-faults.sh)
+#   --nvme2-latency NS    NVMe namespace 2 is QEMU's null-co with every request delayed NS
+#                         nanoseconds (reads return zeroes): commands that time out
 #   --keep                keep the temporary run directory (images, console log) and print it
 #   --out DIR             writable results directory, shared with the guest at the same path
 #                         (default: a temporary one); the command finds it in $MFIO_VM_OUT
@@ -48,7 +52,7 @@ VMKIT=${VMKIT:-$HOME/.cache/mfio-vmkit}
 
 MODE=iommu ACCEL=auto TIMEOUT=600 MEM=2G SMP=2 HUGEPAGES=0
 NVME_SIZE=128M NVME2_SIZE=64M VBLK_SIZE=128M VBLK_PACKED=on
-NVME_IMG="" NVME2_IMG="" VBLK_IMG=""
+NVME_IMG="" NVME2_IMG="" VBLK_IMG="" BLKDEBUG="" NVME2_LATENCY=""
 KEEP=0 OUT="" BIND=1 RELEASE=0 SHELL_MODE=0 SETUP=1 VERBOSE=0 APPEND=
 EXTRA=() USER_ENV=()
 
@@ -70,6 +74,8 @@ while [ $# -gt 0 ]; do
     --nvme-img) need_arg "$@"; NVME_IMG=$2; shift ;;
     --nvme2-img) need_arg "$@"; NVME2_IMG=$2; shift ;;
     --vblk-img) need_arg "$@"; VBLK_IMG=$2; shift ;;
+    --blkdebug) need_arg "$@"; BLKDEBUG=$(realpath "$2") || die "--blkdebug: no file $2"; shift ;;
+    --nvme2-latency) need_arg "$@"; NVME2_LATENCY=$2; shift ;;
     --keep) KEEP=1 ;;
     --out) need_arg "$@"; OUT=$2; shift ;;
     --device) need_arg "$@"; EXTRA+=(-device "$2"); shift ;;
@@ -84,7 +90,7 @@ while [ $# -gt 0 ]; do
     --shell) SHELL_MODE=1 ;;
     --no-setup) SETUP=0 ;;
     -v | --verbose) VERBOSE=1 ;;
-    -h | --help) sed -n "4,42p" "$0"; exit 0 ;;
+    -h | --help) sed -n "4,46p" "$0"; exit 0 ;;
     --) shift; break ;;
     *) die "unknown option '$1' (the command goes after --; see --help)" ;;
   esac
@@ -96,6 +102,8 @@ case "$ACCEL" in auto | tcg | kvm) ;; *) die "--accel is auto, tcg or kvm, not '
 case "$VBLK_PACKED" in on | off) ;; *) die "--vblk-packed is on or off, not '$VBLK_PACKED'" ;; esac
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds"
 [[ "$HUGEPAGES" =~ ^[0-9]+$ ]] || die "--hugepages wants a number of 2 MiB pages"
+[ -z "$NVME2_LATENCY" ] || [[ "$NVME2_LATENCY" =~ ^[0-9]+$ ]] || die "--nvme2-latency wants nanoseconds"
+[ -z "$BLKDEBUG" ] || [[ "$BLKDEBUG" != *[:,]* ]] || die "--blkdebug: the path must not contain ':' or ','"
 
 if [ "$SETUP" = 1 ]; then
   "$HERE/vm-setup.sh" --quiet >/dev/null || die "scripts/vm-setup.sh failed"
@@ -230,15 +238,23 @@ if [ "$MODE" = iommu ]; then
   IOMMU_PLATFORM=",iommu_platform=on"
 fi
 A+=(-kernel "$VMKIT/vmlinux" -initrd "$VMKIT/initramfs.cpio.gz" -append "$KARGS$APPEND")
-A+=(-drive "file=$NVME_IMG,if=none,id=nvm1,format=raw"
+# blkdebug:CONF:IMG puts the error injector between the raw format and the image, where the
+# format's read_aio/write_aio events reach its rules.
+# QEMU's virtio-blk merges adjacent requests into one host request, which then fails as a whole:
+# with faults injected it must not, so that each request's outcome is its own sectors'.
+FAULTS=${BLKDEBUG:+blkdebug:$BLKDEBUG:} NOMERGE=${BLKDEBUG:+,request-merging=off}
+A+=(-drive "file=$FAULTS$NVME_IMG,if=none,id=nvm1,format=raw"
   -device "nvme,id=nvme0,serial=mfio0001,addr=04.0"
   -device "nvme-ns,drive=nvm1,bus=nvme0,nsid=1")
-if [ "$NS" = 2 ]; then
+if [ -n "$NVME2_LATENCY" ]; then
+  A+=(-drive "driver=null-co,size=$NVME2_SIZE,latency-ns=$NVME2_LATENCY,read-zeroes=on,if=none,id=nvm2"
+    -device "nvme-ns,drive=nvm2,bus=nvme0,nsid=2")
+elif [ "$NS" = 2 ]; then
   A+=(-drive "file=$NVME2_IMG,if=none,id=nvm2,format=raw" -device "nvme-ns,drive=nvm2,bus=nvme0,nsid=2")
 fi
 # packed=on: the device also offers VIRTIO_F_RING_PACKED (QEMU's default is off).
-A+=(-drive "file=$VBLK_IMG,if=none,id=vblk,format=raw"
-  -device "virtio-blk-pci,drive=vblk,disable-legacy=on,addr=05.0,packed=$VBLK_PACKED$IOMMU_PLATFORM")
+A+=(-drive "file=$FAULTS$VBLK_IMG,if=none,id=vblk,format=raw"
+  -device "virtio-blk-pci,drive=vblk,disable-legacy=on,addr=05.0,packed=$VBLK_PACKED$IOMMU_PLATFORM$NOMERGE")
 # multidevs=remap: without it /proc, /sys and /dev (all inode 1 on the host) alias over 9p.
 A+=(-fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot,addr=06.0

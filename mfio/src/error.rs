@@ -27,7 +27,9 @@ pub enum ErrorKind {
     Unsupported,
     /// No queue slot, buffer or other resource was free; retry later.
     Busy,
-    /// The controller is in a fatal state; the request was not carried out.
+    /// The device failed, was reset or is gone while the request was in flight or queued:
+    /// it may or may not have been carried out (a write's data is unknown until read back).
+    /// The driver recovers its queues where it can, so a retry may succeed.
     Fatal,
     /// DMA translation failed (memory not mapped for the device, IOMMU fault).
     Dma,
@@ -139,10 +141,10 @@ impl Error {
             ErrorKind::InvalidInput => "check the request's parameters",
             ErrorKind::Device => "the device rejected or failed the command; see its status",
             ErrorKind::Aborted => "the request was cancelled before the device completed it",
-            ErrorKind::Timeout => "the device did not answer in time; it may need a reset",
+            ErrorKind::Timeout => "the device did not answer in time: the driver aborted the command or reset the device; retry, and read back a write",
             ErrorKind::Unsupported => "the device does not offer this operation",
             ErrorKind::Busy => "no queue slot or buffer was free; retry",
-            ErrorKind::Fatal => "the controller is in a fatal state; reset it",
+            ErrorKind::Fatal => "the device failed or was reset mid-request; retry (the queue recovers), and read back a write that was in flight",
             ErrorKind::Dma => "the memory is not mapped for the device",
             ErrorKind::Os => "an operating-system call failed",
         }

@@ -335,6 +335,13 @@ impl<D: PciDevice> IoQueue<D> {
             // The first command after the queue was idle: the clock, refreshed only by busy
             // polls, may be an idle stretch old, and the command's deadline would start then.
             inner.tick();
+            // An idle queue has not polled since a reset it slept through: its rings are gone
+            // from the controller. Re-create them first, or this command would fail for it.
+            if inner.epoch != self.ctrl.epoch() {
+                drop(inner);
+                self.recover();
+                inner = self.inner.borrow_mut();
+            }
         }
         if inner.broken || !inner.pending.is_empty() {
             inner.enqueue(P::pending(pos, view, cdw12), self);

@@ -323,7 +323,9 @@ impl Inner {
                     let _ = self.bounce_pool.free(b);
                 }
                 self.free.push(i as u16);
-                out.push((io, Err(error)));
+                // A command that timed out (its abort requested) says so, whatever ended it.
+                let e = if s.aborted { Error::new(ErrorKind::Timeout, ORIGIN) } else { error };
+                out.push((io, Err(e)));
             }
         }
         while let Some(p) = self.pending.pop_front() {
