@@ -43,6 +43,7 @@ impl<D: PciDevice> Controller<D> {
     pub fn new(dev: D, opts: ControllerOptions) -> Result<Arc<Self>, NvmeError> {
         let span = tracing::info_span!("nvme_bringup", dev = %dev.address());
         let _g = span.enter();
+        opts.validate()?;
         let bar0 = dev.bar_len(0).unwrap_or(0);
         if bar0 < 0x1000 + 8 {
             return Err(NvmeError::Bar0(bar0));

@@ -64,6 +64,10 @@ pub enum NvmeError {
     /// A request the driver refuses before it reaches the controller.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// An option of [`ControllerOptions`](crate::ControllerOptions) no controller can work
+    /// with; the message names it, its limit and what to give.
+    #[error("ControllerOptions::{0}")]
+    Options(String),
     /// A ring is not contiguous to the device (no-IOMMU mode on 4 KiB pages).
     #[error(
         "a {0}-byte queue ring is not physically contiguous: reserve huge pages \

@@ -16,13 +16,17 @@ use std::sync::{Arc, Mutex};
 pub struct Options {
     /// Request queues to set up (capped at what the device has; 0: all of them).
     pub queues: u16,
-    /// Entries per virtqueue (rounded down to a power of two, capped at the device's maximum).
+    /// Entries per virtqueue, at least 1 (rounded down to a power of two, capped at the
+    /// device's maximum).
     pub queue_size: u16,
-    /// Largest transfer of one request, in bytes; larger I/O is split.
+    /// Largest transfer of one request, in bytes, at least 512 (one sector); larger I/O is
+    /// split.
     pub max_transfer: usize,
-    /// Bytes per bounce buffer (for memory that is not DMA-mapped); larger I/O is split.
+    /// Bytes per bounce buffer (for memory that is not DMA-mapped), at least 4096; larger I/O
+    /// is split.
     pub bounce_size: usize,
-    /// Bounce buffers per queue.
+    /// Bounce buffers per queue, at least 1; `bounce_size` x `bounce_slots` is allocated per
+    /// queue at bring-up, at most [`MAX_BOUNCE_PER_QUEUE`].
     pub bounce_slots: usize,
     /// Feature bits to refuse even when offered (tests use it to exercise the paths without
     /// INDIRECT_DESC or EVENT_IDX). VERSION_1 and ACCESS_PLATFORM cannot be refused;
@@ -36,6 +40,46 @@ pub struct Options {
     /// [`VirtioBlk::queue_with`]). An interrupt-driven mode gives every queue an MSI-X vector
     /// of its own at bring-up (queue `i`: vector `i`), so any queue may then use any mode.
     pub completion: CompletionMode,
+}
+
+/// The most bounce memory one queue may ask for.
+pub const MAX_BOUNCE_PER_QUEUE: usize = 1 << 30;
+
+impl Options {
+    /// Checks every option against what any device can work with, before anything is
+    /// touched: [`VirtioError::Options`] names the first that fails. ([`VirtioBlk::new`]
+    /// calls it.)
+    pub fn validate(&self) -> Result<(), VirtioError> {
+        let bad = |why: String| Err(VirtioError::Options(why));
+        if self.queue_size == 0 {
+            return bad("queue_size is 0: give at least 1 entry per virtqueue".into());
+        }
+        if self.max_transfer < 512 {
+            return bad(format!(
+                "max_transfer is {}: give at least 512 bytes (one sector)",
+                self.max_transfer
+            ));
+        }
+        if self.bounce_size < 4096 {
+            return bad(format!(
+                "bounce_size is {}: give at least 4096 bytes (one memory page)",
+                self.bounce_size
+            ));
+        }
+        if self.bounce_slots == 0 {
+            return bad("bounce_slots is 0: give at least 1 (memory the device cannot reach goes through them)".into());
+        }
+        if self.bounce_size.checked_mul(self.bounce_slots).is_none_or(|b| b > MAX_BOUNCE_PER_QUEUE)
+        {
+            return bad(format!(
+                "bounce_size {} x bounce_slots {} is more than the {} MiB of bounce memory a queue may have: lower either",
+                self.bounce_size,
+                self.bounce_slots,
+                MAX_BOUNCE_PER_QUEUE >> 20
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Options {
@@ -160,6 +204,7 @@ impl<D: PciDevice> VirtioBlk<D> {
     /// Brings the device up: finds the virtio-pci capabilities, resets it, negotiates
     /// features, sets up `opts.queues` virtqueues and sets DRIVER_OK.
     pub fn new(dev: D, opts: &Options) -> Result<VirtioBlk<D>, VirtioError> {
+        opts.validate()?;
         let transport = Transport::find(&dev)?;
         dev.set_bus_master(true)?;
         // The kernel's driver (or a previous program) may have left it running.

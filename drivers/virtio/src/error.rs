@@ -8,6 +8,10 @@ use mfio_pci::PciError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VirtioError {
+    /// An [`Options`](crate::Options) field no device can work with; the message names it,
+    /// its limit and what to give.
+    #[error("Options::{0}")]
+    Options(String),
     /// Config space or BAR access failed.
     #[error("PCI access failed: {0}")]
     Pci(#[from] PciError),

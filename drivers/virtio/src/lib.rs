@@ -27,6 +27,6 @@ pub mod spec;
 pub mod transport;
 mod virtqueue;
 
-pub use device::{BlkInfo, Options, RingLayout, VirtioBlk};
+pub use device::{BlkInfo, Options, RingLayout, VirtioBlk, MAX_BOUNCE_PER_QUEUE};
 pub use error::VirtioError;
 pub use queue::{BlkQueue, QueueStats};
