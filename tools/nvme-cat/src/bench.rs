@@ -135,6 +135,9 @@ fn is_write(a: &BenchArgs) -> bool {
 /// 32768 descriptors, but QEMU's 256), and deeper would only wait in the driver's pending
 /// list.
 const MAX_QD: usize = 4096;
+/// The longest run `--time` may ask for.
+const MAX_TIME_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
 /// Most buffer memory a run may ask for (`--qd` x `--bs` x `--queues`).
 const MAX_BUFFERS: u64 = 1 << 30;
 
@@ -164,6 +167,9 @@ fn validate(a: &BenchArgs) -> Result<usize, String> {
     }
     if !(a.time.is_finite() && a.time > 0.0) {
         return Err(format!("--time {}: give a positive number of seconds", a.time));
+    }
+    if a.time > MAX_TIME_SECS {
+        return Err(format!("--time {}: give at most {MAX_TIME_SECS} seconds (a year)", a.time));
     }
     if a.ios == Some(0) {
         return Err("--ios 0: give at least one I/O per queue".into());

@@ -86,7 +86,12 @@ fn model_config(opts: &str) -> Result<ModelConfig, String> {
                             return Err(format!("LBA size {lba}: the model offers 512 or 4096"));
                         }
                         let bytes = parse_size(size)?;
-                        Ok(NamespaceConfig::new((bytes / u64::from(lba)).max(1), lba))
+                        if bytes < u64::from(lba) {
+                            return Err(format!(
+                                "namespace size {size}: less than one {lba}-byte LBA; give at least {lba}"
+                            ));
+                        }
+                        Ok(NamespaceConfig::new(bytes / u64::from(lba), lba))
                     })
                     .collect::<Result<_, String>>()?
             }

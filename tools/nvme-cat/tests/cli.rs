@@ -134,6 +134,12 @@ fn errors_name_the_fix() {
     );
     std::fs::remove_file(&img).unwrap();
     assert!(err(&["read", "model", "--lba", "999999999", "--count", "1"]).contains("out of range"));
+    // Past the end by a length too large to allocate: refused before any buffer is made.
+    assert!(err(&["read", "model", "--offset", "0", "--length", "100G"]).contains("out of range"));
+    assert!(err(&["read", "model", "-n", "0", "--length", "512"]).contains("namespace 0"));
+    // A model namespace smaller than one LBA.
+    assert!(err(&["id-ns", "model:ns=0/512"]).contains("less than one 512-byte LBA"));
+    assert!(err(&["id-ns", "model:ns=100/512"]).contains("give at least 512"));
 }
 
 #[test]
@@ -168,6 +174,7 @@ fn bench_refuses_impossible_options_with_what_to_give() {
         (&["--span", "512"], "smaller than one I/O"),
         (&["--completion", "spin"], "poll, interrupt, adaptive"),
         (&["--time", "0"], "positive number of seconds"),
+        (&["--time", "1e300"], "at most 31536000 seconds"),
     ];
     for dev in ["model", "virtio-model"] {
         for (opts, want) in cases {
