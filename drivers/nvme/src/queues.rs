@@ -180,11 +180,25 @@ impl SubmissionQueue {
         rang
     }
 
-    /// Records the controller's SQ head from a completion.
+    /// Records the controller's SQ head from a completion. Only a head between the one known
+    /// and the committed tail is believed: a controller cannot have consumed what it was not
+    /// given, and a head that went back or past it (a buggy or hostile device) would make
+    /// free entries look used, or used ones free.
+    #[inline(always)]
     pub(crate) fn set_head(&mut self, head: u16) {
-        if head < self.entries {
+        let n = u32::from(self.entries);
+        let ahead = ring::distance(self.head.into(), head.into(), n);
+        if head < self.entries
+            && ahead <= ring::distance(self.head.into(), self.committed_tail.into(), n)
+        {
             self.head = head;
         }
+    }
+
+    /// Every command given to the controller has completed, so it has consumed them all
+    /// (whatever SQ heads its completions gave).
+    pub(crate) fn all_consumed(&mut self) {
+        self.head = self.committed_tail;
     }
 
     /// Forgets every command (after the queue was deleted or the controller reset).

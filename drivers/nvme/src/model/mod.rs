@@ -27,6 +27,7 @@
 
 mod admin;
 mod config;
+mod hostile;
 mod inject;
 mod io;
 mod namespace;
@@ -46,6 +47,7 @@ use mfio_dma::{CheckingMapper, DmaSpace, ModelGuard, ModelLock};
 use mfio_pci::{check_config_access, PciAddress, PciDevice, PciError};
 
 pub use config::{CompletionMode, ModelConfig, NamespaceConfig};
+pub use hostile::{Hostile, HostileCounts};
 pub use inject::{Injection, QueueSel, Target, Violation, ViolationKind};
 pub use pci::{BAR0_SIZE, CLASS_CODE, DEVICE_ID, VENDOR_ID};
 
@@ -198,6 +200,18 @@ impl NvmeModel {
             Injection::Fatal => st.set_fatal(),
             other => st.injections.push(other),
         })
+    }
+
+    /// Makes the controller hostile (`Some`) or honest again (`None`): I/O completion entries
+    /// are corrupted as [`Hostile`] says. See the `hostile` module for what it does and why
+    /// tests that use it turn `panic_on_violation` off.
+    pub fn set_hostile(&self, hostile: Option<Hostile>) {
+        self.with(|st| st.hostile = hostile.map(hostile::HostileState::new));
+    }
+
+    /// What the hostile controller has done since [`NvmeModel::set_hostile`].
+    pub fn hostile_counts(&self) -> HostileCounts {
+        self.with(|st| st.hostile.as_ref().map(|h| h.counts).unwrap_or_default())
     }
 
     /// Removes every injection not yet used, media errors included (a failed controller

@@ -606,8 +606,29 @@ impl State {
         if let Some(sq) = self.sqs.get(usize::from(c.sq_id)).and_then(|s| s.as_ref()) {
             c.sq_head = sq.head as u16;
         }
+        if cqid != 0 {
+            if let Some(h) = self.hostile.as_mut() {
+                let mut out = std::mem::take(&mut self.hostile_out);
+                h.corrupt(c, &mut out);
+                for &(e, flip) in &out {
+                    if self.cqs[usize::from(cqid)].as_ref().is_none_or(|q| q.is_full()) {
+                        break; // even a liar does not overrun the ring it owns
+                    }
+                    self.put_cqe(cqid, e, flip);
+                }
+                out.clear();
+                self.hostile_out = out;
+                return;
+            }
+        }
+        self.put_cqe(cqid, c, false);
+    }
+
+    /// Writes one entry at the tail, with the current phase tag (inverted when `flip`), and
+    /// advances the tail.
+    fn put_cqe(&mut self, cqid: u16, mut c: Completion, flip: bool) {
         let Some(cq) = self.cqs[usize::from(cqid)].as_mut() else { return };
-        c.status = (c.status & !1) | u16::from(cq.phase);
+        c.status = (c.status & !1) | u16::from(cq.phase != flip);
         let addr = cq.base + u64::from(cq.tail) * 16;
         cq.tail = ring::next(cq.tail, cq.size);
         if cq.tail == 0 {

@@ -117,6 +117,10 @@ pub(crate) struct State {
     pub error_count: u64,
     pub smart: Smart,
     pub rng: u64,
+    /// Corrupts I/O completion entries while set.
+    pub hostile: Option<super::hostile::HostileState>,
+    /// Entries to write for one completion (reused: the honest path does not allocate).
+    pub hostile_out: Vec<super::hostile::Entry>,
     /// MSI-X: the vectors' eventfds, masks and counters.
     pub irq: mfio_pci::ModelInterrupts,
 }
@@ -161,6 +165,8 @@ impl State {
             },
             violations: Vec::new(),
             pending_panic: None,
+            hostile: None,
+            hostile_out: Vec::new(),
             stuck_enabled: false,
             error_log: VecDeque::new(),
             error_count: 0,

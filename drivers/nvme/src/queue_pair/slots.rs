@@ -308,6 +308,9 @@ impl Inner {
             let _ = self.bounce_pool.free(b);
         }
         self.free.push(idx as u16);
+        if self.free.len() == self.slots.len() {
+            self.sq.all_consumed();
+        }
         self.stats.completed += 1;
         Some((io, result))
     }
