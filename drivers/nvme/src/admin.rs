@@ -63,7 +63,6 @@ impl AdminQueue {
         loop {
             if let Some(cqe) = self.cq.pop() {
                 self.cq.commit(dev);
-                self.sq.set_head(cqe.sq_head);
                 if cqe.cid != cmd.cid {
                     self.stray += 1;
                     tracing::warn!(cid = cqe.cid, "admin completion for an unknown command");

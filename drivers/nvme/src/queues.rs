@@ -117,8 +117,6 @@ pub(crate) struct SubmissionQueue {
     entries: u16,
     tail: u16,
     committed_tail: u16,
-    /// How far the controller has consumed (from completions' SQ head field).
-    head: u16,
     doorbell: Doorbell,
 }
 
@@ -137,7 +135,6 @@ impl SubmissionQueue {
             entries,
             tail: 0,
             committed_tail: 0,
-            head: 0,
             doorbell: Doorbell::new(regs::sq_tail_doorbell(qid, dstrd), shadow),
         })
     }
@@ -152,16 +149,10 @@ impl SubmissionQueue {
         self.entries
     }
 
-    /// Entries free for new commands (one is always left empty: full and empty differ).
-    pub(crate) fn free(&self) -> u16 {
-        let used = ring::distance(self.head.into(), self.tail.into(), self.entries.into()) as u16;
-        self.entries - 1 - used
-    }
-
-    /// Writes `cmd` at the tail. The caller has checked [`free`](Self::free).
+    /// Writes `cmd` at the tail. The caller knows there is room: an I/O queue by its slots
+    /// (one fewer than entries), the admin queue by having one command at a time.
     #[inline(always)] // The command's fields come from registers, not reloaded from the stack.
     pub(crate) fn push(&mut self, cmd: &Command) {
-        debug_assert!(self.free() > 0, "push on a full submission queue");
         let off = usize::from(self.tail) * COMMAND_SIZE;
         self.mem.mem().write_le64s(off, cmd.to_qwords());
         self.tail = ring::next(self.tail.into(), self.entries.into()) as u16;
@@ -180,32 +171,10 @@ impl SubmissionQueue {
         rang
     }
 
-    /// Records the controller's SQ head from a completion. Only a head between the one known
-    /// and the committed tail is believed: a controller cannot have consumed what it was not
-    /// given, and a head that went back or past it (a buggy or hostile device) would make
-    /// free entries look used, or used ones free.
-    #[inline(always)]
-    pub(crate) fn set_head(&mut self, head: u16) {
-        let n = u32::from(self.entries);
-        let ahead = ring::distance(self.head.into(), head.into(), n);
-        if head < self.entries
-            && ahead <= ring::distance(self.head.into(), self.committed_tail.into(), n)
-        {
-            self.head = head;
-        }
-    }
-
-    /// Every command given to the controller has completed, so it has consumed them all
-    /// (whatever SQ heads its completions gave).
-    pub(crate) fn all_consumed(&mut self) {
-        self.head = self.committed_tail;
-    }
-
     /// Forgets every command (after the queue was deleted or the controller reset).
     pub(crate) fn reset(&mut self) {
         self.tail = 0;
         self.committed_tail = 0;
-        self.head = 0;
         self.mem.mem().zero();
         self.doorbell.reset();
     }

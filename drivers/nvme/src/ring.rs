@@ -14,16 +14,6 @@ pub(crate) fn next(i: u32, n: u32) -> u32 {
     }
 }
 
-/// How many steps from `from` forward to `to` (both below `n`).
-#[inline]
-pub(crate) fn distance(from: u32, to: u32, n: u32) -> u32 {
-    if to >= from {
-        to - from
-    } else {
-        to + n - from
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,9 +23,6 @@ mod tests {
         for n in [2u32, 3, 64, 65, 1024] {
             for a in 0..n {
                 assert_eq!(next(a, n), (a + 1) % n);
-                for b in 0..n {
-                    assert_eq!(distance(a, b, n), (b + n - a) % n, "n {n} from {a} to {b}");
-                }
             }
         }
     }

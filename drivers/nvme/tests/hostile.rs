@@ -85,7 +85,6 @@ proptest! {
             rig.model.set_hostile(Some(Hostile { seed, per_mille, lossy }));
             let q = &rig.q;
             let futs = ops.iter().map(|o| {
-                let q = q;
                 async move {
                     match *o {
                         Op::Read(lba, n) => q.read_all(lba * BS, vec![0u8; (n * BS) as usize]).await.0,
@@ -105,7 +104,7 @@ proptest! {
             // Honest again: the queue works and keeps what it is given.
             rig.model.set_hostile(None);
             let lba = seed % (BLOCKS - 8);
-            let data: Vec<u8> = (0..8 * BS).map(|i| (i as u64 ^ seed) as u8).collect();
+            let data: Vec<u8> = (0..8 * BS).map(|i| (i ^ seed) as u8).collect();
             let mut back = vec![0u8; data.len()];
             // A lie may have left a command in flight that the next poll resets: one retry.
             let rt = |q: &IoQueue<NvmeModel>, back: &mut Vec<u8>| {

@@ -108,8 +108,12 @@ impl Inner {
         }
     }
 
+    /// A free slot is a free SQ entry too: a queue has one slot fewer than SQ entries and a
+    /// command holds its slot until it completes, long after the controller consumed its
+    /// entry. So the SQ head the controller reports is not needed, and a wrong one (a buggy
+    /// or hostile device) cannot make the ring look full or empty.
     pub(super) fn has_room(&self) -> bool {
-        !self.free.is_empty() && self.sq.free() > 0
+        !self.free.is_empty()
     }
 
     /// Submits `p` (in pieces if it must be split); what cannot be submitted for lack of a
@@ -277,7 +281,6 @@ impl Inner {
     /// Frees the slot of a completion; returns the I/O to complete (`None` for a stray CQE).
     #[inline(always)] // Its result in registers, as for `start`.
     pub(super) fn finish(&mut self, cqe: Completion) -> Option<(SlotIo, Result<(), Error>)> {
-        self.sq.set_head(cqe.sq_head);
         let mask = (1u16 << self.slot_bits) - 1;
         let idx = usize::from(cqe.cid & mask);
         let generation_bits = 16 - self.slot_bits;
@@ -308,9 +311,6 @@ impl Inner {
             let _ = self.bounce_pool.free(b);
         }
         self.free.push(idx as u16);
-        if self.free.len() == self.slots.len() {
-            self.sq.all_consumed();
-        }
         self.stats.completed += 1;
         Some((io, result))
     }
