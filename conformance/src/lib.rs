@@ -124,3 +124,30 @@ macro_rules! conformance_tests {
         )*
     };
 }
+
+/// Runs `f` on a thread of its own and gives its outcome within `limit`: `Err("PANIC")` if it
+/// panicked, `Err("HANG")` if it had not finished (for table-driven tests of bad input, where
+/// a panic or a hang is the failure being looked for).
+pub fn bounded<F>(limit: std::time::Duration, f: F) -> Result<(), String>
+where
+    F: FnOnce() -> Result<(), String> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(r.unwrap_or_else(|_| Err("PANIC".into())));
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|_| Err("HANG".into()))
+}
+
+/// Writes `len` bytes of a pattern at `pos` and reads them back; the error as text.
+pub fn round_trip<D: TestDevice>(dev: &D, pos: u64, len: usize) -> Result<(), String> {
+    let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    dev.write_all_blocking(pos, &data).map_err(|e| e.to_string())?;
+    let mut back = vec![0u8; len];
+    dev.read_all_blocking(pos, &mut back).map_err(|e| e.to_string())?;
+    if back != data {
+        return Err("DATA MISMATCH".into());
+    }
+    Ok(())
+}

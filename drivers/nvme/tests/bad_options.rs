@@ -2,10 +2,9 @@
 //! controller that works (a round trip through DMA and through bounce memory). Never a panic,
 //! a hang or an unbounded allocation.
 
-use mfio::{ReadAt, WriteAt};
+use mfio_conformance::{bounded, round_trip};
 use mfio_nvme::model::{ModelConfig, NamespaceConfig, NvmeModel};
 use mfio_nvme::{Controller, ControllerOptions};
-use std::sync::mpsc;
 use std::time::Duration;
 
 fn model() -> NvmeModel {
@@ -19,23 +18,11 @@ fn model() -> NvmeModel {
 /// Brings a controller up with `opts` and does a round trip larger than a page; the outcome
 /// as text, within 20 s.
 fn outcome(opts: ControllerOptions) -> Result<(), String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let r = std::panic::catch_unwind(move || -> Result<(), String> {
-            let ctrl = Controller::new(model(), opts).map_err(|e| e.to_string())?;
-            let q = ctrl.io_queue(1).map_err(|e| e.to_string())?;
-            let data: Vec<u8> = (0..307_200u32).map(|i| i as u8).collect();
-            q.write_all_blocking(4096, &data).map_err(|e| e.to_string())?;
-            let mut back = vec![0u8; data.len()];
-            q.read_all_blocking(4096, &mut back).map_err(|e| e.to_string())?;
-            if back != data {
-                return Err("DATA MISMATCH".into());
-            }
-            Ok(())
-        });
-        let _ = tx.send(r.unwrap_or_else(|_| Err("PANIC".into())));
-    });
-    rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| Err("HANG".into()))
+    bounded(Duration::from_secs(20), move || {
+        let ctrl = Controller::new(model(), opts).map_err(|e| e.to_string())?;
+        let q = ctrl.io_queue(1).map_err(|e| e.to_string())?;
+        round_trip(&q, 4096, 307_200)
+    })
 }
 
 #[test]

@@ -2,33 +2,20 @@
 //! device that works (a round trip through DMA and through bounce memory). Never a panic, a
 //! hang or an unbounded allocation.
 
-use mfio::{ReadAt, WriteAt};
+use mfio_conformance::{bounded, round_trip};
 use mfio_virtio::model::{ModelOptions, VirtioBlkModel};
 use mfio_virtio::{Options, VirtioBlk};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// Brings the device up with `opts` and does a round trip larger than a bounce buffer; the
 /// outcome as text, within 20 s.
 fn outcome(opts: Options) -> Result<(), String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let r = std::panic::catch_unwind(move || -> Result<(), String> {
-            let dev = VirtioBlk::new(VirtioBlkModel::new(ModelOptions::default()), &opts)
-                .map_err(|e| e.to_string())?;
-            let q = dev.queue(0).map_err(|e| e.to_string())?;
-            let data: Vec<u8> = (0..307_200u32).map(|i| i as u8).collect();
-            q.write_all_blocking(4096, &data).map_err(|e| e.to_string())?;
-            let mut back = vec![0u8; data.len()];
-            q.read_all_blocking(4096, &mut back).map_err(|e| e.to_string())?;
-            if back != data {
-                return Err("DATA MISMATCH".into());
-            }
-            Ok(())
-        });
-        let _ = tx.send(r.unwrap_or_else(|_| Err("PANIC".into())));
-    });
-    rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| Err("HANG".into()))
+    bounded(Duration::from_secs(20), move || {
+        let dev = VirtioBlk::new(VirtioBlkModel::new(ModelOptions::default()), &opts)
+            .map_err(|e| e.to_string())?;
+        let q = dev.queue(0).map_err(|e| e.to_string())?;
+        round_trip(&q, 4096, 307_200)
+    })
 }
 
 #[test]
