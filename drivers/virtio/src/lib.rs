@@ -22,11 +22,14 @@ pub mod device;
 pub mod error;
 #[cfg(feature = "model")]
 pub mod model;
+mod parts;
 mod queue;
+mod shared;
 pub mod spec;
 pub mod transport;
 mod virtqueue;
 
-pub use device::{BlkInfo, Options, RingLayout, VirtioBlk, MAX_BOUNCE_PER_QUEUE};
+pub use device::{Options, RingLayout, VirtioBlk, MAX_BOUNCE_PER_QUEUE};
 pub use error::VirtioError;
 pub use queue::{BlkQueue, QueueStats};
+pub use shared::BlkInfo;

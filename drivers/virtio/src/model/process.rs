@@ -6,57 +6,12 @@
 //! Nothing here allocates once warm: fetched chains keep their buffer lists in a spare pool
 //! and move between the pending list and the batch by value.
 
-use super::requests::{self, Buf};
+use super::chain::Fetched;
+use super::requests;
 use super::{packed, split, CompletionMode, State, VirtioBlkModel, R};
 use crate::spec::feature;
 use mfio_dma::DmaView;
 use std::sync::atomic::{fence, Ordering};
-
-/// A chain the device fetched and has not completed yet (its buffers copied out).
-#[derive(Default)]
-pub(super) struct Fetched {
-    /// Split: the head descriptor's index; packed: the buffer ID.
-    pub id: u32,
-    /// Packed: ring descriptors the chain took (how far its used descriptor skips).
-    pub ndescs: u16,
-    /// The request came in an indirect table.
-    pub indirect: bool,
-    /// Buffers the device reads (they come first), and the bytes of those and of the rest.
-    pub readable: usize,
-    pub rlen: u64,
-    pub wlen: u64,
-    /// Deferred: the notify count at which it completes.
-    pub due: u64,
-    /// The buffers, in order (see [`Fetched::bufs`]).
-    pub bufs: Vec<Buf>,
-    /// Instead of `bufs`, a chain of three buffers, one readable and two writable: the shape
-    /// of almost every request (header; data; status), kept without a push per buffer.
-    pub three: Option<[Buf; 3]>,
-    /// Split: the descriptors of the chain (busy until used).
-    pub descs: Vec<u16>,
-}
-
-impl Fetched {
-    /// The chain's buffers, in order.
-    #[inline]
-    pub fn bufs(&self) -> &[Buf] {
-        match &self.three {
-            Some(t) => t,
-            None => &self.bufs,
-        }
-    }
-
-    pub fn clear(&mut self) {
-        self.bufs.clear();
-        self.three = None;
-        self.descs.clear();
-        self.indirect = false;
-        self.ndescs = 0;
-        self.readable = 0;
-        self.rlen = 0;
-        self.wlen = 0;
-    }
-}
 
 /// What a fetch does with each chain: carry it out, or keep it (swapping in another entry).
 pub(super) trait Each: FnMut(&mut State, &mut Fetched) -> R<()> {}

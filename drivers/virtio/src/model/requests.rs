@@ -2,64 +2,10 @@
 //! status), checked for framing and lengths, carried out on the backing store, its status
 //! byte written.
 
-use super::process::Fetched;
+use super::chain::{Buf, Fetched};
 use super::{cold, dma, State, Violation, VirtioBlkModel, R};
-use crate::spec::{blk, feature, ring};
+use crate::spec::{blk, feature};
 use mfio_dma::{DeviceMemory, DmaView, Iova};
-
-/// One buffer of a chain.
-#[derive(Copy, Clone, Debug)]
-pub(super) struct Buf {
-    pub addr: u64,
-    pub len: u32,
-}
-
-/// Appends a buffer of a chain to `f`, checking its length and that no device-readable
-/// buffer follows a writable one; keeps the readable and writable byte counts.
-#[inline(always)]
-pub(super) fn push(f: &mut Fetched, q: usize, addr: u64, len: u32, flags: u16) -> R<()> {
-    let write = flags & ring::DESC_F_WRITE != 0;
-    if len == 0 {
-        return Err(zero_length(q));
-    }
-    if write {
-        f.wlen += u64::from(len);
-    } else if f.wlen > 0 {
-        return Err(cold(|| format!("queue {q}: device-readable buffer after a writable one")));
-    } else {
-        f.rlen += u64::from(len);
-        f.readable += 1;
-    }
-    f.bufs.push(Buf { addr, len });
-    Ok(())
-}
-
-fn zero_length(q: usize) -> Violation {
-    cold(|| format!("queue {q}: zero-length descriptor"))
-}
-
-/// The three descriptors of a 48-byte indirect table at `addr`, as the u64 words the driver
-/// stored (either layout: (address, length, the 16-bit fields at bytes 12 and 14)).
-#[inline(always)]
-pub(super) fn read_three(m: &DmaView, addr: u64) -> R<[(u64, u32, u16, u16); 3]> {
-    let t = m.read_le64s::<6>(Iova(addr)).map_err(dma)?;
-    Ok([0, 1, 2].map(|i| ring::desc_fields([t[2 * i], t[2 * i + 1]])))
-}
-
-/// Records a chain of one readable buffer then two writable ones (a read: header; data,
-/// status) whose flags the caller has checked, as three pushes would, without pushing: the
-/// model's most common chain (see `Fetched::three`).
-#[inline(always)]
-pub(super) fn keep_read_shape(f: &mut Fetched, q: usize, bufs: [Buf; 3]) -> R<()> {
-    if bufs.iter().any(|b| b.len == 0) {
-        return Err(zero_length(q));
-    }
-    f.three = Some(bufs);
-    f.readable = 1;
-    f.rlen = u64::from(bufs[0].len);
-    f.wlen = u64::from(bufs[1].len) + u64::from(bufs[2].len);
-    Ok(())
-}
 
 /// Bytes of a chain seen as one stream (the readable or the writable part).
 struct Stream<'a> {

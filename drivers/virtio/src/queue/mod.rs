@@ -11,16 +11,16 @@
 //! ring, publishes them (split: one available-index store) with at most one notify write, and
 //! reaps again. Nothing on that path locks, allocates or makes a system call.
 
-use crate::device::Shared;
+use crate::shared::Shared;
 use crate::spec::{blk, feature, ring, status};
 use crate::virtqueue::RingLayout;
-use crate::virtqueue::{Completion, Desc, Virtqueue};
+use crate::virtqueue::{Completion, Desc};
 use mfio::{
     clip, Activity, BlockCommands, BlockDevice, Capabilities, Error, ErrorKind, FromDevice,
     IoBackend, Origin, Packet, PacketIo, PacketView, ToDevice, Zeroes,
 };
-use mfio_dma::{DmaBuffer, DmaPool, DmaSlice, DmaSpace, Iova, IovaSegment, PoolSlot, Translator};
-use mfio_pci::{EventFd, PciDevice, Verdict, Wakeup, WakeupStats};
+use mfio_dma::{Iova, IovaSegment, PoolSlot, Translator};
+use mfio_pci::{PciDevice, Verdict, Wakeup, WakeupStats};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -28,12 +28,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Waker};
 
-mod control;
 mod request;
 mod submit;
 
-use control::*;
-pub(crate) use control::{Limits, QueueParts};
+use crate::parts::*;
 use request::*;
 
 /// Polls without progress, with requests in flight, between two reads of the device status.

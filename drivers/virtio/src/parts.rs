@@ -1,19 +1,24 @@
-//! A request's control slot (header, status, range, GET_ID answer, indirect table: one per
-//! buffer ID, in DMA memory) and the parts a queue is made of.
+//! The parts a queue is made of, set up at bring-up and kept by the device while no
+//! [`BlkQueue`](crate::BlkQueue) holds them: the virtqueue, a control slot per buffer ID
+//! (header, status, range, GET_ID answer, indirect table, in DMA memory) and the bounce pool.
 
-use super::*;
+use crate::spec::ring;
+use crate::virtqueue::{RingLayout, Virtqueue};
+use mfio_dma::{DmaBuffer, DmaPool, DmaSlice, DmaSpace};
+use mfio_pci::EventFd;
+use std::sync::Arc;
 
 /// Control slot layout: header, status, one range, the GET_ID answer, the indirect table.
-pub(super) const CTRL_HEADER: usize = 0;
-pub(super) const CTRL_STATUS: usize = 16;
-pub(super) const CTRL_RANGE: usize = 32;
-pub(super) const CTRL_ID: usize = 64;
-pub(super) const CTRL_TABLE: usize = 128;
-pub(super) const CTRL_SLOT: usize = 2048;
+pub(crate) const CTRL_HEADER: usize = 0;
+pub(crate) const CTRL_STATUS: usize = 16;
+pub(crate) const CTRL_RANGE: usize = 32;
+pub(crate) const CTRL_ID: usize = 64;
+pub(crate) const CTRL_TABLE: usize = 128;
+pub(crate) const CTRL_SLOT: usize = 2048;
 /// Descriptors in a request's indirect table.
-pub(super) const TABLE_ENTRIES: usize = (CTRL_SLOT - CTRL_TABLE) / ring::DESC_SIZE;
+pub(crate) const TABLE_ENTRIES: usize = (CTRL_SLOT - CTRL_TABLE) / ring::DESC_SIZE;
 /// What the status byte holds until the device writes it.
-pub(super) const STATUS_UNSET: u8 = 0xff;
+pub(crate) const STATUS_UNSET: u8 = 0xff;
 /// Per-queue limits, from the negotiated features and the options.
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Limits {
@@ -29,19 +34,19 @@ pub(crate) struct Limits {
     pub bounce_slots: usize,
 }
 
-/// A virtqueue and its pools, set up at bring-up; moved into a [`BlkQueue`] while one exists.
+/// A virtqueue and its pools, set up at bring-up; moved into a [`BlkQueue`](crate::BlkQueue) while one exists.
 pub(crate) struct QueueParts {
-    pub(super) index: u16,
-    pub(super) notify: u64,
-    pub(super) vq: Virtqueue,
+    pub(crate) index: u16,
+    pub(crate) notify: u64,
+    pub(crate) vq: Virtqueue,
     /// The control slots, one per buffer ID (so a request's is known before it is added, and
     /// never allocated or freed on the I/O path).
-    pub(super) ctrl: DmaBuffer,
+    pub(crate) ctrl: DmaBuffer,
     /// Each control slot's IOVA.
-    pub(super) ctrl_iova: Vec<u64>,
-    pub(super) bounce: DmaPool,
+    pub(crate) ctrl_iova: Vec<u64>,
+    pub(crate) bounce: DmaPool,
     /// The driver's end of the queue's MSI-X eventfd, when it was given a vector.
-    pub(super) irq: Option<EventFd>,
+    pub(crate) irq: Option<EventFd>,
 }
 
 impl QueueParts {
@@ -92,7 +97,7 @@ impl QueueParts {
 
     /// The control slot of buffer `id`.
     #[inline]
-    pub(super) fn ctrl_mem(&self, id: u16) -> DmaSlice<'_> {
+    pub(crate) fn ctrl_mem(&self, id: u16) -> DmaSlice<'_> {
         self.ctrl
             .mem()
             .sub(usize::from(id) * CTRL_SLOT, CTRL_SLOT)
