@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::addr::{Iova, VirtAddr, PAGE_SIZE};
 use crate::error::DmaError;
+use crate::gate::Gate;
 use crate::iova::IovaAllocator;
 use crate::mapper::{check_page_range, DmaMapper, MappedChunk};
 use crate::mem::{load_bytes, store_bytes};
-use crate::view::Gate;
 
 /// First IOVA the checking mapper hands out: 64 GiB, far from where Linux puts user mappings
 /// (0x55.. for the heap, 0x7f.. for mmap), so a driver that hands a device a virtual address

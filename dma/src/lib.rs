@@ -22,6 +22,7 @@ mod addr;
 mod checking;
 pub mod clock;
 mod error;
+mod gate;
 mod iova;
 mod mapper;
 mod mem;

@@ -17,11 +17,12 @@
 //! mapper's own lock for the access instead, which an unmap also takes: slow, never unsound.
 
 use std::cell::{RefCell, UnsafeCell};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 
 use crate::addr::Iova;
 use crate::checking::{search_index, CheckingMapper, DeviceMemory, Mapping, Maps};
+use crate::gate::{thread_token, Gate};
 use crate::page_cache::PageCache;
 
 /// A device's view of a [`CheckingMapper`]'s mappings: a snapshot it searches without a lock,
@@ -129,54 +130,6 @@ unsafe impl DeviceMemory for DmaView {
     }
 }
 
-/// What an unmap waits for: a model's step lock and the token of the thread holding it. The
-/// model's lock, its view and (weakly) the mapper share it, so it outlives whichever of them goes
-/// first: a guard that is leaked (`mem::forget`) keeps it locked for ever, even after the model
-/// is dropped, and unmaps then wait for ever instead of freeing memory the view may reach.
-#[derive(Debug)]
-pub(crate) struct Gate {
-    step: Mutex<()>,
-    /// The token of the thread holding `step` (0: none). Written only by that thread, under
-    /// the lock.
-    holder: AtomicUsize,
-    /// Unmaps waiting for the lock. A model that steps in a tight loop lets them in first
-    /// (a mutex is not fair: it would take the lock back before a waiter wakes).
-    waiters: AtomicUsize,
-}
-
-/// A token for the current thread: the address of a thread-local, never 0, and unique among
-/// the threads alive.
-#[inline(always)]
-fn thread_token() -> usize {
-    thread_local! { static TOKEN: u8 = const { 0 }; }
-    TOKEN.with(|t| t as *const u8 as usize)
-}
-
-/// Writes a line to stderr without panicking (a closed stderr must not turn an abort into an
-/// unwind).
-fn say(msg: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
-
-impl Gate {
-    /// Returns once no step of the model is running (takes and drops its lock).
-    pub(crate) fn wait(&self) {
-        if self.holder.load(Ordering::Relaxed) == thread_token() {
-            // This thread is inside a step of the model: waiting for the step to end would
-            // never return, and returning without waiting could free memory it is using.
-            say(format_args!(
-                "mfio-dma: an unmap from inside a device model's step (under its ModelLock) \
-                 would wait for that step to end; aborting"
-            ));
-            std::process::abort();
-        }
-        self.waiters.fetch_add(1, Ordering::Relaxed);
-        drop(self.step.lock());
-        self.waiters.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// A device model's state (holding its [`DmaView`]) behind the lock every unmap of its mapper
 /// waits for. Take it once per step of the model (a doorbell, a poll); the DMA accesses of the
 /// step go through the view without a lock of their own.
@@ -205,11 +158,7 @@ impl CheckingMapper {
         self: &Arc<Self>,
         make: impl FnOnce(DmaView) -> T,
     ) -> ModelLock<T> {
-        let gate = Arc::new(Gate {
-            step: Mutex::new(()),
-            holder: AtomicUsize::new(0),
-            waiters: AtomicUsize::new(0),
-        });
+        let gate = Arc::new(Gate::new());
         self.add_model(Arc::downgrade(&gate));
         let view = DmaView {
             mapper: self.clone(),

@@ -171,7 +171,7 @@ pub fn block_on<Bk: IoBackend + ?Sized, F: Future>(backend: &Bk, fut: F) -> F::O
                 Activity::Armed => crate::sleep::SLEEP_BOUND_MS,
                 _ => crate::sleep::IDLE_BOUND_MS,
             };
-            if let Poll::Ready(v) = crate::sleep::sleep_with(handle, fut.as_mut(), bound) {
+            if let Poll::Ready(v) = crate::sleep::sleep_with(handle.fd, fut.as_mut(), bound) {
                 return v;
             }
             continue;

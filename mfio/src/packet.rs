@@ -707,7 +707,7 @@ impl<P: PacketPerms, B> Packet<'_, P, B> {
                         stall.polled(activity);
                         if let (Activity::Armed, Some(h)) = (activity, driver.polling_handle()) {
                             // Armed: the device's next completion makes the handle readable.
-                            crate::sleep::sleep_on(h);
+                            crate::sleep::sleep_on(h.fd);
                             spins = 0;
                         }
                     }

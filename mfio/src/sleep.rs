@@ -19,8 +19,6 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::{Context, Poll, Waker};
 use std::task::Wake;
 
-use crate::backend::PollingHandle;
-
 /// The longest one sleep on an armed backend's polling handle lasts, in milliseconds: how soon
 /// a backend whose interrupt was lost is polled again.
 pub const SLEEP_BOUND_MS: i32 = 50;
@@ -92,18 +90,14 @@ pub(crate) fn kick_waker() -> Option<Waker> {
 }
 
 /// Polls `fut` once more with a waker that can end the sleep, then sleeps until the backend's
-/// handle or the kick is readable (at most `bound_ms`). `Ready` if that poll finished the
-/// future.
-pub(crate) fn sleep_with<F: Future>(
-    handle: PollingHandle,
-    fut: Pin<&mut F>,
-    bound_ms: i32,
-) -> Poll<F::Output> {
+/// polling handle `fd` or the kick is readable (at most `bound_ms`). `Ready` if that poll
+/// finished the future.
+pub(crate) fn sleep_with<F: Future>(fd: i32, fut: Pin<&mut F>, bound_ms: i32) -> Poll<F::Output> {
     // `try_with`: during thread-local destruction there is no kick, only the bounded sleep.
     let Some(kick) = KICK.try_with(|k| k.clone()).ok().flatten() else {
         // No eventfd for this thread (descriptors exhausted): sleep on the backend alone, and
         // not long, since only the bound ends a wait for a wake from elsewhere.
-        wait_readable(&[handle.fd], SLEEP_BOUND_MS);
+        wait_readable(&[fd], SLEEP_BOUND_MS);
         return Poll::Pending;
     };
     kick.armed.fetch_add(1, Ordering::SeqCst);
@@ -113,7 +107,7 @@ pub(crate) fn sleep_with<F: Future>(
     if let Poll::Ready(v) = fut.poll(&mut cx) {
         return Poll::Ready(v);
     }
-    if wait_readable(&[handle.fd, kick.fd], bound_ms) & 2 != 0 {
+    if wait_readable(&[fd, kick.fd], bound_ms) & 2 != 0 {
         let mut n = 0u64;
         // SAFETY: reads 8 bytes into a live u64 from the kick's own descriptor (nonblocking).
         let _ = unsafe { libc::read(kick.fd, (&mut n as *mut u64).cast(), 8) };
@@ -122,10 +116,10 @@ pub(crate) fn sleep_with<F: Future>(
     Poll::Pending
 }
 
-/// Sleeps until the backend's handle is readable, at most [`SLEEP_BOUND_MS`] (a dropped packet
-/// waiting for its segments: nothing but the backend can end that wait).
-pub(crate) fn sleep_on(handle: PollingHandle) {
-    wait_fd(handle.fd, SLEEP_BOUND_MS);
+/// Sleeps until the backend's polling handle `fd` is readable, at most [`SLEEP_BOUND_MS`] (a
+/// dropped packet waiting for its segments: nothing but the backend can end that wait).
+pub(crate) fn sleep_on(fd: i32) {
+    wait_fd(fd, SLEEP_BOUND_MS);
 }
 
 /// A fresh descriptor for the file `fd` refers to.

@@ -35,6 +35,7 @@ mod pool;
 pub mod proto;
 pub mod server;
 mod spin;
+mod stats;
 mod transmission;
 
 pub use export::{ExportInfo, MAX_PAYLOAD};

@@ -10,11 +10,12 @@ use crate::export::{ExportInfo, MAX_PAYLOAD};
 use crate::handshake::{self, HandshakeError};
 use crate::pool::{Pool, CHUNK};
 use crate::spin::{Spin, Spinner};
+pub use crate::stats::Stats;
 use crate::transmission::{self, Ended, Worker};
 use mfio::{BlockCommands, BlockDevice};
 use mfio_devices::Device;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
@@ -64,23 +65,6 @@ pub enum Listener {
     Tcp(std::net::TcpListener),
     /// A Unix socket.
     Unix(std::os::unix::net::UnixListener),
-}
-
-/// Counters of a running server.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections accepted.
-    pub connections: AtomicU64,
-    /// Connections open now.
-    pub active: AtomicU64,
-    /// Handshakes that ended without a session (aborts, violations, timeouts).
-    pub failed_handshakes: AtomicU64,
-    /// Requests read.
-    pub requests: AtomicU64,
-    /// Replies that carried an error.
-    pub error_replies: AtomicU64,
-    /// Connections closed for breaking the protocol.
-    pub violations: AtomicU64,
 }
 
 /// Why the server could not start.

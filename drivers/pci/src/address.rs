@@ -3,8 +3,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::PciError;
-
 /// A PCI function address (domain, bus, device, function), written `0000:00:04.0`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct PciAddress {
@@ -24,12 +22,18 @@ impl fmt::Display for PciAddress {
     }
 }
 
+/// A string that is not a PCI address (it also converts into
+/// [`PciError::InvalidAddress`](crate::PciError::InvalidAddress)).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a PCI address: write it as DDDD:BB:DD.F, for example 0000:00:04.0")]
+pub struct AddressError(pub String);
+
 impl FromStr for PciAddress {
-    type Err = PciError;
+    type Err = AddressError;
 
     /// Parses `DDDD:BB:DD.F` or `BB:DD.F` (domain 0), hex, case-insensitive.
-    fn from_str(s: &str) -> Result<Self, PciError> {
-        let bad = || PciError::InvalidAddress(s.to_string());
+    fn from_str(s: &str) -> Result<Self, AddressError> {
+        let bad = || AddressError(s.to_string());
         let s2 = s.trim();
         let (rest, func) = s2.rsplit_once('.').ok_or_else(bad)?;
         let parts: Vec<&str> = rest.split(':').collect();
@@ -38,7 +42,7 @@ impl FromStr for PciAddress {
             [b, v] => ("0", *b, *v),
             _ => return Err(bad()),
         };
-        let hex = |t: &str, max_len: usize| -> Result<u32, PciError> {
+        let hex = |t: &str, max_len: usize| -> Result<u32, AddressError> {
             if t.is_empty() || t.len() > max_len || !t.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(bad());
             }

@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use crate::address::PciAddress;
+use crate::address::{AddressError, PciAddress};
 
 /// Why a PCI function could not be found, bound, opened or used.
 #[derive(Debug, thiserror::Error)]
 pub enum PciError {
     /// Not a PCI address.
-    #[error("`{0}` is not a PCI address: write it as DDDD:BB:DD.F, for example 0000:00:04.0")]
-    InvalidAddress(String),
+    #[error(transparent)]
+    InvalidAddress(#[from] AddressError),
     /// No such function in sysfs.
     #[error("PCI function {0} not found under /sys/bus/pci/devices: list devices with `scripts/setup.sh status` or `lspci -D`")]
     NotFound(PciAddress),

@@ -20,7 +20,7 @@ mod sysfs;
 mod vfio;
 mod wakeup;
 
-pub use address::PciAddress;
+pub use address::{AddressError, PciAddress};
 pub use device::{
     check_config_access, PciDevice, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND_BUS_MASTER,
     COMMAND_INTX_DISABLE, COMMAND_MEMORY, CONFIG_CAP_PTR, CONFIG_COMMAND, CONFIG_STATUS,

@@ -2,7 +2,7 @@
 //! Abort, Asynchronous Event Request.
 
 use super::inject::ViolationKind;
-use super::queues::{Cq, Outcome, Release, Sq};
+use super::records::{Cq, Outcome, Release, Sq};
 use super::state::{State, ERROR_LOG_ENTRIES};
 use crate::spec::status::{generic, sct, specific};
 use crate::spec::{

@@ -1,8 +1,8 @@
 //! NVM command set I/O commands: Read, Write, Flush, Write Zeroes, Dataset Management.
 
 use super::namespace::Dest;
-use super::prp::Seg;
-use super::queues::Outcome;
+use super::records::Outcome;
+use super::records::Seg;
 use super::state::State;
 use crate::spec::status::{generic, media, sct};
 use crate::spec::{io, Command, Status};

@@ -34,6 +34,7 @@ mod namespace;
 mod pci;
 mod prp;
 mod queues;
+mod records;
 mod registers;
 mod shadow;
 mod state;

@@ -4,19 +4,11 @@
 //! PRP Offset, SGL Descriptor Type Invalid, ...); a pointer to memory the driver never mapped
 //! is a stray DMA: a violation, and Data Transfer Error if the model is not panicking.
 
+use super::records::Seg;
 use super::state::State;
 use crate::spec::sgl::{self, SglDescriptor, DESCRIPTOR_SIZE};
 use crate::spec::status::{generic, sct};
 use crate::spec::{Command, Status, PAGE_SIZE};
-
-/// One contiguous piece of a transfer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Seg {
-    pub iova: u64,
-    pub len: usize,
-    /// SGL Bit Bucket: the bytes of a read are dropped.
-    pub bucket: bool,
-}
 
 /// Most SGL segments followed for one command (a loop in the list ends here).
 const MAX_SGL_SEGMENTS: usize = 4096;

@@ -1,7 +1,7 @@
 //! BAR0 registers: CAP, VS, CC (enable, reset, shutdown), CSTS, AQA/ASQ/ACQ, doorbells.
 
 use super::inject::ViolationKind;
-use super::queues::{Cq, Sq};
+use super::records::{Cq, Sq};
 use super::state::{Features, State};
 use crate::spec::regs::{self, Cc, Csts};
 use crate::spec::{COMMAND_SIZE, COMPLETION_SIZE, PAGE_SIZE};

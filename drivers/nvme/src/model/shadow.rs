@@ -12,17 +12,10 @@
 //! shadow page holds, and shadow values obey the same rules as register values.
 
 use super::inject::ViolationKind;
-use super::queues::Outcome;
+use super::records::{Dbbuf, Outcome};
 use super::state::State;
 use crate::spec::status::{generic, sct};
 use crate::spec::{Command, Status, PAGE_SIZE};
-
-/// Shadow and EventIdx page addresses, once configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Dbbuf {
-    pub shadow: u64,
-    pub event: u64,
-}
 
 /// Byte offset of a doorbell's slot in either page (the register layout, stride 4).
 fn slot(qid: u16, is_cq: bool) -> u64 {

@@ -9,7 +9,7 @@ use super::config::ModelConfig;
 use super::inject::{Injection, Violation, ViolationKind};
 use super::namespace::Namespace;
 use super::pci::ConfigSpace;
-use super::queues::{Cq, Group, Pending, Sq};
+use super::records::{Cq, Dbbuf, Group, Pending, Seg, Sq};
 use crate::spec::{Command, Status};
 
 /// Error Information log entries kept (Identify ELPE + 1).
@@ -93,7 +93,7 @@ pub(crate) struct State {
     /// When the model was made (a placeholder instant for commands that run at once).
     pub created: std::time::Instant,
     /// Shadow doorbell pages (Doorbell Buffer Config), until the next reset.
-    pub dbbuf: Option<super::shadow::Dbbuf>,
+    pub dbbuf: Option<Dbbuf>,
     pub features: Features,
     pub namespaces: Vec<Namespace>,
     /// Commands fetched but not yet executed (deferred, delayed, held), in fetch order.
@@ -106,7 +106,7 @@ pub(crate) struct State {
     /// when reordered (a bogus-CID CQE and the real one), with their CQ IDs.
     pub batch: Vec<Group>,
     /// Reused segment list, so the I/O path does not allocate.
-    pub scratch: Vec<super::prp::Seg>,
+    pub scratch: Vec<Seg>,
     pub counters: Counters,
     pub violations: Vec<Violation>,
     /// The first violation's message, to panic with once the lock is released.
