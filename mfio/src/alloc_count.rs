@@ -1,12 +1,16 @@
 //! A global allocator that counts, for the benchmarks and tests that report heap allocations
 //! per I/O (one copy for the workspace: each benchmark is its own binary and installs it).
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static GLOBAL: mfio::alloc_count::CountingAlloc = mfio::alloc_count::CountingAlloc;
+//!
+//! let ios = 4;
 //! let before = mfio::alloc_count::allocations();
-//! // ... the measured loop ...
+//! let kept: Vec<Box<u64>> = (0..ios).map(Box::new).collect(); // the measured loop
 //! let per_io = (mfio::alloc_count::allocations() - before) as f64 / ios as f64;
+//! assert!(per_io >= 1.0, "one box per I/O, and the vector: {per_io}");
+//! # drop(kept);
 //! ```
 
 use core::alloc::{GlobalAlloc, Layout};
