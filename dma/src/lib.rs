@@ -21,6 +21,8 @@
 mod addr;
 mod checking;
 pub mod clock;
+mod copy;
+mod device_memory;
 mod error;
 mod gate;
 mod iova;
@@ -38,9 +40,8 @@ mod vfio;
 mod view;
 
 pub use addr::{align_down, align_up, Iova, PhysAddr, VirtAddr, HUGE_PAGE_SIZE, PAGE_SIZE};
-pub use checking::{
-    CheckingMapper, DeviceMemory, DmaFault, CHECKING_IOVA_BASE, CHECKING_IOVA_LAST,
-};
+pub use checking::{CheckingMapper, DmaFault, CHECKING_IOVA_BASE, CHECKING_IOVA_LAST};
+pub use device_memory::DeviceMemory;
 pub use error::{DmaError, TranslateError};
 pub use iova::IovaAllocator;
 pub use mapper::{check_page_range, DmaMapper, MappedChunk};

@@ -175,7 +175,7 @@ impl DmaPool {
 mod tests {
     use super::*;
     use crate::checking::CheckingMapper;
-    use crate::checking::DeviceMemory;
+    use crate::device_memory::DeviceMemory;
 
     #[test]
     fn slots_are_disjoint_aligned_and_reusable() {

@@ -398,7 +398,7 @@ impl Drop for Registration {
 mod tests {
     use super::*;
     use crate::checking::CheckingMapper;
-    use crate::checking::DeviceMemory;
+    use crate::device_memory::DeviceMemory;
     use std::sync::Mutex;
 
     /// Maps each page to its own IOVA, pages in reverse order: what no-IOMMU on 4 KiB pages

@@ -21,7 +21,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use crate::addr::Iova;
-use crate::checking::{search_index, CheckingMapper, DeviceMemory, Mapping, Maps};
+use crate::checking::{search_index, CheckingMapper, Mapping, Maps};
+use crate::device_memory::DeviceMemory;
 use crate::gate::{thread_token, Gate};
 use crate::page_cache::PageCache;
 
