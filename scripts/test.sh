@@ -1,6 +1,7 @@
 #!/bin/bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
-#   formatting, clippy, the no_std build of the framework, every crate's tests (the NBD server's
+#   formatting, clippy, the shape rules (scripts/check-shape.py: no file over 600 lines, no
+#   circular imports), the no_std build of the framework, every crate's tests (the NBD server's
 #   against nbdinfo, nbdsh and qemu-img), the soundness
 #   tests (the framework's, dma's, both drivers', and the interrupt and runtime tests) under
 #   valgrind, the benchmarks' quick run, and the guest tests (scripts/vm-tests.sh: QEMU's NVMe
@@ -88,6 +89,7 @@ valgrind_soundness() {
 
 stage fmt cargo fmt --all -- --check
 stage clippy cargo clippy --workspace --all-targets -- -D warnings
+stage shape python3 scripts/check-shape.py
 stage no_std cargo build -p mfio --no-default-features
 stage cargo-test cargo test --workspace
 stage valgrind valgrind_soundness

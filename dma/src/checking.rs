@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::addr::{Iova, VirtAddr, PAGE_SIZE};
-use crate::device_memory::DeviceMemory;
+use crate::device_memory::{DeviceMemory, DmaFault};
 use crate::error::DmaError;
 use crate::gate::Gate;
 use crate::iova::IovaAllocator;
@@ -22,18 +22,6 @@ use crate::mapper::{check_page_range, DmaMapper, MappedChunk};
 pub const CHECKING_IOVA_BASE: u64 = 0x10_0000_0000;
 /// Last IOVA: the top of a 39-bit space, like QEMU's intel-iommu.
 pub const CHECKING_IOVA_LAST: u64 = (1 << 39) - 1;
-
-/// A DMA access by a device model that the driver did not make legal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("device DMA {kind} of {len:#x} bytes at IOVA {iova} is outside every mapped range")]
-pub struct DmaFault {
-    /// Where the device tried to go.
-    pub iova: Iova,
-    /// How far.
-    pub len: usize,
-    /// "read" or "write".
-    pub kind: &'static str,
-}
 
 /// One mapping: `len` bytes at `iova` are the memory at virtual address `virt`.
 #[derive(Debug, Clone, Copy)]
@@ -160,7 +148,7 @@ impl CheckingMapper {
     }
 
     /// Counts and logs a rejected access.
-    pub(crate) fn fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault {
+    pub(crate) fn record_fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault {
         let fault = DmaFault { iova, len, kind };
         self.faults.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("{fault}");
@@ -191,8 +179,8 @@ unsafe impl DeviceMemory for CheckingMapper {
         Some(r)
     }
 
-    fn mapper(&self) -> &CheckingMapper {
-        self
+    fn fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault {
+        self.record_fault(iova, len, kind)
     }
 }
 

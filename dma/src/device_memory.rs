@@ -5,7 +5,6 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::Iova;
-use crate::checking::{CheckingMapper, DmaFault};
 use crate::copy::{load_bytes, store_bytes};
 
 /// A little-endian u64 at `va`, loaded as one 8-byte atomic load when aligned, so the compiler
@@ -28,6 +27,18 @@ unsafe fn load_le64(va: usize) -> u64 {
     }
 }
 
+/// A DMA access by a device model that the driver did not make legal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("device DMA {kind} of {len:#x} bytes at IOVA {iova} is outside every mapped range")]
+pub struct DmaFault {
+    /// Where the device tried to go.
+    pub iova: Iova,
+    /// How far.
+    pub len: usize,
+    /// "read" or "write".
+    pub kind: &'static str,
+}
+
 /// Device-side access to memory by IOVA, bounded to what the driver mapped: a model's DMA.
 ///
 /// An access that any byte of falls outside every mapping fails with a [`DmaFault`] (counted
@@ -46,8 +57,9 @@ pub unsafe trait DeviceMemory {
     /// of it, keeping that mapping from being unmapped until `f` returns.
     fn with_range<R>(&self, iova: Iova, len: usize, f: impl FnOnce(usize) -> R) -> Option<R>;
 
-    /// The mapper behind this access (it counts the faults).
-    fn mapper(&self) -> &CheckingMapper;
+    /// Counts and logs an access this memory rejected (the mapper behind it keeps the count),
+    /// and returns it as the error.
+    fn fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault;
 
     /// Whether `[iova, iova + len)` lies within one mapping (now: an unmap may follow).
     #[inline]
@@ -66,7 +78,7 @@ pub unsafe trait DeviceMemory {
             // shared memory is only ever accessed atomically.
             unsafe { load_bytes(va as *const u8, buf) }
         })
-        .ok_or_else(|| self.mapper().fault(iova, len, "read"))
+        .ok_or_else(|| self.fault(iova, len, "read"))
     }
 
     /// Device-side read of `N` little-endian u64s at `iova` (an entry the driver stored as
@@ -102,7 +114,7 @@ pub unsafe trait DeviceMemory {
             }
             out
         })
-        .ok_or_else(|| self.mapper().fault(iova, len, "read"))
+        .ok_or_else(|| self.fault(iova, len, "read"))
     }
 
     /// Device-side read of `out.len()` little-endian u64s at `iova` (a small table the driver
@@ -116,7 +128,7 @@ pub unsafe trait DeviceMemory {
                 *q = unsafe { load_le64(va + 8 * i) };
             }
         })
-        .ok_or_else(|| self.mapper().fault(iova, len, "read"))
+        .ok_or_else(|| self.fault(iova, len, "read"))
     }
 
     /// Device-side release store of a little-endian u64 at `iova` (8-byte aligned): an entry's
@@ -135,8 +147,8 @@ pub unsafe trait DeviceMemory {
         });
         match stored {
             Some(true) => Ok(()),
-            Some(false) => Err(self.mapper().fault(iova, 8, "write (misaligned)")),
-            None => Err(self.mapper().fault(iova, 8, "write")),
+            Some(false) => Err(self.fault(iova, 8, "write (misaligned)")),
+            None => Err(self.fault(iova, 8, "write")),
         }
     }
 
@@ -147,7 +159,7 @@ pub unsafe trait DeviceMemory {
             // SAFETY: as in `read`.
             unsafe { store_bytes(va as *mut u8, buf) }
         })
-        .ok_or_else(|| self.mapper().fault(iova, buf.len(), "write"))
+        .ok_or_else(|| self.fault(iova, buf.len(), "write"))
     }
 
     /// Device-side write of `body` then `last` right after it, for one bounds check, with a
@@ -165,7 +177,7 @@ pub unsafe trait DeviceMemory {
                 store_bytes((va + body.len()) as *mut u8, last);
             }
         })
-        .ok_or_else(|| self.mapper().fault(iova, len, "write"))
+        .ok_or_else(|| self.fault(iova, len, "write"))
     }
 
     /// Device-side little-endian u16 read.

@@ -22,7 +22,7 @@ use std::sync::{Arc, MutexGuard};
 
 use crate::addr::Iova;
 use crate::checking::{search_index, CheckingMapper, Mapping, Maps};
-use crate::device_memory::DeviceMemory;
+use crate::device_memory::{DeviceMemory, DmaFault};
 use crate::gate::{thread_token, Gate};
 use crate::page_cache::PageCache;
 
@@ -126,8 +126,8 @@ unsafe impl DeviceMemory for DmaView {
         }
     }
 
-    fn mapper(&self) -> &CheckingMapper {
-        &self.mapper
+    fn fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault {
+        self.mapper.record_fault(iova, len, kind)
     }
 }
 

@@ -4,6 +4,22 @@
 
 use super::*;
 
+/// Commands other than Read and Write, carried by an empty packet view.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Other {
+    Flush,
+    /// `deac`: the controller may deallocate the blocks.
+    WriteZeroes {
+        slba: u64,
+        blocks: u32,
+        deac: bool,
+    },
+    Deallocate {
+        slba: u64,
+        blocks: u32,
+    },
+}
+
 /// A request waiting for a slot (backpressure, never loss).
 pub(super) enum Pending {
     Read(u64, PacketView<FromDevice>),

@@ -1,9 +1,13 @@
 //! A descriptor chain as the device fetched it: its buffers (addresses and lengths, in
 //! order, readable first), checked as they are added, for either ring layout.
 
-use super::{cold, dma, Violation, R};
+use super::{cold, dma, State, Violation, R};
 use crate::spec::ring;
 use mfio_dma::{DeviceMemory, DmaView, Iova};
+
+/// What a fetch does with each chain: carry it out, or keep it (swapping in another entry).
+pub(super) trait Each: FnMut(&mut State, &mut Fetched) -> R<()> {}
+impl<T: FnMut(&mut State, &mut Fetched) -> R<()>> Each for T {}
 
 /// A chain the device fetched and has not completed yet (its buffers copied out).
 #[derive(Default)]

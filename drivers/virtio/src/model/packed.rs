@@ -16,8 +16,7 @@
 //! suppression: the driver's structure must hold a valid mode; the device's is DESC at the
 //! next position to fetch with EVENT_IDX, ENABLE without.
 
-use super::chain::{keep_read_shape, push, read_three, Buf, Fetched};
-use super::process::Each;
+use super::chain::{keep_read_shape, push, read_three, Buf, Each, Fetched};
 use super::{cold, dma, State, Violation, R};
 use crate::spec::packed::{
     DESC_FLAGS, DESC_F_AVAIL, DESC_F_USED, DESC_ID, DESC_LEN, EVENT_FLAGS, EVENT_F_DESC,

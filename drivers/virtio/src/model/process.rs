@@ -6,16 +6,12 @@
 //! Nothing here allocates once warm: fetched chains keep their buffer lists in a spare pool
 //! and move between the pending list and the batch by value.
 
-use super::chain::Fetched;
+use super::chain::{Each, Fetched};
 use super::requests;
 use super::{packed, split, CompletionMode, State, VirtioBlkModel, R};
 use crate::spec::feature;
 use mfio_dma::DmaView;
 use std::sync::atomic::{fence, Ordering};
-
-/// What a fetch does with each chain: carry it out, or keep it (swapping in another entry).
-pub(super) trait Each: FnMut(&mut State, &mut Fetched) -> R<()> {}
-impl<T: FnMut(&mut State, &mut Fetched) -> R<()>> Each for T {}
 
 /// One queue's device-side state beyond its registers.
 #[derive(Default)]

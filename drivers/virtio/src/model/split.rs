@@ -2,8 +2,7 @@
 //! loops, flags, indirect rules, a descriptor reused while its chain is in flight) and writing
 //! used elements and the used index.
 
-use super::chain::{keep_read_shape, push, read_three, Buf, Fetched};
-use super::process::Each;
+use super::chain::{keep_read_shape, push, read_three, Buf, Each, Fetched};
 use super::{cold, dma, State, R};
 use crate::spec::{feature, ring};
 use mfio_dma::{DeviceMemory, DmaView, Iova};
