@@ -141,3 +141,34 @@ pub enum TranslateError {
     #[error("the range wraps around the address space")]
     Overflow,
 }
+
+/// An error and its sources on one line (`outer: cause: root cause`), for the `detail` of an
+/// error that wraps one from another crate (vfio-ioctls' errors keep the errno in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("map failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_names_every_source() {
+        let e = Outer(std::io::Error::from_raw_os_error(12)); // ENOMEM
+        let s = error_chain(&e);
+        assert!(s.starts_with("map failed: "), "{s}");
+        assert!(s.contains("memory"), "the errno's text is kept: {s}");
+        assert_eq!(error_chain(&std::io::Error::other("alone")), "alone");
+    }
+}

@@ -42,7 +42,7 @@ mod view;
 pub use addr::{align_down, align_up, Iova, PhysAddr, VirtAddr, HUGE_PAGE_SIZE, PAGE_SIZE};
 pub use checking::{CheckingMapper, CHECKING_IOVA_BASE, CHECKING_IOVA_LAST};
 pub use device_memory::{DeviceMemory, DmaFault};
-pub use error::{DmaError, TranslateError};
+pub use error::{error_chain, DmaError, TranslateError};
 pub use iova::IovaAllocator;
 pub use mapper::{check_page_range, DmaMapper, MappedChunk};
 pub use mem::DmaSlice;

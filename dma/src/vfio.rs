@@ -1,5 +1,6 @@
 //! The VFIO type1 mapper: IOVAs from our allocator, mapped into a container's IOMMU domain.
 
+use crate::error::error_chain;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
@@ -171,18 +172,6 @@ impl DmaMapper for VfioType1Mapper {
         }
         Ok(())
     }
-}
-
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `VfioPci`: a PCI function opened through VFIO, with an IOMMU (type1) or without
 //! (no-IOMMU group `/dev/vfio/noiommu-N`).
 
+use mfio_dma::error_chain;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileExt;
@@ -401,18 +402,6 @@ impl PciDevice for VfioPci {
         self.msix.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
     }
-}
-
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

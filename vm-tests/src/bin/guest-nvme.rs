@@ -16,7 +16,7 @@ use mfio_pci::{PciAddress, VfioPci};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vm_tests::{ensure, R};
+use vm_tests::{ensure, zero_copy_round_trip, R};
 
 fn main() -> ExitCode {
     vm_tests::run_main("guest-nvme", run)
@@ -145,28 +145,9 @@ fn zero_copy<D: mfio_pci::PciDevice>(
     q: &mfio_nvme::IoQueue<D>,
 ) -> R<()> {
     let before = q.stats().bounced;
-    let len = 256 << 10;
-    let buf = ctrl.device().dma().alloc(len).map_err(|e| e.to_string())?;
-    let data = Rng::new(11).bytes(len);
-    buf.mem().copy_from_slice(0, &data);
-    let w = Window::new(buf, 0, len).ok_or("window")?;
-    let (r, w) = block_on(q, q.write_all(1 << 20, w));
-    r.map_err(|e| format!("zero-copy write: {e}"))?;
-    let buf = w.into_inner();
-    buf.mem().zero();
-    let (r, w) = block_on(q, q.read_all(1 << 20, Window::new(buf, 0, len).ok_or("window")?));
-    r.map_err(|e| format!("zero-copy read: {e}"))?;
-    let mut back = vec![0u8; len];
-    w.get_ref().mem().copy_to_slice(0, &mut back);
-    ensure!(back == data, "zero-copy round trip differs");
-    ensure!(
-        q.stats().bounced == before,
-        "DMA memory was bounced ({} bounces)",
-        q.stats().bounced - before
-    );
+    let (buf, data) = zero_copy_round_trip(q, ctrl.device().dma(), |q| q.stats().bounced)?;
     // An odd offset inside DMA memory is not PRP-able: QEMU offers SGLs, so it is still zero
     // copy (an SGL Data Block at any byte address), and right.
-    let buf = w.into_inner();
     buf.mem().zero();
     let sgl_before = q.stats().sgl;
     let (r, w) = block_on(q, q.read_all(1 << 20, Window::new(buf, 3, 8192).ok_or("window")?));

@@ -13,7 +13,7 @@
 //! for packed must be refused. Every step prints a line; any failure exits 1.
 #![forbid(unsafe_code)]
 
-use mfio::{block_on, BlockCommands, BlockDevice, ReadAt, Window, WriteAt, Zeroes};
+use mfio::{BlockCommands, BlockDevice, ReadAt, WriteAt, Zeroes};
 use mfio_conformance::{run_all, Config, Rng};
 use mfio_pci::{CompletionMode, IommuMode, PciDevice, VfioPci};
 use mfio_virtio::spec::feature;
@@ -21,7 +21,7 @@ use mfio_virtio::{BlkQueue, Options, RingLayout, VirtioBlk, VirtioError};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vm_tests::{ensure, R};
+use vm_tests::{ensure, zero_copy_round_trip, R};
 
 fn main() -> ExitCode {
     vm_tests::run_main("guest-virtio", run)
@@ -232,26 +232,7 @@ fn extra_requests<D: PciDevice>(q: &BlkQueue<D>) -> R<()> {
 }
 
 fn zero_copy<D: PciDevice>(dev: &VirtioBlk<D>, q: &BlkQueue<D>) -> R<()> {
-    let before = q.stats().bounced;
-    let len = 256 << 10;
-    let buf = dev.device().dma().alloc(len).map_err(|e| e.to_string())?;
-    let data = Rng::new(11).bytes(len);
-    buf.mem().copy_from_slice(0, &data);
-    let w = Window::new(buf, 0, len).ok_or("window")?;
-    let (r, w) = block_on(q, q.write_all(1 << 20, w));
-    r.map_err(|e| format!("zero-copy write: {e}"))?;
-    let buf = w.into_inner();
-    buf.mem().zero();
-    let (r, w) = block_on(q, q.read_all(1 << 20, Window::new(buf, 0, len).ok_or("window")?));
-    r.map_err(|e| format!("zero-copy read: {e}"))?;
-    let mut back = vec![0u8; len];
-    w.get_ref().mem().copy_to_slice(0, &mut back);
-    ensure!(back == data, "zero-copy round trip differs");
-    ensure!(
-        q.stats().bounced == before,
-        "DMA memory was bounced ({} bounces)",
-        q.stats().bounced - before
-    );
+    zero_copy_round_trip(q, dev.device().dma(), |q| q.stats().bounced)?;
     println!("zero copy: 256 KiB written and read from DMA memory without bouncing");
     Ok(())
 }

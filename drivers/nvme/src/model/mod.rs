@@ -283,25 +283,7 @@ impl NvmeModel {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> ModelStats {
-        let st = self.lock();
-        let c = &st.counters;
-        ModelStats {
-            admin_commands: c.admin_commands.clone(),
-            io_commands: c.io_commands.clone(),
-            sq_doorbells: c.sq_doorbells.clone(),
-            cq_doorbells: c.cq_doorbells.clone(),
-            last_batch: c.last_batch.clone(),
-            max_batch: c.max_batch.clone(),
-            completions_posted: c.completions_posted,
-            completions_lost: c.completions_lost,
-            bad_cids_posted: c.bad_cids_posted,
-            cq_full_holds: c.cq_full_holds,
-            ignored_doorbells: c.ignored_doorbells,
-            shadow_heads: c.shadow_heads,
-            dma_faults: c.dma_faults,
-            fua_writes: c.fua_writes,
-            deac_zeroes: c.deac_zeroes,
-        }
+        self.lock().counters.clone()
     }
 
     /// I/O commands with `opcode` fetched so far.

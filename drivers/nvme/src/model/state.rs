@@ -10,6 +10,7 @@ use super::inject::{Injection, Violation, ViolationKind};
 use super::namespace::Namespace;
 use super::pci::ConfigSpace;
 use super::records::{Cq, Dbbuf, Group, Pending, Seg, Sq};
+use super::ModelStats;
 use crate::spec::{Command, Status};
 
 /// Error Information log entries kept (Identify ELPE + 1).
@@ -53,26 +54,6 @@ pub(crate) struct Smart {
     pub media_errors: u64,
 }
 
-/// Counters for tests (see [`super::ModelStats`]).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Counters {
-    pub admin_commands: Vec<u64>,
-    pub io_commands: Vec<u64>,
-    pub sq_doorbells: Vec<u64>,
-    pub cq_doorbells: Vec<u64>,
-    pub last_batch: Vec<u32>,
-    pub max_batch: Vec<u32>,
-    pub completions_posted: u64,
-    pub completions_lost: u64,
-    pub bad_cids_posted: u64,
-    pub cq_full_holds: u64,
-    pub ignored_doorbells: u64,
-    pub shadow_heads: u64,
-    pub fua_writes: u64,
-    pub deac_zeroes: u64,
-    pub dma_faults: u64,
-}
-
 /// Everything the controller knows.
 pub(crate) struct State {
     pub cfg: ModelConfig,
@@ -107,7 +88,7 @@ pub(crate) struct State {
     pub batch: Vec<Group>,
     /// Reused segment list, so the I/O path does not allocate.
     pub scratch: Vec<Seg>,
-    pub counters: Counters,
+    pub counters: ModelStats,
     pub violations: Vec<Violation>,
     /// The first violation's message, to panic with once the lock is released.
     pub pending_panic: Option<String>,
@@ -154,14 +135,14 @@ impl State {
             media_errors: BTreeSet::new(),
             batch: Vec::new(),
             scratch: Vec::new(),
-            counters: Counters {
+            counters: ModelStats {
                 admin_commands: vec![0; 256],
                 io_commands: vec![0; 256],
                 sq_doorbells: vec![0; nq],
                 cq_doorbells: vec![0; nq],
                 last_batch: vec![0; nq],
                 max_batch: vec![0; nq],
-                ..Counters::default()
+                ..ModelStats::default()
             },
             violations: Vec::new(),
             pending_panic: None,
