@@ -8,8 +8,12 @@
 //!   (`describe`: `prp.rs` or `sgl.rs`);
 //! - it is submitted in `queues.rs` (`SubmissionQueue::push`; the doorbell in `commit`, once per
 //!   batch, from [`IoQueue`]'s `poll_backend` in `queue_pair/mod.rs`);
+//! - Flush, Deallocate, Write Zeroes and FUA writes take the same slots from
+//!   `queue_pair/commands.rs` (the [`mfio::BlockCommands`] of a queue);
 //! - it completes in `queue_pair/slots.rs` (`finish`, called as `poll_backend` drains the CQ
-//!   by phase tag); deadlines, aborts and resets are `queue_pair/recovery.rs`.
+//!   by phase tag); deadlines, aborts and resets are `queue_pair/recovery.rs`;
+//! - the controller model, behind the `model` feature, is `model/` (its spec types are the
+//!   driver's own [`spec`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -9,12 +9,16 @@
 //!
 //! Where things happen:
 //! - bring-up in [`device`] (`VirtioBlk::new`), through the virtio-pci transport in
-//!   [`transport`];
-//! - a request becomes a descriptor chain in `queue` (`BlkQueue::submit`), on the ring of
+//!   [`transport`]; a queue's parts (its virtqueue, control slots, bounce pool) are made in
+//!   `parts.rs`, and what the device and its queues share in `shared.rs`;
+//! - a request (`queue/request.rs`) is planned and becomes a descriptor chain in
+//!   `queue/submit.rs` (`plan`, then `submit`: reserve, control slot, chain), on the ring of
 //!   `virtqueue`: packed (`virtqueue/packed.rs`) when the device offers RING_PACKED, split
 //!   (`virtqueue/split.rs`) otherwise or when [`Options::ring`] says so; one notify per batch
-//!   in `BlkQueue::kick`;
-//! - it completes in `BlkQueue::reap` (used buffers by ID, polled).
+//!   in `BlkQueue::kick` (`queue/mod.rs`);
+//! - it completes in `BlkQueue::reap` (`queue/mod.rs`: used buffers by ID), from
+//!   `poll_backend`, which also arms and sleeps in interrupt modes (`settle`);
+//! - the device model, behind the `model` feature, is `model/`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 mod commands;
 mod data_pointer;
+mod ids;
 mod recovery;
 mod slots;
 
@@ -129,7 +130,6 @@ impl<D: PciDevice> IoQueue<D> {
                 })
                 .collect::<Result<Box<[u64]>, _>>()?;
             slots.push(Slot {
-                generation: 0,
                 io: SlotIo::Free,
                 prp,
                 prp_iovas,
@@ -165,8 +165,7 @@ impl<D: PciDevice> IoQueue<D> {
                 sq,
                 cq,
                 slots,
-                free: (0..nslots as u16).rev().collect(),
-                slot_bits: u16::BITS - (nslots as u16).leading_zeros(),
+                ids: ids::SlotIds::new(nslots),
                 prp_pool,
                 bounce_pool,
                 translator,
@@ -226,7 +225,7 @@ impl<D: PciDevice> IoQueue<D> {
     /// Commands in flight.
     pub fn in_flight(&self) -> usize {
         let inner = self.inner.borrow();
-        inner.slots.len() - inner.free.len()
+        inner.ids.in_use()
     }
 }
 
@@ -277,7 +276,7 @@ impl<D: PciDevice> IoQueue<D> {
             return;
         };
         let mut inner = self.inner.borrow_mut();
-        if inner.free.len() == inner.slots.len() {
+        if inner.ids.is_idle() {
             // The first command after the queue was idle: the clock, refreshed only by busy
             // polls, may be an idle stretch old, and the command's deadline would start then.
             inner.tick();
@@ -357,7 +356,7 @@ impl<D: PciDevice> IoBackend for IoQueue<D> {
                 }
             }
         }
-        let busy = inner.free.len() < inner.slots.len() || !inner.pending.is_empty();
+        let busy = !inner.ids.is_idle() || !inner.pending.is_empty();
         if busy {
             inner.polls = inner.polls.wrapping_add(1);
             if inner.polls % CLOCK_POLLS == 0 {

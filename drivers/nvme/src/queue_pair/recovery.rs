@@ -11,7 +11,7 @@ impl<D: PciDevice> IoQueue<D> {
         let timeout_ms = self.ctrl.options().io_timeout.as_millis() as u64;
         let in_flight = {
             let inner = self.inner.borrow();
-            inner.free.len() < inner.slots.len()
+            !inner.ids.is_idle()
         };
         if in_flight {
             let csts = self.ctrl.status();
@@ -22,7 +22,6 @@ impl<D: PciDevice> IoQueue<D> {
         }
         let (now, overdue): (u64, Vec<(u16, bool)>) = {
             let inner = self.inner.borrow();
-            let bits = inner.slot_bits;
             (
                 inner.now_ms,
                 inner
@@ -31,7 +30,7 @@ impl<D: PciDevice> IoQueue<D> {
                     .enumerate()
                     .filter(|(_, s)| !matches!(s.io, SlotIo::Free))
                     .filter(|(_, s)| inner.now_ms >= s.started_ms + timeout_ms)
-                    .map(|(i, s)| (cid_of(i as u16, s.generation, bits), s.aborted))
+                    .map(|(i, s)| (inner.ids.cid(i as u16), s.aborted))
                     .collect(),
             )
         };
@@ -46,10 +45,11 @@ impl<D: PciDevice> IoQueue<D> {
             let r = self.ctrl.admin().abort(self.ctrl.device(), self.qid, cid, t);
             tracing::warn!(qid = self.qid, cid, ?r, "command timed out: abort requested");
             let mut inner = self.inner.borrow_mut();
-            let mask = (1u16 << inner.slot_bits) - 1;
-            let slot = &mut inner.slots[usize::from(cid & mask)];
-            slot.aborted = true;
-            slot.started_ms = now;
+            if let Some(idx) = inner.ids.slot_of(cid) {
+                let slot = &mut inner.slots[idx];
+                slot.aborted = true;
+                slot.started_ms = now;
+            }
             inner.stats.timeouts += 1;
         }
     }

@@ -2,6 +2,7 @@
 //! that names the slot gives its segment back (`finish`). A slot owns its segment, and so its
 //! memory, until the controller completes it.
 
+use super::ids::SlotIds;
 use super::*;
 
 /// Commands other than Read and Write, carried by an empty packet view.
@@ -38,8 +39,6 @@ pub(super) enum SlotIo {
 }
 
 pub(super) struct Slot {
-    /// Bumped on every reuse: a completion with an old generation is stale.
-    pub(super) generation: u16,
     pub(super) io: SlotIo,
     /// PRP list pages, permanently this slot's, and the IOVA of each.
     pub(super) prp: PoolSlot,
@@ -55,9 +54,9 @@ pub(super) struct Slot {
 pub(super) struct Inner {
     pub(super) sq: SubmissionQueue,
     pub(super) cq: CompletionQueue,
+    /// What each slot holds; which are free and the command IDs are in `ids`.
     pub(super) slots: Vec<Slot>,
-    pub(super) free: Vec<u16>,
-    pub(super) slot_bits: u32,
+    pub(super) ids: SlotIds,
     pub(super) prp_pool: DmaPool,
     pub(super) bounce_pool: DmaPool,
     pub(super) translator: Translator,
@@ -129,7 +128,7 @@ impl Inner {
     /// entry. So the SQ head the controller reports is not needed, and a wrong one (a buggy
     /// or hostile device) cannot make the ring look full or empty.
     pub(super) fn has_room(&self) -> bool {
-        !self.free.is_empty()
+        self.ids.has_room()
     }
 
     /// Submits `p` (in pieces if it must be split); what cannot be submitted for lack of a
@@ -173,7 +172,7 @@ impl Inner {
             }
             let piece_len = view.len().min(q.max_transfer);
             let (piece, rest) = split(view, piece_len);
-            let idx = self.free.pop().expect("has_room checked a free slot");
+            let idx = self.ids.take().expect("has_room checked a free slot");
             let s = &self.slots[usize::from(idx)];
             let list = PrpList { mem: self.prp_pool.mem(&s.prp), page_iovas: &s.prp_iovas };
             let zero_copy =
@@ -193,7 +192,7 @@ impl Inner {
                     // Bounce: at most one bounce buffer per command.
                     let Some(b) = self.bounce_pool.alloc() else {
                         // No bounce buffer free: wait (the remainder queued behind the piece).
-                        self.free.push(idx);
+                        self.ids.release(idx);
                         if let Some(r) = rest {
                             self.pending.push_front(P::pending(pos + piece.len() as u64, r, cdw12));
                         }
@@ -246,7 +245,7 @@ impl Inner {
         op: Other,
         view: PacketView<ToDevice>,
     ) {
-        let idx = self.free.pop().expect("caller checked room");
+        let idx = self.ids.take().expect("caller checked room");
         let nsid = q.ns.nsid;
         let mut cmd = match op {
             Other::Flush => Command::new(spec::io::FLUSH, nsid),
@@ -283,9 +282,8 @@ impl Inner {
         bounce: Option<PoolSlot>,
     ) {
         let now = self.now_ms;
+        cmd.cid = self.ids.issue(idx);
         let slot = &mut self.slots[usize::from(idx)];
-        slot.generation = slot.generation.wrapping_add(1);
-        cmd.cid = cid_of(idx, slot.generation, self.slot_bits);
         slot.io = io;
         slot.bounce = bounce;
         slot.started_ms = now;
@@ -297,19 +295,12 @@ impl Inner {
     /// Frees the slot of a completion; returns the I/O to complete (`None` for a stray CQE).
     #[inline(always)] // Its result in registers, as for `start`.
     pub(super) fn finish(&mut self, cqe: Completion) -> Option<(SlotIo, Result<(), Error>)> {
-        let mask = (1u16 << self.slot_bits) - 1;
-        let idx = usize::from(cqe.cid & mask);
-        let generation_bits = 16 - self.slot_bits;
-        let valid = self.slots.get(idx).is_some_and(|s| {
-            !matches!(s.io, SlotIo::Free)
-                && (s.generation & ((1u32 << generation_bits) - 1) as u16)
-                    == cqe.cid >> self.slot_bits
-        });
-        if !valid {
+        let busy = self.ids.slot_of(cqe.cid).filter(|&i| !matches!(self.slots[i].io, SlotIo::Free));
+        let Some(idx) = busy else {
             self.stats.stray_completions += 1;
             tracing::warn!(cid = cqe.cid, "completion for an unknown or stale command ID");
             return None;
-        }
+        };
         let slot = &mut self.slots[idx];
         let mut io = std::mem::replace(&mut slot.io, SlotIo::Free);
         let status = cqe.status();
@@ -326,7 +317,7 @@ impl Inner {
             }
             let _ = self.bounce_pool.free(b);
         }
-        self.free.push(idx as u16);
+        self.ids.release(idx as u16);
         self.stats.completed += 1;
         Some((io, result))
     }
@@ -341,7 +332,7 @@ impl Inner {
                 if let Some(b) = s.bounce.take() {
                     let _ = self.bounce_pool.free(b);
                 }
-                self.free.push(i as u16);
+                self.ids.release(i as u16);
                 // A command that timed out (its abort requested) says so, whatever ended it.
                 let e = if s.aborted { Error::new(ErrorKind::Timeout, ORIGIN) } else { error };
                 out.push((io, Err(e)));
@@ -366,14 +357,6 @@ pub(super) fn complete(io: SlotIo, result: Result<(), Error>) {
         SlotIo::Read(v) => v.complete(result),
         SlotIo::Write(v) | SlotIo::Other(v) => v.complete(result),
         SlotIo::Free => {}
-    }
-}
-
-pub(super) fn cid_of(idx: u16, generation: u16, slot_bits: u32) -> u16 {
-    if slot_bits >= 16 {
-        idx
-    } else {
-        idx | (generation << slot_bits)
     }
 }
 
