@@ -148,6 +148,7 @@ impl CheckingMapper {
     }
 
     /// Counts and logs a rejected access.
+    #[cold]
     pub(crate) fn record_fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault {
         let fault = DmaFault { iova, len, kind };
         self.faults.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +180,7 @@ unsafe impl DeviceMemory for CheckingMapper {
         Some(r)
     }
 
+    #[cold]
     fn fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault {
         self.record_fault(iova, len, kind)
     }

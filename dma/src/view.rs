@@ -126,6 +126,7 @@ unsafe impl DeviceMemory for DmaView {
         }
     }
 
+    #[cold]
     fn fault(&self, iova: Iova, len: usize, kind: &'static str) -> DmaFault {
         self.mapper.record_fault(iova, len, kind)
     }
