@@ -35,7 +35,7 @@ pub struct ControllerOptions {
     /// QEMU 7.2's costs: it asks for the CQ head register after every batch it posts, where the
     /// register-only driver writes it once per half ring, and it asks for the SQ tail register
     /// whenever it has caught up, which at low depth is every batch anyway. In the TCG guest,
-    /// QD1 ran about 20 % slower with them (docs/benchmarks.md).
+    /// QD1 ran slower with them (the figures: docs/benchmarks.md).
     pub shadow_doorbells: bool,
     /// How [`Controller::io_queue`](crate::Controller::io_queue)'s queues wait for completions (per queue:
     /// [`Controller::io_queue_with`](crate::Controller::io_queue_with)). Interrupt-driven modes need MSI-X: vector `qid` for

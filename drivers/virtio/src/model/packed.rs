@@ -247,7 +247,7 @@ fn indirect_table(m: &DmaView, q: usize, addr: u64, len: u32, f: &mut Fetched) -
     };
     if len == 48 {
         // Header, one data buffer, status: the usual request, as six u64s in registers (read
-        // through the stack array below it measured 3 % slower per I/O).
+        // through the stack array below, it measured slower per I/O).
         let d = read_three(m, addr)?;
         // One readable buffer then two writable ones: what three pushes would accept and
         // record, recorded at once.

@@ -239,7 +239,7 @@ impl<D: PciDevice> BlkQueue<D> {
         // Stored over the old entry (None: the ID was free) before that is dropped, so the
         // record goes from registers to its slot; assigned with `=`, it was built on the stack
         // around the drop call and copied with loads wider than its stores (a store-forwarding
-        // stall, 60% of send_io in perf annotate).
+        // stall; the profile is in docs/benchmarks.md).
         let old = st.inflight[usize::from(id)].replace(Inflight { op, view, bounce });
         debug_assert!(old.is_none(), "buffer ID {id} was free");
         Ok(rest)

@@ -17,7 +17,7 @@ pub(crate) struct SplitQueue {
     size: u16,
     /// `size - 1`, for ring slots, as a word of its own: the compiler read `size - 1` as four
     /// bytes over `size` and the u16 after it, just stored by `add_chain`, which the CPU cannot
-    /// forward (a stall on 44 % of `send_io`'s samples with a split ring).
+    /// forward (a store-forwarding stall in `send_io` with a split ring: docs/benchmarks.md).
     mask: usize,
     desc: DmaBuffer,
     avail: DmaBuffer,
