@@ -12,6 +12,7 @@ mod cases;
 mod commands;
 pub mod cpu;
 pub mod load;
+pub mod removal;
 mod rng;
 
 pub use cases::CASES;

@@ -33,6 +33,11 @@ pub enum ErrorKind {
     Fatal,
     /// DMA translation failed (memory not mapped for the device, IOMMU fault).
     Dma,
+    /// The device was removed (hot unplug, or its driver was unbound): nothing sent to it
+    /// completes any more, and a write in flight may or may not have reached it. Unlike
+    /// [`Fatal`](Self::Fatal) no retry on the same queue can succeed: open the device again
+    /// once it is back.
+    Gone,
     /// An operating-system call failed (see [`Error::errno`]).
     Os,
 }
@@ -146,6 +151,7 @@ impl Error {
             ErrorKind::Busy => "no queue slot or buffer was free; retry",
             ErrorKind::Fatal => "the device failed or was reset mid-request; retry (the queue recovers), and read back a write that was in flight",
             ErrorKind::Dma => "the memory is not mapped for the device",
+            ErrorKind::Gone => "the device was removed: drop the queue and open the device again once it is back; read back a write that was in flight",
             ErrorKind::Os => "an operating-system call failed",
         }
     }
@@ -220,6 +226,7 @@ mod std_conv {
                 ErrorKind::Timeout => io::ErrorKind::TimedOut,
                 ErrorKind::Unsupported => io::ErrorKind::Unsupported,
                 ErrorKind::Busy => io::ErrorKind::ResourceBusy,
+                ErrorKind::Gone => io::ErrorKind::NotConnected,
                 ErrorKind::Os => io::Error::from_raw_os_error(self.errno).kind(),
                 ErrorKind::Device | ErrorKind::Aborted | ErrorKind::Fatal | ErrorKind::Dma => {
                     io::ErrorKind::Other

@@ -244,6 +244,9 @@ impl<D: PciDevice> Controller<D> {
         let span = tracing::warn_span!("nvme_reset", dev = %self.dev.address());
         let _g = span.enter();
         let mut admin = self.admin();
+        if self.dev.is_removed() {
+            return self.give_back();
+        }
         self.enabled.store(false, Ordering::Release);
         let disabled = disable(&self.dev, self.cap);
         if let Err(e) = &disabled {
@@ -277,8 +280,31 @@ impl<D: PciDevice> Controller<D> {
         Ok(())
     }
 
+    /// The kernel asked for the device back (hot removal): stop the controller while its
+    /// registers may still answer, give the device back, and let the queues fail everything
+    /// with `Gone` (the odd epoch). Never enabled again; called under the admin lock, once
+    /// per removal (later calls find it done).
+    #[cold]
+    fn give_back(&self) -> Result<(), NvmeError> {
+        let first = self.enabled.swap(false, Ordering::AcqRel) || self.epoch() % 2 == 0;
+        if first {
+            tracing::warn!("device removed: stopping the controller and releasing it");
+            // Bounded: a function already gone reads all ones, which ends the wait at once.
+            let _ = disable(&self.dev, self.cap);
+        }
+        self.dev.release();
+        // The release turned bus mastering off; without that proof the memory stays.
+        stop_dma(&self.dev)?;
+        self.epoch.fetch_or(1, Ordering::AcqRel);
+        Err(NvmeError::Gone)
+    }
+
     /// Recovery from a fatal status or a command that neither completes nor aborts.
     pub(crate) fn recover(&self) {
+        if self.dev.is_removed() {
+            let _ = self.reset();
+            return;
+        }
         tracing::error!("controller unresponsive or fatal: resetting it");
         if let Err(e) = self.reset() {
             tracing::error!(error = %e, "controller reset failed; I/O fails until the next reset");

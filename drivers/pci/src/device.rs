@@ -138,14 +138,23 @@ pub trait PciDevice {
     /// reads all ones); `false` if that cannot be established, when memory it was given must not
     /// be freed.
     fn stop_dma(&self) -> bool {
-        if self.set_bus_master(false).is_err() {
-            return false;
-        }
-        match self.config_read16(CONFIG_COMMAND) {
-            Ok(cmd) => cmd == u16::MAX || cmd & COMMAND_BUS_MASTER == 0,
-            Err(_) => false,
-        }
+        stop_dma_by_command(self)
     }
+
+    /// Whether the function is being removed: the kernel asked for it back (hot unplug, sysfs
+    /// remove, unbind), or it was [released](Self::release). A driver that sees this fails
+    /// everything it holds with `ErrorKind::Gone`, quiesces the device if its registers still
+    /// answer, and calls `release`. Cheap (one atomic load): drivers check it on their slow
+    /// paths and after every wake-up.
+    fn is_removed(&self) -> bool {
+        false
+    }
+
+    /// Gives a removed function back to the kernel at once: its DMA stopped, its registers and
+    /// config space from then on read as all ones (or fail with [`PciError::Gone`]), and the
+    /// process holds nothing of it, so the kernel's unplug completes. Safe to call from any
+    /// thread, more than once, and while other threads still access the registers.
+    fn release(&self) {}
 
     /// The capability list: `(id, offset)` of each entry, at most 48 (a loop ends it).
     fn capabilities(&self) -> Result<Vec<(u8, u16)>, PciError> {
@@ -160,6 +169,17 @@ pub trait PciDevice {
             ptr = u16::from(self.config_read8(ptr + 1)? & 0xfc);
         }
         Ok(out)
+    }
+}
+
+/// [`PciDevice::stop_dma`]'s work through the command register: bus mastering off, read back.
+pub fn stop_dma_by_command<D: PciDevice + ?Sized>(dev: &D) -> bool {
+    if dev.set_bus_master(false).is_err() {
+        return false;
+    }
+    match dev.config_read16(CONFIG_COMMAND) {
+        Ok(cmd) => cmd == u16::MAX || cmd & COMMAND_BUS_MASTER == 0,
+        Err(_) => false,
     }
 }
 

@@ -120,6 +120,9 @@ pub enum PciError {
         /// What it held.
         content: String,
     },
+    /// The function was removed (hot unplug, sysfs remove, unbind) and given back.
+    #[error("{0} was removed: open it again once it is back (`scripts/setup.sh config` rebinds it to vfio-pci)")]
+    Gone(PciAddress),
     /// Mapping DMA memory failed.
     #[error(transparent)]
     Dma(#[from] mfio_dma::DmaError),

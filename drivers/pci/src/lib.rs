@@ -16,18 +16,20 @@ mod error;
 mod ioctl;
 mod mmio;
 mod model_irq;
+mod removal;
 mod sysfs;
 mod vfio;
 mod wakeup;
 
 pub use address::{AddressError, PciAddress};
 pub use device::{
-    check_config_access, PciDevice, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND_BUS_MASTER,
-    COMMAND_INTX_DISABLE, COMMAND_MEMORY, CONFIG_CAP_PTR, CONFIG_COMMAND, CONFIG_STATUS,
-    STATUS_CAP_LIST,
+    check_config_access, stop_dma_by_command, PciDevice, CAP_ID_MSIX, CAP_ID_VENDOR,
+    COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, COMMAND_MEMORY, CONFIG_CAP_PTR, CONFIG_COMMAND,
+    CONFIG_STATUS, STATUS_CAP_LIST,
 };
 pub use error::PciError;
 pub use model_irq::{dup_eventfd, ModelInterrupts};
+pub use removal::GRACE as RELEASE_GRACE;
 pub use sysfs::{PciFunction, Sysfs, CLASS_NVME, DEVICE_VIRTIO_BLK, VENDOR_VIRTIO, VFIO_PCI};
 pub use vfio::{IommuMode, VfioPci};
 pub use wakeup::{

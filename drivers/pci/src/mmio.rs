@@ -51,6 +51,8 @@ macro_rules! volatile_access {
                     let mut b = [0u8; core::mem::size_of::<$t>()];
                     match dev.read_exact_at(&mut b, base + offset) {
                         Ok(()) => <$t>::from_le_bytes(b),
+                        // The fd was released (it is /dev/null now): the device is gone.
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => <$t>::MAX,
                         Err(e) => {
                             tracing::error!("BAR read at {offset:#x} failed: {e}");
                             <$t>::MAX
@@ -104,6 +106,14 @@ impl BarAccess {
             }
         }
         BarAccess::Rw { offset, len }
+    }
+
+    /// `(address, length)` of the mapping, for a mapped BAR.
+    pub(crate) fn mapping(&self) -> Option<(usize, usize)> {
+        match self {
+            BarAccess::Mapped { ptr, len } => Some((ptr.as_ptr() as usize, *len as usize)),
+            BarAccess::Rw { .. } => None,
+        }
     }
 
     pub(crate) fn len(&self) -> u64 {

@@ -102,6 +102,14 @@ impl ModelInterrupts {
         }
     }
 
+    /// Writes every routed vector's eventfd once, mask and lost messages aside: what the
+    /// VFIO layer does on a hot-removal request, so queues asleep on their interrupts look.
+    pub fn kick_all(&self) {
+        for line in &self.lines {
+            let _ = line.write(1);
+        }
+    }
+
     /// While `lose`, messages are dropped (a lost MSI), not sent.
     pub fn set_lose(&mut self, lose: bool) {
         self.lose = lose;

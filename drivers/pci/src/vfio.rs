@@ -3,6 +3,7 @@
 
 use mfio_dma::error_chain;
 use std::fs::{File, OpenOptions};
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -14,7 +15,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_API_VERSION, VFIO_DEVICE_FLAGS_RESET, VFIO_GROUP_FLAGS_VIABLE,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
     VFIO_NOIOMMU_IOMMU, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
-    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
 
@@ -23,6 +24,7 @@ use crate::device::{check_config_access, PciDevice};
 use crate::error::PciError;
 use crate::ioctl;
 use crate::mmio::BarAccess;
+use crate::removal::{Removal, Targets, Watcher};
 use crate::sysfs::Sysfs;
 
 /// How DMA is translated for a device opened through VFIO.
@@ -51,9 +53,14 @@ pub struct VfioPci {
     config_size: u64,
     flags: u32,
     msix_count: u32,
-    msix: Mutex<Vec<EventFd>>,
-    // Declared after `bars` so the BAR mappings are unmapped before the device closes.
-    handle: Handle,
+    /// The kernel's ends of the MSI-X eventfds (shared with `removal`, which kicks them).
+    msix: Arc<Mutex<Vec<EventFd>>>,
+    /// Hot removal: the kernel's request, and the release (see `removal`).
+    removal: Arc<Removal>,
+    /// The thread waiting for the kernel's request (none where VFIO offers no request IRQ).
+    watcher: Option<Watcher>,
+    /// Dropped by hand, after the BARs: a released type1 device must not run vfio-ioctls' drop.
+    handle: ManuallyDrop<Handle>,
     dma: Arc<DmaSpace>,
 }
 
@@ -228,6 +235,14 @@ impl VfioPci {
         }
         let msix_count =
             ioctl::irq_info(&dev, VFIO_PCI_MSIX_IRQ_INDEX).map(|i| i.count).unwrap_or(0);
+        let msix = Arc::new(Mutex::new(Vec::new()));
+        let targets = Targets {
+            bars: bars.iter().flatten().filter_map(BarAccess::mapping).collect(),
+            fds: vec![dev.as_raw_fd(), fd],
+            config_offset: cfg.offset,
+        };
+        let removal = Removal::new(addr, msix.clone(), targets);
+        let watcher = watch_requests(&dev, addr, &removal);
         Ok(VfioPci {
             addr,
             mode,
@@ -237,8 +252,10 @@ impl VfioPci {
             config_size: cfg.size,
             flags: info.flags,
             msix_count,
-            msix: Mutex::new(Vec::new()),
-            handle,
+            msix,
+            removal,
+            watcher,
+            handle: ManuallyDrop::new(handle),
             dma: DmaSpace::new(mapper),
         })
     }
@@ -317,6 +334,9 @@ impl PciDevice for VfioPci {
 
     fn config_read(&self, offset: u16, buf: &mut [u8]) -> Result<(), PciError> {
         check_config_access(offset, buf.len())?;
+        if self.removal.is_released() {
+            return Err(PciError::Gone(self.addr));
+        }
         if offset as u64 + buf.len() as u64 > self.config_size {
             return Err(PciError::ConfigRange { offset, len: buf.len() });
         }
@@ -327,6 +347,9 @@ impl PciDevice for VfioPci {
 
     fn config_write(&self, offset: u16, buf: &[u8]) -> Result<(), PciError> {
         check_config_access(offset, buf.len())?;
+        if self.removal.is_released() {
+            return Err(PciError::Gone(self.addr));
+        }
         if offset as u64 + buf.len() as u64 > self.config_size {
             return Err(PciError::ConfigRange { offset, len: buf.len() });
         }
@@ -339,11 +362,28 @@ impl PciDevice for VfioPci {
         &self.dma
     }
 
+    #[inline]
+    fn is_removed(&self) -> bool {
+        self.removal.is_removed()
+    }
+
+    fn release(&self) {
+        self.removal.release();
+    }
+
+    fn stop_dma(&self) -> bool {
+        if self.removal.is_released() {
+            // Bus mastering was turned off as it was released; config space is gone now.
+            return self.removal.dma_stopped();
+        }
+        crate::device::stop_dma_by_command(self)
+    }
+
     fn reset(&self) -> Result<(), PciError> {
         if !self.can_reset() {
             return Err(PciError::Unsupported { addr: self.addr, what: "function reset" });
         }
-        match &self.handle {
+        match &*self.handle {
             // vfio-ioctls' reset checks the flag itself and reports nothing back.
             Handle::Type1 { device, .. } => {
                 device.reset();
@@ -401,6 +441,54 @@ impl PciDevice for VfioPci {
         .map_err(vfio_err(self.addr, "disable MSI-X"))?;
         self.msix.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
+    }
+}
+
+/// Registers an eventfd for the kernel's device request and starts the thread that waits on
+/// it; `None` (hot removal then goes unnoticed until registers read all ones) where VFIO
+/// offers no request interrupt.
+fn watch_requests(dev: &File, addr: PciAddress, removal: &Arc<Removal>) -> Option<Watcher> {
+    if ioctl::irq_info(dev, VFIO_PCI_REQ_IRQ_INDEX).map_or(0, |i| i.count) == 0 {
+        tracing::debug!(%addr, "no device-request interrupt: hot removal is not announced");
+        return None;
+    }
+    let started = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map_err(std::io::Error::from)
+        .and_then(|req| {
+            let flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+            ioctl::set_irqs(dev, VFIO_PCI_REQ_IRQ_INDEX, flags, &[req.as_raw_fd()])?;
+            Watcher::start(removal.clone(), req)
+        });
+    match started {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot watch for device requests (hot removal)");
+            None
+        }
+    }
+}
+
+impl Drop for VfioPci {
+    fn drop(&mut self) {
+        // The watcher first: it may be releasing, and uses the BARs and fds below.
+        drop(self.watcher.take());
+        for bar in &mut self.bars {
+            drop(bar.take());
+        }
+        // SAFETY: `handle` is taken once, here, and not used after.
+        let handle = unsafe { ManuallyDrop::take(&mut self.handle) };
+        match handle {
+            Handle::Type1 { device, _container } if self.removal.is_released() => {
+                // vfio-ioctls' VfioDevice drop talks to a device sysfs no longer has, and
+                // panics: close its fd (now /dev/null) ourselves and forget the rest, which
+                // leaks its group's reference to the container (a few fds per removal).
+                let fd = device.as_raw_fd();
+                std::mem::forget(device);
+                // SAFETY: the fd belonged to the forgotten VfioDevice; nothing else closes it.
+                drop(unsafe { File::from_raw_fd(fd) });
+            }
+            h => drop(h),
+        }
     }
 }
 

@@ -243,6 +243,18 @@ impl NvmeModel {
         })
     }
 
+    /// Hot-removes the controller, as `device_del` or a sysfs remove does under VFIO: from
+    /// now on it is gone from the bus (registers read all ones, writes land nowhere, config
+    /// space fails with `PciError::Gone`), processes and completes nothing it holds, and does
+    /// no DMA; `is_removed` says so, and every MSI-X eventfd is kicked once, as the VFIO layer
+    /// does on the kernel's request, so a queue asleep on its interrupt looks.
+    pub fn remove(&self) {
+        self.with(|st| {
+            st.removed = true;
+            st.irq.kick_all();
+        })
+    }
+
     /// Masks or unmasks MSI-X vector `vector`, as a write to its MSI-X table entry would: a
     /// masked vector's messages wait in its pending bit and are sent on unmasking.
     pub fn mask_vector(&self, vector: u16, masked: bool) {
@@ -415,7 +427,9 @@ fn timer(model: Weak<Inner>) {
         std::thread::sleep(Duration::from_micros(100));
         let Some(inner) = model.upgrade() else { return };
         let mut st = inner.state.lock();
-        st.release_due(Instant::now());
+        if !st.removed {
+            st.release_due(Instant::now());
+        }
     }
 }
 
@@ -448,12 +462,16 @@ impl PciDevice for NvmeModel {
 
     fn read32(&self, bar: u8, offset: u64) -> u32 {
         self.check_bar(bar, offset, 4);
-        self.with(|st| st.read_reg32(offset))
+        self.with(|st| if st.removed { u32::MAX } else { st.read_reg32(offset) })
     }
 
     fn write32(&self, bar: u8, offset: u64, value: u32) {
         self.check_bar(bar, offset, 4);
-        self.with(|st| st.write_reg32(offset, value))
+        self.with(|st| {
+            if !st.removed {
+                st.write_reg32(offset, value)
+            }
+        })
     }
 
     fn read64(&self, bar: u8, offset: u64) -> u64 {
@@ -464,6 +482,9 @@ impl PciDevice for NvmeModel {
                     Kind::Register,
                     format!("64-bit read of NVMe register {offset:#x}, which is 32 bits wide"),
                 );
+            }
+            if st.removed {
+                return u64::MAX;
             }
             u64::from(st.read_reg32(offset)) | u64::from(st.read_reg32(offset + 4)) << 32
         })
@@ -479,6 +500,9 @@ impl PciDevice for NvmeModel {
                 );
                 return;
             }
+            if st.removed {
+                return;
+            }
             st.write_reg32(offset, value as u32);
             st.write_reg32(offset + 4, (value >> 32) as u32);
         })
@@ -486,14 +510,31 @@ impl PciDevice for NvmeModel {
 
     fn config_read(&self, offset: u16, buf: &mut [u8]) -> Result<(), PciError> {
         check_config_access(offset, buf.len())?;
-        self.lock().pci.read(offset, buf);
+        let st = self.lock();
+        if st.removed {
+            return Err(PciError::Gone(self.address()));
+        }
+        st.pci.read(offset, buf);
         Ok(())
     }
 
     fn config_write(&self, offset: u16, buf: &[u8]) -> Result<(), PciError> {
         check_config_access(offset, buf.len())?;
-        self.lock().pci.write(offset, buf);
+        let mut st = self.lock();
+        if st.removed {
+            return Err(PciError::Gone(self.address()));
+        }
+        st.pci.write(offset, buf);
         Ok(())
+    }
+
+    fn is_removed(&self) -> bool {
+        self.lock().removed
+    }
+
+    /// A removed model does no DMA any more (the unplugged function is gone from the bus).
+    fn stop_dma(&self) -> bool {
+        self.is_removed() || mfio_pci::stop_dma_by_command(self)
     }
 
     fn dma(&self) -> &Arc<DmaSpace> {

@@ -94,6 +94,9 @@ pub(crate) struct State {
     pub pending_panic: Option<String>,
     /// CC.EN 1 -> 0 is ignored (a hung controller): it stays ready and keeps executing.
     pub stuck_enabled: bool,
+    /// Hot-removed ([`NvmeModel::remove`](super::NvmeModel::remove)): registers read all ones,
+    /// writes and doorbells do nothing, nothing more is processed or completed.
+    pub removed: bool,
     pub error_log: VecDeque<[u8; 64]>,
     pub error_count: u64,
     pub smart: Smart,
@@ -149,6 +152,7 @@ impl State {
             hostile: None,
             hostile_out: Vec::new(),
             stuck_enabled: false,
+            removed: false,
             error_log: VecDeque::new(),
             error_count: 0,
             smart: Smart::default(),

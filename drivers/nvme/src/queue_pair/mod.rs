@@ -280,6 +280,12 @@ impl<D: PciDevice> IoQueue<D> {
             // The first command after the queue was idle: the clock, refreshed only by busy
             // polls, may be an idle stretch old, and the command's deadline would start then.
             inner.tick();
+            // A device removed while the queue was idle fails this command at once.
+            if !inner.broken && self.ctrl.device().is_removed() {
+                drop(inner);
+                self.removed();
+                inner = self.inner.borrow_mut();
+            }
             // An idle queue has not polled since a reset it slept through: its rings are gone
             // from the controller. Re-create them first, or this command would fail for it.
             if inner.epoch != self.ctrl.epoch() {
@@ -325,6 +331,12 @@ impl<D: PciDevice> IoBackend for IoQueue<D> {
             }
             if inner.wakeup.as_mut().is_some_and(Wakeup::woke) {
                 inner.tick(); // after a sleep: polls did not count the time
+                              // The VFIO layer kicks every vector when the kernel asks for the device back.
+                if !inner.broken && self.ctrl.device().is_removed() {
+                    drop(inner);
+                    self.removed();
+                    return Activity::Busy;
+                }
             }
             inner.submit_pending(self);
             if inner.sq.commit(dev) {
@@ -461,6 +473,9 @@ impl<D: PciDevice> Controller<D> {
         mode: CompletionMode,
     ) -> Result<IoQueue<D>, NvmeError> {
         let ns = self.namespace(nsid).ok_or(NvmeError::NoNamespace(nsid))?.clone();
+        if self.device().is_removed() {
+            return Err(NvmeError::Gone);
+        }
         let qid = {
             let mut qids = self.qids.lock().unwrap_or_else(|e| e.into_inner());
             let q = (1..qids.len()).find(|&q| !qids[q]).ok_or(NvmeError::NoQueue(self.granted))?;

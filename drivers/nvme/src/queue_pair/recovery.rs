@@ -15,7 +15,7 @@ impl<D: PciDevice> IoQueue<D> {
         };
         if in_flight {
             let csts = self.ctrl.status();
-            if csts.cfs() || csts.is_gone() {
+            if csts.cfs() || csts.is_gone() || self.ctrl.device().is_removed() {
                 self.ctrl.recover();
                 return;
             }
@@ -59,7 +59,7 @@ impl<D: PciDevice> IoQueue<D> {
     /// device again so I/O works once more.
     pub(super) fn recover(&self) {
         let epoch = self.ctrl.epoch();
-        let failed = self.inner.borrow_mut().fail_all(Error::new(ErrorKind::Fatal, ORIGIN));
+        let failed = self.inner.borrow_mut().fail_all(self.lost());
         for (io, r) in failed {
             complete(io, r);
         }
@@ -84,6 +84,25 @@ impl<D: PciDevice> IoQueue<D> {
             }
             Err(e) => tracing::error!(qid = self.qid, error = %e, "cannot re-create the I/O queue"),
         }
+    }
+}
+
+impl<D: PciDevice> IoQueue<D> {
+    /// The error for what a reset or a removal took: `Gone` once the device is being removed
+    /// (nothing on this queue can succeed again), else `Fatal` (a retry after the reset may).
+    pub(super) fn lost(&self) -> Error {
+        match self.ctrl.device().is_removed() {
+            true => Error::new(ErrorKind::Gone, ORIGIN),
+            false => Error::new(ErrorKind::Fatal, ORIGIN),
+        }
+    }
+
+    /// A removal noticed on a wake-up or a send: stop the controller and fail everything now,
+    /// rather than at the next deadline check.
+    #[cold]
+    pub(super) fn removed(&self) {
+        self.ctrl.recover();
+        self.recover();
     }
 }
 

@@ -91,7 +91,7 @@ impl Inner {
     /// Queues a request behind any already waiting, then submits what fits.
     pub(super) fn enqueue<D: PciDevice>(&mut self, p: Pending, q: &IoQueue<D>) {
         if self.broken {
-            let e = Error::new(ErrorKind::Fatal, ORIGIN);
+            let e = q.lost();
             return match p {
                 Pending::Read(_, v) => v.fail(e),
                 Pending::Write(_, v) | Pending::WriteFua(_, v) | Pending::Other(_, v) => v.fail(e),
@@ -334,7 +334,11 @@ impl Inner {
                 }
                 self.ids.release(i as u16);
                 // A command that timed out (its abort requested) says so, whatever ended it.
-                let e = if s.aborted { Error::new(ErrorKind::Timeout, ORIGIN) } else { error };
+                // A removal says Gone whatever else happened: no retry here can succeed.
+                let e = match s.aborted && error.kind() != ErrorKind::Gone {
+                    true => Error::new(ErrorKind::Timeout, ORIGIN),
+                    false => error,
+                };
                 out.push((io, Err(e)));
             }
         }
