@@ -328,6 +328,9 @@ impl<D: PciDevice> VirtioBlk<D> {
     /// interrupt-driven mode needs the device brought up with one
     /// ([`Options::completion`]), which gave every queue its MSI-X vector.
     pub fn queue_with(&self, index: u16, mode: CompletionMode) -> Result<BlkQueue<D>, VirtioError> {
+        if self.shared.dev.is_removed() {
+            return Err(VirtioError::Gone);
+        }
         if self.shared.broken.load(Ordering::Acquire) {
             return Err(VirtioError::Broken {
                 status: self.shared.broken_status.load(Ordering::Relaxed),

@@ -108,6 +108,9 @@ pub enum VirtioError {
         /// The queue.
         index: u16,
     },
+    /// The device was removed (hot unplug, sysfs remove, unbind).
+    #[error("the device was removed: open it again once it is back")]
+    Gone,
     /// The device failed or was reset: open it again.
     #[error("the device was reset after a failure (status {status:#04x}); open it again")]
     Broken {

@@ -62,6 +62,9 @@ impl<D: PciDevice> Shared<D> {
     /// Resets the device (so it does no more DMA), marks it broken. The caller then fails its
     /// in-flight I/O; other queues see `broken` and fail theirs.
     pub(crate) fn quiesce(&self, why: &str) {
+        if self.dev.is_removed() {
+            return self.give_back();
+        }
         let st = self.transport.status(&self.dev);
         tracing::error!(
             status = st,
@@ -88,11 +91,41 @@ impl<D: PciDevice> Shared<D> {
     }
 }
 
+impl<D: PciDevice> Shared<D> {
+    /// The kernel asked for the device back (hot removal): reset it while its registers may
+    /// still answer (a function already gone reads all ones, which ends the reset at once),
+    /// give it back, and mark it broken, so every queue fails its I/O with `Gone`.
+    #[cold]
+    fn give_back(&self) {
+        if !self.broken.load(Ordering::Acquire) {
+            tracing::warn!(
+                "virtio-blk {}: device removed: resetting and releasing it",
+                self.dev.address()
+            );
+            let _ = self.transport.reset(&self.dev);
+        }
+        self.dev.release();
+        if !self.dev.stop_dma() {
+            // As in `quiesce`: the queues free what they hold once this returns.
+            let _ = writeln!(
+                std::io::stderr(),
+                "mfio-virtio: {} was removed but its DMA could not be stopped; aborting rather                  than freeing memory it may still write",
+                self.dev.address()
+            );
+            std::process::abort();
+        }
+        self.broken.store(true, Ordering::Release);
+    }
+}
+
 impl<D: PciDevice> Drop for Shared<D> {
     fn drop(&mut self) {
         // No queue is left, so nothing is in flight; still, stop the device before its rings
         // are freed.
-        if !self.broken.load(Ordering::Acquire) && self.transport.reset(&self.dev).is_err() {
+        if !self.broken.load(Ordering::Acquire)
+            && !self.dev.is_removed()
+            && self.transport.reset(&self.dev).is_err()
+        {
             tracing::warn!("virtio-blk {}: reset on close timed out", self.dev.address());
         }
         if !self.dev.stop_dma() {

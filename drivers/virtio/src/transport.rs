@@ -121,6 +121,11 @@ impl Transport {
             if s == 0 {
                 return Ok(());
             }
+            if s == u8::MAX {
+                // No status has every bit set (bits 4 and 5 are reserved): the function is
+                // gone, and waiting would change nothing.
+                return Err(VirtioError::ResetTimeout { status: s });
+            }
             if start.elapsed() > RESET_TIMEOUT {
                 return Err(VirtioError::ResetTimeout { status: s });
             }

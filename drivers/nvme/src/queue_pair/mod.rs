@@ -429,6 +429,12 @@ impl<D: PciDevice> IoQueue<D> {
             if inner.cq.peek() {
                 return Activity::Busy;
             }
+            // A removal whose kick a busy poll drained: never sleep on a device that is gone.
+            if !inner.broken && self.ctrl.device().is_removed() {
+                drop(inner);
+                self.removed();
+                return Activity::Busy;
+            }
             // Everything reaped is given back before the sleep: a controller signals entries
             // past the head it was told.
             if inner.cq.commit(self.ctrl.device()) {

@@ -89,6 +89,8 @@ struct State {
     hold: bool,
     /// Stopped after a violation or an injected needs-reset, until the next reset.
     stopped: bool,
+    /// Hot-removed ([`VirtioBlkModel::remove`]): gone from the bus for good.
+    removed: bool,
     notifies: u64,
     requests: u64,
     indirect_requests: u64,
@@ -205,6 +207,7 @@ impl VirtioBlkModel {
             unsupported: Vec::new(),
             hold: false,
             stopped: false,
+            removed: false,
             notifies: 0,
             requests: 0,
             indirect_requests: 0,
@@ -275,6 +278,18 @@ impl VirtioBlkModel {
         let mut st = self.state();
         st.status |= status::DEVICE_NEEDS_RESET;
         st.stopped = true;
+    }
+
+    /// Hot-removes the device, as `device_del` or a sysfs remove does under VFIO: from now on
+    /// its registers read all ones and writes land nowhere, config space fails with
+    /// `PciError::Gone`, nothing it holds is processed or completed, and it does no DMA;
+    /// `is_removed` says so, and every MSI-X eventfd is kicked once, as the VFIO layer does on
+    /// the kernel's request, so a queue asleep on its interrupt looks.
+    pub fn remove(&self) {
+        let mut st = self.state();
+        st.removed = true;
+        st.stopped = true;
+        st.irq.kick_all();
     }
 
     /// While held, notifications are counted but not acted on (the device looks busy).
@@ -419,6 +434,9 @@ impl PciDevice for VirtioBlkModel {
     fn config_read(&self, offset: u16, buf: &mut [u8]) -> Result<(), PciError> {
         check_config_access(offset, buf.len())?;
         let st = self.state();
+        if st.removed {
+            return Err(PciError::Gone(self.address()));
+        }
         let o = usize::from(offset);
         for (i, b) in buf.iter_mut().enumerate() {
             *b = st.config.get(o + i).copied().unwrap_or(0);
@@ -428,6 +446,9 @@ impl PciDevice for VirtioBlkModel {
     fn config_write(&self, offset: u16, buf: &[u8]) -> Result<(), PciError> {
         check_config_access(offset, buf.len())?;
         let mut st = self.state();
+        if st.removed {
+            return Err(PciError::Gone(self.address()));
+        }
         // Only the command register is writable.
         for (i, &b) in buf.iter().enumerate() {
             let at = usize::from(offset) + i;
@@ -439,6 +460,13 @@ impl PciDevice for VirtioBlkModel {
     }
     fn dma(&self) -> &Arc<DmaSpace> {
         &self.inner.space
+    }
+    fn is_removed(&self) -> bool {
+        self.state().removed
+    }
+    /// A removed model does no DMA any more (the unplugged function is gone from the bus).
+    fn stop_dma(&self) -> bool {
+        self.is_removed() || mfio_pci::stop_dma_by_command(self)
     }
     fn msix_count(&self) -> u32 {
         self.state().irq.supported()

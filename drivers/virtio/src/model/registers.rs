@@ -33,6 +33,9 @@ impl VirtioBlkModel {
         assert!(bar == BAR && off + u64::from(width) <= BAR_LEN, "model: read outside BAR{BAR}");
         assert!(off % u64::from(width) == 0, "model: misaligned {width}-byte read at {off:#x}");
         let mut st = self.state();
+        if st.removed {
+            return u64::MAX >> (64 - 8 * u32::from(width));
+        }
         if off < ISR_AT {
             let hi_half = width == 4 && (0x20..0x38).contains(&off);
             if Self::common_width(off) != Some(width) && !hi_half {
@@ -91,6 +94,9 @@ impl VirtioBlkModel {
         assert!(bar == BAR && off + u64::from(width) <= BAR_LEN, "model: write outside BAR{BAR}");
         assert!(off % u64::from(width) == 0, "model: misaligned {width}-byte write at {off:#x}");
         let mut st = self.state();
+        if st.removed {
+            return;
+        }
         if off >= NOTIFY_AT {
             let q = ((off - NOTIFY_AT) / NOTIFY_MULTIPLIER) as usize;
             if width != 2 || (off - NOTIFY_AT) % NOTIFY_MULTIPLIER != 0 || q >= st.queues.len() {

@@ -223,9 +223,18 @@ impl<D: PciDevice> BlkQueue<D> {
         self.shared.broken.load(Ordering::Acquire)
     }
 
+    /// The error for what a failure or a removal took: `Gone` once the device is being
+    /// removed (nothing can succeed again), else `Fatal`.
+    fn lost(&self) -> Error {
+        match self.shared.dev.is_removed() {
+            true => Error::new(ErrorKind::Gone, Origin::Virtio),
+            false => FATAL,
+        }
+    }
+
     fn enqueue(&self, p: Pending) {
         if self.is_broken() {
-            p.view.complete(Err(FATAL));
+            p.view.complete(Err(self.lost()));
             return;
         }
         self.pending.borrow_mut().push_back(p);
@@ -376,6 +385,9 @@ impl<D: PciDevice> BlkQueue<D> {
 
     fn check_device(&self, st: &mut State) {
         st.stats.status_checks += 1;
+        if self.shared.dev.is_removed() {
+            self.shared.quiesce("the device is being removed");
+        }
         let s = self.shared.transport.status(&self.shared.dev);
         let bad =
             s & (status::DEVICE_NEEDS_RESET | status::FAILED) != 0 || s & status::DRIVER_OK == 0;
@@ -388,7 +400,7 @@ impl<D: PciDevice> BlkQueue<D> {
             self.shared.quiesce(why);
         }
         if self.is_broken() {
-            self.fail_all(st, FATAL);
+            self.fail_all(st, self.lost());
         }
     }
 }
@@ -492,13 +504,18 @@ impl<D: PciDevice> BlkQueue<D> {
         let mut guard = self.st.borrow_mut();
         let Some(st) = guard.as_mut() else { return Activity::Idle };
         if self.is_broken() {
-            self.fail_all(st, FATAL);
+            self.fail_all(st, self.lost());
             return Activity::Idle;
         }
         if let Some(w) = st.wakeup.as_mut() {
             if w.woke() {
                 // Awake: polling again, so no used buffer notifications until the next sleep.
                 st.parts.vq.set_notify(false);
+                // The VFIO layer kicks every vector when the kernel asks for the device back.
+                if self.shared.dev.is_removed() {
+                    self.check_device(st);
+                    return Activity::Idle;
+                }
             }
         }
         let mut done = self.reap(st);
@@ -550,6 +567,11 @@ impl<D: PciDevice> BlkQueue<D> {
             if st.parts.vq.has_used() {
                 st.parts.vq.set_notify(false);
                 return Activity::Busy;
+            }
+            // A removal whose kick a busy poll drained: never sleep on a device that is gone.
+            if self.shared.dev.is_removed() {
+                self.check_device(st);
+                return Activity::Idle;
             }
             w.sleeping();
         }
