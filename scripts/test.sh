@@ -6,8 +6,8 @@
 #   tests (the framework's, dma's, both drivers', and the interrupt and runtime tests) under
 #   valgrind, the benchmarks' quick run, and the guest tests (scripts/vm-tests.sh: QEMU's NVMe
 #   and virtio-blk through VFIO, IOMMU and no-IOMMU), the engines' crash test across boots
-#   (scripts/vm-crash.sh), faults from QEMU's block layer (scripts/vm-faults.sh) and a
-#   minute's soak (scripts/soak.sh).
+#   (scripts/vm-crash.sh), faults from QEMU's block layer (scripts/vm-faults.sh), hot removal
+#   mid-I/O (scripts/vm-removal.sh) and a minute's soak (scripts/soak.sh).
 # Installs what it needs (apt packages, the guest kernel) on a fresh Debian 12 machine.
 # Every stage runs even if an earlier one failed; the summary says which failed. Exit 1 if any.
 #
@@ -101,6 +101,8 @@ if [ "$VM" = 1 ]; then
   # Faults from QEMU's block layer (blkdebug EIO, a namespace slower than the I/O timeout),
   # both drivers, both IOMMU modes (about 25 s).
   stage vm-faults scripts/vm-faults.sh
+  # Hot removal mid-I/O through sysfs, both drivers, both IOMMU modes (about 25 s).
+  stage vm-removal scripts/vm-removal.sh
   # A minute of verified random I/O on both devices, several queues and threads (about 75 s).
   stage soak scripts/soak.sh --time 60
 fi
