@@ -101,7 +101,8 @@ if [ "$VM" = 1 ]; then
   # Faults from QEMU's block layer (blkdebug EIO, a namespace slower than the I/O timeout),
   # both drivers, both IOMMU modes (about 25 s).
   stage vm-faults scripts/vm-faults.sh
-  # Hot removal mid-I/O through sysfs, both drivers, both IOMMU modes (about 25 s).
+  # Hot removal mid-I/O through sysfs and through QMP device_del/device_add, both drivers, both
+  # IOMMU modes (about 45 s).
   stage vm-removal scripts/vm-removal.sh
   # A minute of verified random I/O on both devices, several queues and threads (about 75 s).
   stage soak scripts/soak.sh --time 60
